@@ -1,0 +1,74 @@
+/*  =========================================================================
+    kiln_keys — the Redis key schema
+
+    Every key kiln writes starts with "kiln:". Names that go into keys (app
+    names, ids, hashes) are validated by kiln_name_valid / kiln_id_valid
+    before use, so a key never holds a ':' or a space it did not put there.
+
+    | key                       | type   | holds                                    |
+    |---------------------------|--------|------------------------------------------|
+    | kiln:apps                 | set    | every deployed app name ("owner/app")    |
+    | kiln:app:{app}            | hash   | name, revision, artifact, manifest (JSON), updated_ms |
+    | kiln:artifact:{sha256}    | string | the artifact's bytes                     |
+    | kiln:seq                  | string | counter: queue order                     |
+    | kiln:queue:{app}          | zset   | queued request ids, score = band·2^52 + seq (band 0 normal, 1 low) |
+    | kiln:inflight             | zset   | running request ids, score = lease deadline (ms) |
+    | kiln:req:{id}             | hash   | the request record (fields below)        |
+    | kiln:req:{id}:logs        | list   | log lines, JSON {message, level, source, timestamp} |
+    | kiln:file:{id}            | hash   | content_type, file_name, data, request_id |
+
+    Request record fields: id, app, path, content_type, body, priority
+    (normal|low), reply_to (the waiting gateway's channel, or ""), webhook,
+    state (IN_QUEUE|IN_PROGRESS|COMPLETED), created_ms, started_ms,
+    completed_ms, runner, attempts, status (HTTP), result_content_type,
+    result_body, error, error_type, inference_ms.
+
+    Channels: kiln:wake (message: app name; a request was queued),
+    kiln:done:{gateway_id} (message: request id; it completed).
+    =========================================================================
+*/
+#ifndef KILN_KEYS_H_INCLUDED
+#define KILN_KEYS_H_INCLUDED
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define KILN_KEY_APPS       "kiln:apps"
+#define KILN_KEY_SEQ        "kiln:seq"
+#define KILN_KEY_INFLIGHT   "kiln:inflight"
+#define KILN_CHANNEL_WAKE   "kiln:wake"
+#define KILN_KEY_REQ_PREFIX "kiln:req:"
+#define KILN_KEY_FILE_PREFIX "kiln:file:"
+
+//  Longest owner or app name part; a full name is owner/app.
+#define KILN_NAME_MAX 63
+
+//  A key, built into a fixed buffer: `kiln_key_t k = kiln_key_queue (app);
+//  redisCommand (c, "ZCARD %s", k.s);`. Inputs are validated names and
+//  ids, so a key always fits; an over-long input yields an empty key.
+typedef struct {
+    char s [192];
+} kiln_key_t;
+
+kiln_key_t kiln_key_app (const char *app);
+kiln_key_t kiln_key_artifact (const char *sha256_hex);
+kiln_key_t kiln_key_queue (const char *app);
+kiln_key_t kiln_key_request (const char *request_id);
+kiln_key_t kiln_key_logs (const char *request_id);
+kiln_key_t kiln_key_file (const char *file_id);
+kiln_key_t kiln_key_reply_channel (const char *gateway_id);
+
+//  An owner or app name part: 1..KILN_NAME_MAX of [a-z0-9_-], starting
+//  with a letter or digit.
+bool kiln_name_part_valid (const char *part, size_t len);
+
+//  "owner/app", both parts valid.
+bool kiln_app_name_valid (const char *name);
+
+//  An id as kiln makes them (UUID v4, lower-case hex with dashes) or a
+//  SHA-256 in hex: only [0-9a-f-], 1..64 characters.
+bool kiln_id_valid (const char *id);
+
+void kiln_keys_test (bool verbose);
+
+#endif

@@ -1,0 +1,57 @@
+/*  =========================================================================
+    kiln_manifest — an app's manifest, in C and in JSON
+
+    The manifest is what kiln knows of an app without loading it: the
+    descriptor's fields (include/kiln/app.h) with defaults applied. The
+    CLI makes it (kiln-runner --describe prints it), the gateway validates
+    and stores it with the app, the broker scales by it.
+
+        {"name": "echo", "machine_types": ["CPU"], "keep_alive": 300,
+         "min_concurrency": 0, "max_concurrency": 2,
+         "concurrency_buffer": 0, "max_multiplexing": 1,
+         "request_timeout": 3600, "startup_timeout": 600,
+         "endpoints": ["/", "/echo"]}
+    =========================================================================
+*/
+#ifndef KILN_MANIFEST_H_INCLUDED
+#define KILN_MANIFEST_H_INCLUDED
+
+#include <kiln/app.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#define KILN_MANIFEST_MAX_MACHINE_TYPES 16
+#define KILN_MANIFEST_MAX_ENDPOINTS 256
+
+typedef struct {
+    char *name;
+    char **machine_types;   size_t machine_type_count;  //  at least one
+    int keep_alive;
+    int min_concurrency;
+    int max_concurrency;
+    int concurrency_buffer;
+    int max_multiplexing;
+    int request_timeout;
+    int startup_timeout;
+    char **endpoints;       size_t endpoint_count;      //  at least one
+} kiln_manifest_t;
+
+//  From an app's descriptor, with defaults for zero fields. NULL and
+//  *error (static string) when the descriptor is invalid.
+kiln_manifest_t *kiln_manifest_from_app (const kiln_app_t *app, const char **error);
+
+//  Parses and validates JSON (defaults for missing fields). NULL and
+//  *error (malloc'd, caller frees) when invalid: names the bad field.
+kiln_manifest_t *kiln_manifest_from_json (const char *json, size_t size, char **error);
+
+//  Compact JSON, malloc'd (caller frees).
+char *kiln_manifest_to_json (const kiln_manifest_t *self);
+
+//  True if the manifest offers this machine type.
+bool kiln_manifest_has_machine_type (const kiln_manifest_t *self, const char *machine_type);
+
+void kiln_manifest_destroy (kiln_manifest_t **self_p);
+
+void kiln_manifest_test (bool verbose);
+
+#endif

@@ -1,0 +1,59 @@
+/*  =========================================================================
+    kiln_scripts — the Lua scripts that change a request's state
+
+    Every state change of a request is one of these scripts, so it is
+    atomic: a request is queued and recorded together, taken and leased
+    together, completed once. Run them with EVAL (Redis caches the compiled
+    script by its SHA-1). The contracts:
+
+    KILN_SCRIPT_SUBMIT — record and queue a request
+      KEYS  app, req, queue, seq               (kiln_key_app, _request, _queue, KILN_KEY_SEQ)
+      ARGV  id, app, path, content_type, body, priority (normal|low),
+            reply_to, webhook, now_ms
+      →     -1 if the app is not deployed (nothing written), -2 if the id
+            exists already, else the queue position (requests ahead of it).
+            Publishes the app name on kiln:wake.
+
+    KILN_SCRIPT_TAKE — give the head of an app's queue to a runner
+      KEYS  queue, inflight
+      ARGV  runner_id, now_ms, lease_deadline_ms
+      →     nil when the queue is empty, else {id, path, content_type, body}.
+            The request becomes IN_PROGRESS with a lease in kiln:inflight.
+            Ids whose record is gone or no longer IN_QUEUE are skipped.
+
+    KILN_SCRIPT_COMPLETE — record a result, once
+      KEYS  req, logs, queue, inflight         (queue: the request's app queue)
+      ARGV  id, status, content_type, body, error, error_type,
+            now_ms, retention_s, inference_ms, file_count,
+            then per file: file_id, content_type, file_name, data
+      →     1 when recorded; 0 when the request was already COMPLETED or
+            is unknown (nothing written). Works from IN_QUEUE too (a
+            scheduling failure, a cancel): the id leaves the queue and the
+            in-flight set either way. The record, its logs and its files
+            expire after retention_s. Publishes the id on the record's
+            reply_to channel, when it has one.
+
+    KILN_SCRIPT_LOG — append log lines to a request
+      KEYS  req, logs
+      ARGV  line (JSON), ...
+      →     number of lines appended; 0 when the request is unknown or
+            COMPLETED (a late line never resurrects an expired record).
+    =========================================================================
+*/
+#ifndef KILN_SCRIPTS_H_INCLUDED
+#define KILN_SCRIPTS_H_INCLUDED
+
+#include <stdbool.h>
+
+extern const char *KILN_SCRIPT_SUBMIT;
+extern const char *KILN_SCRIPT_TAKE;
+extern const char *KILN_SCRIPT_COMPLETE;
+extern const char *KILN_SCRIPT_LOG;
+
+//  Queue score of a request: bands keep low priority behind normal; seq
+//  keeps order within a band. 2^52 leaves seq exact in a double.
+#define KILN_QUEUE_BAND_SPAN 4503599627370496.0  //  2^52
+
+void kiln_scripts_test (bool verbose);
+
+#endif
