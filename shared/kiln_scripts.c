@@ -8,10 +8,14 @@
 */
 #include "kiln_scripts.h"
 #include "kiln_keys.h"
+#include "kiln_redis.h"
 
 #include <assert.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 
 const char *KILN_SCRIPT_SUBMIT =
     "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end\n"
@@ -75,15 +79,205 @@ const char *KILN_SCRIPT_COMPLETE =
 const char *KILN_SCRIPT_LOG =
     "local state = redis.call('HGET', KEYS[1], 'state')\n"
     "if not state or state == 'COMPLETED' then return 0 end\n"
-    "return redis.call('RPUSH', KEYS[2], unpack(ARGV))\n";
+    "if #ARGV == 0 then return 0 end\n"
+    "redis.call('RPUSH', KEYS[2], unpack(ARGV))\n"
+    "return #ARGV\n";
+
+
+//  ---------------------------------------------------------------------
+//  Selftest: the scripts against a real redis-server
+
+//  In kiln_redis.c, for selftests only.
+extern pid_t kiln_redis_test_server_start (int *port, char dir [64], const char *const *extra_args);
+extern void kiln_redis_test_server_stop (pid_t pid, const char *dir);
+
+static pid_t s_server_pid = 0;
+static char s_server_dir [64] = "";
+
+//  A failed check stops the server before the test dies, so no
+//  redis-server outlives the selftest.
+#define CHECK(cond) do { if (!(cond)) s_fail (__LINE__, #cond); } while (0)
+
+static void
+s_fail (int line, const char *what)
+{
+    fprintf (stderr, "kiln_scripts_test: line %d: check failed: %s\n", line, what);
+    kiln_redis_test_server_stop (s_server_pid, s_server_dir);
+    s_server_pid = 0;
+    abort ();
+}
+
+//  EVAL with binary-safe arguments: keys first, then args. lens may be
+//  NULL (all NUL-terminated) or give a length per argument.
+static redisReply *
+s_eval (redisContext *ctx, const char *script, int nkeys, const char *const *keys,
+        int nargs, const char *const *args, const size_t *lens)
+{
+    const char *argv [64];
+    size_t argvlen [64];
+    char numkeys [16];
+    CHECK (3 + nkeys + nargs <= 64);
+    snprintf (numkeys, sizeof numkeys, "%d", nkeys);
+    int argc = 0;
+    argv [argc] = "EVAL"; argvlen [argc++] = 4;
+    argv [argc] = script; argvlen [argc++] = strlen (script);
+    argv [argc] = numkeys; argvlen [argc++] = strlen (numkeys);
+    for (int i = 0; i < nkeys; i++) {
+        argv [argc] = keys [i];
+        argvlen [argc++] = strlen (keys [i]);
+    }
+    for (int i = 0; i < nargs; i++) {
+        argv [argc] = args [i];
+        argvlen [argc++] = lens ? lens [i] : strlen (args [i]);
+    }
+    redisReply *reply = redisCommandArgv (ctx, argc, argv, argvlen);
+    CHECK (reply);
+    if (reply->type == REDIS_REPLY_ERROR)
+        fprintf (stderr, "kiln_scripts_test: script error: %s\n", reply->str);
+    CHECK (reply->type != REDIS_REPLY_ERROR);
+    return reply;
+}
+
+//  A command whose reply is an integer.
+static long long
+s_int (redisContext *ctx, const char *format, ...)
+{
+    va_list args;
+    va_start (args, format);
+    redisReply *reply = redisvCommand (ctx, format, args);
+    va_end (args);
+    CHECK (reply && reply->type == REDIS_REPLY_INTEGER);
+    long long n = reply->integer;
+    freeReplyObject (reply);
+    return n;
+}
+
+//  A command whose reply is a string (or nil: then returns NULL).
+//  Caller frees.
+static char *
+s_str (redisContext *ctx, const char *format, ...)
+{
+    va_list args;
+    va_start (args, format);
+    redisReply *reply = redisvCommand (ctx, format, args);
+    va_end (args);
+    CHECK (reply && (reply->type == REDIS_REPLY_STRING || reply->type == REDIS_REPLY_NIL));
+    char *s = reply->type == REDIS_REPLY_STRING ? strndup (reply->str, reply->len) : NULL;
+    freeReplyObject (reply);
+    return s;
+}
+
+static bool
+s_str_is (redisContext *ctx, const char *expect, const char *format, const char *key, const char *field)
+{
+    char *s = s_str (ctx, format, key, field);
+    bool same = (!s && !expect) || (s && expect && strcmp (s, expect) == 0);
+    if (!same)
+        fprintf (stderr, "kiln_scripts_test: %s %s is '%s', expected '%s'\n",
+                 key, field, s ? s : "(nil)", expect ? expect : "(nil)");
+    free (s);
+    return same;
+}
+
+#define HGET_IS(key, field, expect) CHECK (s_str_is (ctx, expect, "HGET %s %s", key, field))
+
+static long long
+s_submit (redisContext *ctx, const char *app, const char *id, const char *priority,
+          const char *reply_to, const char *body, size_t body_size)
+{
+    kiln_key_t app_key = kiln_key_app (app);
+    kiln_key_t req_key = kiln_key_request (id);
+    kiln_key_t queue_key = kiln_key_queue (app);
+    const char *keys [] = { app_key.s, req_key.s, queue_key.s, KILN_KEY_SEQ };
+    const char *args [] = { id, app, "/sub", "application/json", body, priority,
+                            reply_to, "http://hook.example/x", "1700000000000" };
+    size_t lens [9];
+    for (int i = 0; i < 9; i++)
+        lens [i] = strlen (args [i]);
+    lens [4] = body_size;
+    redisReply *reply = s_eval (ctx, KILN_SCRIPT_SUBMIT, 4, keys, 9, args, lens);
+    CHECK (reply->type == REDIS_REPLY_INTEGER);
+    long long n = reply->integer;
+    freeReplyObject (reply);
+    return n;
+}
+
+//  Runs TAKE; returns the reply (caller frees), nil or {id, path, ct, body}.
+static redisReply *
+s_take (redisContext *ctx, const char *app, const char *runner, const char *lease)
+{
+    kiln_key_t queue_key = kiln_key_queue (app);
+    const char *keys [] = { queue_key.s, KILN_KEY_INFLIGHT };
+    const char *args [] = { runner, "1700000001000", lease };
+    return s_eval (ctx, KILN_SCRIPT_TAKE, 2, keys, 3, args, NULL);
+}
+
+static long long
+s_complete (redisContext *ctx, const char *app, const char *id, const char *status,
+            const char *body, size_t body_size, int file_count, const char *const *files)
+{
+    kiln_key_t req_key = kiln_key_request (id);
+    kiln_key_t logs_key = kiln_key_logs (id);
+    kiln_key_t queue_key = kiln_key_queue (app);
+    const char *keys [] = { req_key.s, logs_key.s, queue_key.s, KILN_KEY_INFLIGHT };
+    char count [8];
+    snprintf (count, sizeof count, "%d", file_count);
+    const char *args [32] = { id, status, "image/png", body, "", "",
+                              "1700000002000", "600", "42", count };
+    size_t lens [32];
+    int nargs = 10;
+    for (int i = 0; i < file_count * 4; i++)
+        args [nargs++] = files [i];
+    for (int i = 0; i < nargs; i++)
+        lens [i] = strlen (args [i]);
+    lens [3] = body_size;
+    redisReply *reply = s_eval (ctx, KILN_SCRIPT_COMPLETE, 4, keys, nargs, args, lens);
+    CHECK (reply->type == REDIS_REPLY_INTEGER);
+    long long n = reply->integer;
+    freeReplyObject (reply);
+    return n;
+}
+
+static long long
+s_log (redisContext *ctx, const char *id, int count, const char *const *lines)
+{
+    kiln_key_t req_key = kiln_key_request (id);
+    kiln_key_t logs_key = kiln_key_logs (id);
+    const char *keys [] = { req_key.s, logs_key.s };
+    redisReply *reply = s_eval (ctx, KILN_SCRIPT_LOG, 2, keys, count, lines, NULL);
+    CHECK (reply->type == REDIS_REPLY_INTEGER);
+    long long n = reply->integer;
+    freeReplyObject (reply);
+    return n;
+}
+
+//  Reads published messages until one on channel with payload arrives.
+//  False on timeout (the connection's read timeout).
+static bool
+s_expect_message (redisContext *sub, const char *channel, const char *payload)
+{
+    for (int i = 0; i < 32; i++) {
+        redisReply *reply = NULL;
+        if (redisGetReply (sub, (void **) &reply) != REDIS_OK || !reply)
+            return false;
+        bool match = reply->type == REDIS_REPLY_ARRAY && reply->elements == 3
+                  && reply->element [0]->type == REDIS_REPLY_STRING
+                  && strcmp (reply->element [0]->str, "message") == 0
+                  && strcmp (reply->element [1]->str, channel) == 0
+                  && strcmp (reply->element [2]->str, payload) == 0;
+        freeReplyObject (reply);
+        if (match)
+            return true;
+    }
+    return false;
+}
 
 void
 kiln_scripts_test (bool verbose)
 {
     if (verbose)
         printf (" * kiln_scripts: ");
-    //  The scripts run against a real Redis in the integration suite; here
-    //  we check the invariants the C side relies on.
+    //  Invariants the C side relies on.
     assert (strstr (KILN_SCRIPT_SUBMIT, KILN_CHANNEL_WAKE));
     assert (strstr (KILN_SCRIPT_TAKE, KILN_KEY_REQ_PREFIX));
     assert (strstr (KILN_SCRIPT_COMPLETE, KILN_KEY_FILE_PREFIX));
@@ -91,6 +285,173 @@ kiln_scripts_test (bool verbose)
     char span [32];
     snprintf (span, sizeof span, "%.0f", KILN_QUEUE_BAND_SPAN);
     assert (strstr (KILN_SCRIPT_SUBMIT, span));
+
+    int port;
+    s_server_pid = kiln_redis_test_server_start (&port, s_server_dir, NULL);
+    if (s_server_pid <= 0) {
+        fprintf (stderr, "kiln_scripts_test: FAILED: cannot start /usr/bin/redis-server\n");
+        abort ();
+    }
+    char url [64];
+    snprintf (url, sizeof url, "redis://127.0.0.1:%d/1", port);
+    redisContext *ctx = kiln_redis_connect (url, 5000);
+    CHECK (ctx);
+    redisContext *sub = kiln_redis_connect (url, 5000);
+    CHECK (sub);
+    redisReply *reply = redisCommand (sub, "SUBSCRIBE %s kiln:done:gw1", KILN_CHANNEL_WAKE);
+    CHECK (reply);
+    freeReplyObject (reply);
+    reply = NULL;
+    CHECK (redisGetReply (sub, (void **) &reply) == REDIS_OK && reply);   //  second confirmation
+    freeReplyObject (reply);
+
+    const char *app = "local/echo";
+    const char *a = "00000000-0000-4000-8000-00000000000a";
+    const char *b = "00000000-0000-4000-8000-00000000000b";
+    const char *c = "00000000-0000-4000-8000-00000000000c";
+    const char *d = "00000000-0000-4000-8000-00000000000d";
+    const char *low = "00000000-0000-4000-8000-0000000000ff";
+    kiln_key_t queue = kiln_key_queue (app);
+
+    //  SUBMIT: unknown app writes nothing.
+    CHECK (s_submit (ctx, app, a, "normal", "", "{}", 2) == -1);
+    CHECK (s_int (ctx, "EXISTS %s %s %s", kiln_key_request (a).s, queue.s, KILN_KEY_SEQ) == 0);
+
+    //  Deploy the app (SUBMIT only checks that its hash exists).
+    CHECK (s_int (ctx, "HSET %s name %s", kiln_key_app (app).s, app) == 1);
+    const char body [] = "{\"x\":\0\"bin\"}";
+    CHECK (s_submit (ctx, app, a, "normal", "kiln:done:gw1", body, sizeof body) == 0);
+    CHECK (s_submit (ctx, app, b, "normal", "", "{}", 2) == 1);
+    CHECK (s_submit (ctx, app, c, "normal", "", "{}", 2) == 2);
+    CHECK (s_submit (ctx, app, low, "low", "", "{}", 2) == 3);
+    CHECK (s_submit (ctx, app, d, "normal", "", "{}", 2) == 3);    //  ahead of low
+    CHECK (s_int (ctx, "ZRANK %s %s", queue.s, low) == 4);
+    CHECK (s_submit (ctx, app, a, "normal", "", "{}", 2) == -2);    //  duplicate id
+    CHECK (s_int (ctx, "ZCARD %s", queue.s) == 5);
+    for (int i = 0; i < 5; i++)
+        CHECK (s_expect_message (sub, KILN_CHANNEL_WAKE, app));
+
+    //  The record, body bytes intact.
+    kiln_key_t req_a = kiln_key_request (a);
+    HGET_IS (req_a.s, "state", "IN_QUEUE");
+    HGET_IS (req_a.s, "id", a);
+    HGET_IS (req_a.s, "app", app);
+    HGET_IS (req_a.s, "path", "/sub");
+    HGET_IS (req_a.s, "priority", "normal");
+    HGET_IS (req_a.s, "reply_to", "kiln:done:gw1");
+    HGET_IS (req_a.s, "attempts", "0");
+    HGET_IS (kiln_key_request (low).s, "priority", "low");
+    reply = redisCommand (ctx, "HGET %s body", req_a.s);
+    CHECK (reply && reply->type == REDIS_REPLY_STRING && reply->len == sizeof body);
+    CHECK (memcmp (reply->str, body, sizeof body) == 0);
+    freeReplyObject (reply);
+
+    //  TAKE: head first, marked IN_PROGRESS, leased.
+    reply = s_take (ctx, app, "runner-1", "1700000031000");
+    CHECK (reply->type == REDIS_REPLY_ARRAY && reply->elements == 4);
+    CHECK (strcmp (reply->element [0]->str, a) == 0);
+    CHECK (strcmp (reply->element [1]->str, "/sub") == 0);
+    CHECK (strcmp (reply->element [2]->str, "application/json") == 0);
+    CHECK (reply->element [3]->len == sizeof body && memcmp (reply->element [3]->str, body, sizeof body) == 0);
+    freeReplyObject (reply);
+    HGET_IS (req_a.s, "state", "IN_PROGRESS");
+    HGET_IS (req_a.s, "runner", "runner-1");
+    HGET_IS (req_a.s, "started_ms", "1700000001000");
+    HGET_IS (req_a.s, "attempts", "1");
+    CHECK (s_str_is (ctx, "1700000031000", "ZSCORE %s %s", KILN_KEY_INFLIGHT, a));
+    CHECK (s_int (ctx, "ZRANK %s %s", queue.s, b) == 0);
+
+    //  A queued id whose record is gone, and one no longer IN_QUEUE, are
+    //  skipped (and dropped from the queue).
+    CHECK (s_int (ctx, "ZADD %s 0 ghost", queue.s) == 1);
+    CHECK (s_int (ctx, "ZADD %s 0 %s", queue.s, a) == 1);
+    reply = s_take (ctx, app, "runner-2", "1700000032000");
+    CHECK (reply->type == REDIS_REPLY_ARRAY && strcmp (reply->element [0]->str, b) == 0);
+    freeReplyObject (reply);
+    CHECK (s_str_is (ctx, NULL, "ZSCORE %s %s", queue.s, "ghost"));
+    HGET_IS (req_a.s, "runner", "runner-1");            //  not taken twice
+
+    //  Order within the band, then the low band.
+    reply = s_take (ctx, app, "runner-1", "1");
+    CHECK (reply->type == REDIS_REPLY_ARRAY && strcmp (reply->element [0]->str, c) == 0);
+    freeReplyObject (reply);
+    reply = s_take (ctx, app, "runner-1", "1");
+    CHECK (reply->type == REDIS_REPLY_ARRAY && strcmp (reply->element [0]->str, d) == 0);
+    freeReplyObject (reply);
+    CHECK (s_int (ctx, "ZCARD %s", queue.s) == 1);         //  low is left
+
+    //  COMPLETE from IN_QUEUE (a cancel): leaves the queue.
+    CHECK (s_complete (ctx, app, low, "499", "", 0, 0, NULL) == 1);
+    CHECK (s_int (ctx, "ZCARD %s", queue.s) == 0);
+    HGET_IS (kiln_key_request (low).s, "state", "COMPLETED");
+    HGET_IS (kiln_key_request (low).s, "status", "499");
+    //  Empty queue: TAKE gives nil.
+    reply = s_take (ctx, app, "runner-1", "1");
+    CHECK (reply->type == REDIS_REPLY_NIL);
+    freeReplyObject (reply);
+
+    //  LOG while running: appends, returns the number appended.
+    const char *lines [] = { "{\"message\":\"one\"}", "{\"message\":\"two\"}" };
+    CHECK (s_log (ctx, a, 2, lines) == 2);
+    CHECK (s_log (ctx, a, 1, lines) == 1);
+    CHECK (s_log (ctx, a, 0, lines) == 0);
+    kiln_key_t logs_a = kiln_key_logs (a);
+    CHECK (s_int (ctx, "LLEN %s", logs_a.s) == 3);
+    CHECK (s_str_is (ctx, "{\"message\":\"two\"}", "LINDEX %s %s", logs_a.s, "1"));
+    CHECK (s_log (ctx, "00000000-0000-4000-8000-000000000999", 1, lines) == 0);
+
+    //  COMPLETE while running: recorded once, files written, published,
+    //  in-flight lease gone, retention set.
+    const char *files [] = {
+        "f0000000-0000-4000-8000-000000000001", "image/png", "out.png", "\x89PNG",
+        "f0000000-0000-4000-8000-000000000002", "text/plain", "b.txt", "hello",
+    };
+    const char result [] = "\x89PNG\0\x01";
+    CHECK (s_complete (ctx, app, a, "200", result, sizeof result, 2, files) == 1);
+    CHECK (s_expect_message (sub, "kiln:done:gw1", a));
+    HGET_IS (req_a.s, "state", "COMPLETED");
+    HGET_IS (req_a.s, "status", "200");
+    HGET_IS (req_a.s, "result_content_type", "image/png");
+    HGET_IS (req_a.s, "completed_ms", "1700000002000");
+    HGET_IS (req_a.s, "inference_ms", "42");
+    HGET_IS (req_a.s, "error", "");
+    reply = redisCommand (ctx, "HGET %s result_body", req_a.s);
+    CHECK (reply && reply->len == sizeof result && memcmp (reply->str, result, sizeof result) == 0);
+    freeReplyObject (reply);
+    CHECK (s_str_is (ctx, NULL, "ZSCORE %s %s", KILN_KEY_INFLIGHT, a));
+    kiln_key_t file1 = kiln_key_file (files [0]);
+    HGET_IS (file1.s, "content_type", "image/png");
+    HGET_IS (file1.s, "file_name", "out.png");
+    HGET_IS (file1.s, "data", "\x89PNG");
+    HGET_IS (file1.s, "request_id", a);
+    HGET_IS (kiln_key_file (files [4]).s, "data", "hello");
+    long long ttl = s_int (ctx, "TTL %s", req_a.s);
+    CHECK (ttl > 0 && ttl <= 600);
+    ttl = s_int (ctx, "TTL %s", logs_a.s);
+    CHECK (ttl > 0 && ttl <= 600);
+    ttl = s_int (ctx, "TTL %s", file1.s);
+    CHECK (ttl > 0 && ttl <= 600);
+
+    //  Once only: a second COMPLETE changes nothing; unknown ids too.
+    CHECK (s_complete (ctx, app, a, "500", "x", 1, 0, NULL) == 0);
+    HGET_IS (req_a.s, "status", "200");
+    CHECK (s_complete (ctx, app, "00000000-0000-4000-8000-000000000999", "200", "", 0, 0, NULL) == 0);
+    CHECK (s_int (ctx, "EXISTS %s", kiln_key_request ("00000000-0000-4000-8000-000000000999").s) == 0);
+
+    //  LOG after completion is refused and appends nothing.
+    CHECK (s_log (ctx, a, 1, lines) == 0);
+    CHECK (s_int (ctx, "LLEN %s", logs_a.s) == 3);
+
+    //  The rest complete; the in-flight set empties.
+    CHECK (s_complete (ctx, app, b, "200", "", 0, 0, NULL) == 1);
+    CHECK (s_complete (ctx, app, c, "200", "", 0, 0, NULL) == 1);
+    CHECK (s_complete (ctx, app, d, "200", "", 0, 0, NULL) == 1);
+    CHECK (s_int (ctx, "ZCARD %s", KILN_KEY_INFLIGHT) == 0);
+
+    redisFree (sub);
+    redisFree (ctx);
+    kiln_redis_test_server_stop (s_server_pid, s_server_dir);
+    s_server_pid = 0;
     if (verbose)
         printf ("OK\n");
 }

@@ -1,0 +1,1847 @@
+/*  =========================================================================
+    broker — kiln's dispatcher and autoscaler (the actor)
+
+    One zloop over three inputs:
+      - the ROUTER socket every worker and runner connects a DEALER to,
+        with its own id as routing identity;
+      - a Redis connection SUBSCRIBEd to kiln:wake, polled by its fd;
+      - a timer every HEARTBEAT_INTERVAL_MS: heartbeats, liveness,
+        startup timeouts, Redis reconnects, and a sweep of every app so
+        that a lost wake costs at most one interval.
+    A second Redis connection runs the request scripts (kiln_scripts.h).
+
+    Messages taken (kiln_msg.h):
+
+    | message       | from             | what the broker does                              |
+    |---------------|------------------|---------------------------------------------------|
+    | WORKER_HELLO  | worker           | registers it (again: replaces its slots); scales  |
+    | RUNNER_HELLO  | runner           | marks it READY (adopts one it does not know, with |
+    |               |                  | its in-flight requests from Redis); dispatches    |
+    | HEARTBEAT     | worker, runner   | refreshes last_seen (any message does)            |
+    | RUNNER_EXITED | worker           | forgets the runner; its requests end 503          |
+    |               |                  | runner_disconnected; before hello: failed start   |
+    | RESULT        | runner           | COMPLETE; frees the slot; dispatches              |
+    | LOG           | runner           | LOG script, one JSON line per entry               |
+    | DISCONNECT    | worker, runner   | forgets the peer (and a worker's runners)         |
+    | any other     | unknown peer     | answered DISCONNECT, so the peer says hello again |
+
+    Messages sent:
+
+    | message       | to               | when                                              |
+    |---------------|------------------|---------------------------------------------------|
+    | HEARTBEAT     | workers, READY   | every HEARTBEAT_INTERVAL_MS                       |
+    |               | runners          |                                                   |
+    | RUNNER_START  | worker           | scale() places a runner                           |
+    | RUNNER_STOP   | worker           | idle past keep_alive, old revision, startup       |
+    |               |                  | timeout, app deleted                              |
+    | REQUEST       | runner           | TAKE gave it the head of its app's queue          |
+    | DISCONNECT    | peer             | an unknown peer spoke; every peer at shutdown     |
+
+    Redis in: kiln:wake (an app name) → dispatch (app).
+
+    Runner states: STARTING (RUNNER_START sent, no hello) → READY (hello)
+    → DRAINING (RUNNER_STOP sent) → forgotten (RUNNER_EXITED, silence,
+    DISCONNECT).
+    =========================================================================
+*/
+#include "broker.h"
+#include "logline.h"
+#include "scale.h"
+
+#include "kiln_keys.h"
+#include "kiln_log.h"
+#include "kiln_manifest.h"
+#include "kiln_msg.h"
+#include "kiln_redis.h"
+#include "kiln_scripts.h"
+#include "kiln_util.h"
+
+#include <czmq.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HEARTBEAT_INTERVAL_MS   1000
+#define HEARTBEAT_LIVENESS      3       //  intervals of silence before a peer is dead
+//  Workers re-register within a heartbeat or two of a broker restart;
+//  until then "no worker offers X" would be a lie.
+#define REGISTRATION_GRACE_MS   3000
+#define FAILED_STARTS_MAX       3       //  in a row, before queued requests fail
+#define START_BACKOFF_MS        1000    //  per failed start in a row, capped
+#define START_BACKOFF_MAX_MS    30000
+#define LEASE_MARGIN_S          30      //  added to request_timeout for the lease
+#define DRAIN_TIMEOUT_MS        60000   //  a stopped runner whose exit never came
+#define REDIS_TIMEOUT_MS        2000
+#define REDIS_BACKOFF_MIN_MS    1000
+#define REDIS_BACKOFF_MAX_MS    16000
+#define PENDING_MAX             10000   //  completions kept while Redis is away
+#define SEND_TIMEOUT_MS         100     //  a stuck peer must not stall the loop
+#define LINGER_MS               500     //  for the DISCONNECTs at shutdown
+#define ROUTER_BATCH            256     //  messages per wake-up, so timers run
+#define DEFAULT_STARTUP_TIMEOUT_S 600
+#define SLOTS_MAX               1024    //  per machine type on one worker
+
+#define ERROR_RUNNER_EXITED "Runner exited while processing the request"
+
+typedef enum {
+    RUNNER_STARTING = 0,        //  RUNNER_START sent, no hello yet
+    RUNNER_READY    = 1,        //  hello received, takes requests
+    RUNNER_DRAINING = 2,        //  RUNNER_STOP sent, waiting for its exit
+} s_runner_state_t;
+
+static const char *s_state_names [] = { "STARTING", "READY", "DRAINING" };
+
+typedef struct {
+    char *id;                   //  also its routing identity
+    char *host;
+    kiln_msg_slot_t *slots;     //  owned copies
+    size_t slot_count;
+    int64_t last_seen_ms;       //  monotonic
+} s_worker_t;
+
+typedef struct {
+    char *id;                   //  also its routing identity
+    char *worker_id;
+    char *app;
+    uint64_t revision;
+    char *machine_type;         //  NULL until known (an adopted runner)
+    s_runner_state_t state;
+    zhashx_t *requests;         //  in-flight request ids (values unused)
+    int max_multiplexing;
+    int64_t startup_timeout_ms;
+    int64_t started_ms;         //  monotonic, all of these
+    int64_t ready_ms;
+    int64_t last_request_ms;
+    int64_t last_seen_ms;
+    int64_t draining_ms;
+    bool start_failed;          //  counted as a failed start already
+    uint64_t served;
+} s_runner_t;
+
+typedef struct {
+    char *name;
+    uint64_t revision;
+    char *artifact;
+    char *manifest_json;
+    kiln_manifest_t *manifest;
+    uint64_t bad_revision;      //  the last refused revision, logged once
+    bool bad_logged;
+    int failed_starts;          //  in a row; reset by a hello and by failing the queue
+    int fail_streak;            //  in a row; reset only by a hello (start backoff)
+    int64_t start_after_ms;     //  monotonic: no new runner before this
+    int64_t no_worker_logged_ms;
+} s_app_t;
+
+//  A Redis command kept as owned argv, so it can wait out a Redis outage.
+typedef struct {
+    int argc;
+    char **argv;
+    size_t *argvlen;
+    int capacity;
+} s_call_t;
+
+struct _kiln_broker_t {
+    const kiln_config_t *cfg;
+    zsock_t *router;
+    zloop_t *loop;
+    redisContext *redis;        //  commands
+    redisContext *sub;          //  kiln:wake subscription
+    zmq_pollitem_t sub_item;
+    int64_t redis_retry_ms, redis_backoff_ms;
+    int64_t sub_retry_ms, sub_backoff_ms;
+    zhashx_t *workers;          //  id → s_worker_t
+    zhashx_t *runners;          //  id → s_runner_t
+    zhashx_t *apps;             //  name → s_app_t
+    zhashx_t *inflight;         //  request id → s_runner_t (not owned)
+    zlistx_t *pending;          //  s_call_t, COMPLETEs waiting for Redis
+    int64_t started_ms;
+};
+
+static void s_dispatch (kiln_broker_t *self, const char *name, bool reload);
+static void s_runner_forget (kiln_broker_t *self, s_runner_t *runner, const char *why);
+
+//  -------------------------------------------------------------------------
+//  Small owned things
+
+static void
+s_worker_destroy (s_worker_t **self_p)
+{
+    s_worker_t *self = *self_p;
+    if (!self)
+        return;
+    for (size_t i = 0; i < self->slot_count; i++)
+        free (self->slots [i].machine_type);
+    free (self->slots);
+    free (self->host);
+    free (self->id);
+    free (self);
+    *self_p = NULL;
+}
+
+static void
+s_worker_free (void **item)
+{
+    s_worker_destroy ((s_worker_t **) item);
+}
+
+static s_runner_t *
+s_runner_new (const char *id, const char *worker_id, const char *app, uint64_t revision)
+{
+    s_runner_t *self = calloc (1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->id = strdup (id);
+    self->worker_id = strdup (worker_id);
+    self->app = strdup (app);
+    self->requests = zhashx_new ();
+    if (!self->id || !self->worker_id || !self->app || !self->requests) {
+        zhashx_destroy (&self->requests);
+        free (self->id);
+        free (self->worker_id);
+        free (self->app);
+        free (self);
+        return NULL;
+    }
+    self->revision = revision;
+    self->max_multiplexing = 1;
+    self->startup_timeout_ms = DEFAULT_STARTUP_TIMEOUT_S * 1000LL;
+    int64_t now = kiln_mono_ms ();
+    self->started_ms = self->ready_ms = self->last_request_ms = self->last_seen_ms = now;
+    return self;
+}
+
+static void
+s_runner_destroy (s_runner_t **self_p)
+{
+    s_runner_t *self = *self_p;
+    if (!self)
+        return;
+    zhashx_destroy (&self->requests);
+    free (self->id);
+    free (self->worker_id);
+    free (self->app);
+    free (self->machine_type);
+    free (self);
+    *self_p = NULL;
+}
+
+static void
+s_runner_free (void **item)
+{
+    s_runner_destroy ((s_runner_t **) item);
+}
+
+static void
+s_app_destroy (s_app_t **self_p)
+{
+    s_app_t *self = *self_p;
+    if (!self)
+        return;
+    kiln_manifest_destroy (&self->manifest);
+    free (self->name);
+    free (self->artifact);
+    free (self->manifest_json);
+    free (self);
+    *self_p = NULL;
+}
+
+static void
+s_app_free (void **item)
+{
+    s_app_destroy ((s_app_t **) item);
+}
+
+static s_call_t *
+s_call_new (int capacity)
+{
+    s_call_t *self = calloc (1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->argv = calloc ((size_t) capacity, sizeof (char *));
+    self->argvlen = calloc ((size_t) capacity, sizeof (size_t));
+    self->capacity = capacity;
+    if (!self->argv || !self->argvlen) {
+        free (self->argv);
+        free (self->argvlen);
+        free (self);
+        return NULL;
+    }
+    return self;
+}
+
+static void
+s_call_destroy (s_call_t **self_p)
+{
+    s_call_t *self = *self_p;
+    if (!self)
+        return;
+    for (int i = 0; i < self->argc; i++)
+        free (self->argv [i]);
+    free (self->argv);
+    free (self->argvlen);
+    free (self);
+    *self_p = NULL;
+}
+
+static void
+s_call_free (void **item)
+{
+    s_call_destroy ((s_call_t **) item);
+}
+
+//  Appends a copy of the bytes. -1 when full or out of memory; the call
+//  is then unusable and the caller drops it.
+static int
+s_call_add (s_call_t *self, const void *data, size_t size)
+{
+    if (self->argc >= self->capacity)
+        return -1;
+    char *copy = malloc (size + 1);
+    if (!copy)
+        return -1;
+    if (size)
+        memcpy (copy, data, size);
+    copy [size] = 0;
+    self->argv [self->argc] = copy;
+    self->argvlen [self->argc] = size;
+    self->argc++;
+    return 0;
+}
+
+static int
+s_call_add_str (s_call_t *self, const char *text)
+{
+    return s_call_add (self, text? text: "", text? strlen (text): 0);
+}
+
+static int
+s_call_add_int (s_call_t *self, int64_t value)
+{
+    char text [32];
+    snprintf (text, sizeof text, "%" PRId64, value);
+    return s_call_add_str (self, text);
+}
+
+//  -------------------------------------------------------------------------
+//  Redis: commands, loss and reconnection
+
+static void
+s_redis_lost (kiln_broker_t *self, const char *during)
+{
+    kiln_log_error ("redis: connection lost during %s (%s); reconnecting",
+                    during, self->redis->errstr [0]? self->redis->errstr: "no reply");
+    redisFree (self->redis);
+    self->redis = NULL;
+    self->redis_retry_ms = kiln_mono_ms () + self->redis_backoff_ms;
+}
+
+//  A command on the command connection. NULL when there is no connection
+//  or it was lost now (logged). Caller frees the reply, which may be an
+//  error reply.
+static redisReply *
+s_command (kiln_broker_t *self, const char *format, ...)
+{
+    if (!self->redis)
+        return NULL;
+    va_list args;
+    va_start (args, format);
+    redisReply *reply = redisvCommand (self->redis, format, args);
+    va_end (args);
+    if (!reply)
+        s_redis_lost (self, format);
+    return reply;
+}
+
+//  Runs a call. An error reply is logged. When Redis is away and `keep`
+//  is set, the call is kept and replayed after the reconnect, so that a
+//  result is not lost to an outage; otherwise it is dropped. Takes
+//  ownership of the call. Returns the reply's integer, or -1.
+static long long
+s_call_run (kiln_broker_t *self, s_call_t **call_p, bool keep, const char *what)
+{
+    s_call_t *call = *call_p;
+    *call_p = NULL;
+    if (!call)
+        return -1;
+    long long result = -1;
+    redisReply *reply = NULL;
+    if (self->redis) {
+        reply = redisCommandArgv (self->redis, call->argc,
+                                  (const char **) call->argv, call->argvlen);
+        if (!reply)
+            s_redis_lost (self, what);
+    }
+    if (reply) {
+        if (reply->type == REDIS_REPLY_ERROR)
+            kiln_log_error ("redis: %s failed: %s", what, reply->str);
+        else
+        if (reply->type == REDIS_REPLY_INTEGER)
+            result = reply->integer;
+        freeReplyObject (reply);
+        s_call_destroy (&call);
+    }
+    else
+    if (keep && zlistx_size (self->pending) < PENDING_MAX) {
+        kiln_log_warn ("redis: %s kept until Redis is back", what);
+        zlistx_add_end (self->pending, call);
+    }
+    else {
+        kiln_log_error ("redis: %s dropped: no connection", what);
+        s_call_destroy (&call);
+    }
+    return result;
+}
+
+//  Replays kept calls in order; stops at the first connection loss.
+static void
+s_pending_flush (kiln_broker_t *self)
+{
+    while (self->redis && zlistx_size (self->pending) > 0) {
+        s_call_t *call = (s_call_t *) zlistx_first (self->pending);
+        redisReply *reply = redisCommandArgv (self->redis, call->argc,
+                                              (const char **) call->argv, call->argvlen);
+        if (!reply) {
+            s_redis_lost (self, "replay");
+            return;
+        }
+        if (reply->type == REDIS_REPLY_ERROR)
+            kiln_log_error ("redis: replay failed: %s", reply->str);
+        freeReplyObject (reply);
+        call = (s_call_t *) zlistx_detach (self->pending, NULL);
+        s_call_destroy (&call);
+    }
+}
+
+static int64_t
+s_backoff_next (int64_t backoff_ms)
+{
+    backoff_ms *= 2;
+    return backoff_ms > REDIS_BACKOFF_MAX_MS? REDIS_BACKOFF_MAX_MS: backoff_ms;
+}
+
+static void
+s_redis_reconnect (kiln_broker_t *self)
+{
+    if (self->redis || kiln_mono_ms () < self->redis_retry_ms)
+        return;
+    self->redis = kiln_redis_connect (self->cfg->redis_url, REDIS_TIMEOUT_MS);
+    if (self->redis) {
+        kiln_log_info ("redis: connected to %s", self->cfg->redis_url);
+        self->redis_backoff_ms = REDIS_BACKOFF_MIN_MS;
+        s_pending_flush (self);
+    }
+    else {
+        self->redis_retry_ms = kiln_mono_ms () + self->redis_backoff_ms;
+        self->redis_backoff_ms = s_backoff_next (self->redis_backoff_ms);
+    }
+}
+
+static void
+s_sub_lost (kiln_broker_t *self, const char *why)
+{
+    kiln_log_error ("redis: subscription lost (%s); reconnecting", why);
+    zloop_poller_end (self->loop, &self->sub_item);
+    redisFree (self->sub);
+    self->sub = NULL;
+    self->sub_retry_ms = kiln_mono_ms () + self->sub_backoff_ms;
+}
+
+//  One message from the subscription: ["message", "kiln:wake", app].
+static void
+s_sub_handle (kiln_broker_t *self, redisReply *reply)
+{
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3
+    ||  reply->element [0]->type != REDIS_REPLY_STRING
+    ||  reply->element [2]->type != REDIS_REPLY_STRING
+    ||  strcmp (reply->element [0]->str, "message") != 0)
+        return;                 //  the subscribe confirmation, or noise
+    const char *app = reply->element [2]->str;
+    if (!kiln_app_name_valid (app)) {
+        kiln_log_warn ("wake for an invalid app name, ignored");
+        return;
+    }
+    kiln_log_debug ("wake for %s", app);
+    s_dispatch (self, app, true);
+}
+
+//  Handles every whole reply already read; false when the connection
+//  broke (and was dropped).
+static bool
+s_sub_drain (kiln_broker_t *self)
+{
+    while (self->sub) {
+        void *reply = NULL;
+        if (redisGetReplyFromReader (self->sub, &reply) != REDIS_OK) {
+            s_sub_lost (self, self->sub->errstr);
+            return false;
+        }
+        if (!reply)
+            break;
+        s_sub_handle (self, (redisReply *) reply);
+        freeReplyObject (reply);
+    }
+    return self->sub != NULL;
+}
+
+static int
+s_on_sub (zloop_t *loop, zmq_pollitem_t *item, void *arg)
+{
+    (void) loop;
+    (void) item;
+    kiln_broker_t *self = (kiln_broker_t *) arg;
+    if (!self->sub)
+        return 0;
+    if (redisBufferRead (self->sub) != REDIS_OK) {
+        s_sub_lost (self, self->sub->errstr [0]? self->sub->errstr: "closed");
+        return 0;
+    }
+    s_sub_drain (self);
+    return 0;
+}
+
+static void
+s_sub_reconnect (kiln_broker_t *self)
+{
+    if (self->sub || kiln_mono_ms () < self->sub_retry_ms)
+        return;
+    self->sub = kiln_redis_connect (self->cfg->redis_url, REDIS_TIMEOUT_MS);
+    if (self->sub) {
+        //  The confirmation is read synchronously; later messages by poll.
+        redisReply *reply = redisCommand (self->sub, "SUBSCRIBE %s", KILN_CHANNEL_WAKE);
+        bool ok = reply && reply->type == REDIS_REPLY_ARRAY;
+        if (reply)
+            freeReplyObject (reply);
+        if (!ok) {
+            kiln_log_error ("redis: SUBSCRIBE %s failed", KILN_CHANNEL_WAKE);
+            redisFree (self->sub);
+            self->sub = NULL;
+        }
+    }
+    if (!self->sub) {
+        self->sub_retry_ms = kiln_mono_ms () + self->sub_backoff_ms;
+        self->sub_backoff_ms = s_backoff_next (self->sub_backoff_ms);
+        return;
+    }
+    self->sub_backoff_ms = REDIS_BACKOFF_MIN_MS;
+    self->sub_item = (zmq_pollitem_t) { NULL, self->sub->fd, ZMQ_POLLIN, 0 };
+    if (zloop_poller (self->loop, &self->sub_item, s_on_sub, self) != 0) {
+        kiln_log_error ("cannot poll the Redis subscription");
+        redisFree (self->sub);
+        self->sub = NULL;
+        return;
+    }
+    //  An error on the fd is ours to handle (by reading), not zloop's.
+    zloop_poller_set_tolerant (self->loop, &self->sub_item);
+    kiln_log_info ("redis: subscribed to %s", KILN_CHANNEL_WAKE);
+    //  Wakes that came with the confirmation are in the buffer already,
+    //  where poll cannot see them.
+    s_sub_drain (self);
+}
+
+//  -------------------------------------------------------------------------
+//  Request scripts
+
+//  {"detail": ..., "error_type": ...}, the body of an error result, so
+//  that a replayed result reads like the gateway's own errors.
+static char *
+s_error_body (const char *detail, const char *error_type)
+{
+    json_t *body = json_pack ("{s:s, s:s}", "detail", detail, "error_type", error_type);
+    if (!body)
+        return NULL;
+    char *text = json_dumps (body, JSON_COMPACT);
+    json_decref (body);
+    return text;
+}
+
+//  Runs COMPLETE. 1 recorded, 0 already complete or unknown, -1 failed
+//  (or kept for replay).
+static long long
+s_complete (kiln_broker_t *self, const char *request_id, const char *app,
+            const kiln_msg_t *result, int status, const char *error, const char *error_type)
+{
+    size_t file_count = result? result->file_count: 0;
+    s_call_t *call = s_call_new (17 + 4 * (int) file_count);
+    if (!call)
+        return -1;
+    kiln_key_t req = kiln_key_request (request_id);
+    kiln_key_t logs = kiln_key_logs (request_id);
+    kiln_key_t queue = kiln_key_queue (app);
+    char *error_body = NULL;
+    const char *content_type = result && result->content_type? result->content_type: "";
+    const void *body = result? result->body: NULL;
+    size_t body_size = result? result->body_size: 0;
+    if (!result) {
+        error_body = s_error_body (error, error_type);
+        content_type = "application/json";
+        body = error_body;
+        body_size = error_body? strlen (error_body): 0;
+    }
+    //  Files with ids that would not make a valid key are dropped.
+    size_t valid_files = 0;
+    for (size_t i = 0; i < file_count; i++)
+        if (result->files [i].id && kiln_id_valid (result->files [i].id))
+            valid_files++;
+
+    int rc = s_call_add_str (call, "EVAL")
+           | s_call_add_str (call, KILN_SCRIPT_COMPLETE)
+           | s_call_add_str (call, "4")
+           | s_call_add_str (call, req.s)
+           | s_call_add_str (call, logs.s)
+           | s_call_add_str (call, queue.s)
+           | s_call_add_str (call, KILN_KEY_INFLIGHT)
+           | s_call_add_str (call, request_id)
+           | s_call_add_int (call, status)
+           | s_call_add_str (call, content_type)
+           | s_call_add (call, body? body: "", body_size)
+           | s_call_add_str (call, error)
+           | s_call_add_str (call, error_type)
+           | s_call_add_int (call, kiln_now_ms ())
+           | s_call_add_int (call, self->cfg->result_retention_s)
+           | s_call_add_int (call, result? (int64_t) result->inference_ms: 0)
+           | s_call_add_int (call, (int64_t) valid_files);
+    for (size_t i = 0; i < file_count; i++) {
+        const kiln_msg_file_t *file = &result->files [i];
+        if (!file->id || !kiln_id_valid (file->id)) {
+            kiln_log_warn ("request %s: file with an invalid id dropped", request_id);
+            continue;
+        }
+        rc |= s_call_add_str (call, file->id)
+            | s_call_add_str (call, file->content_type? file->content_type: "application/octet-stream")
+            | s_call_add_str (call, file->file_name)
+            | s_call_add (call, file->data? (const void *) file->data: "", file->size);
+    }
+    free (error_body);
+    if (rc != 0) {
+        kiln_log_error ("request %s: out of memory completing it", request_id);
+        s_call_destroy (&call);
+        return -1;
+    }
+    return s_call_run (self, &call, true, "COMPLETE");
+}
+
+//  Completes a request with an error of ours (no result from a runner).
+static void
+s_fail_request (kiln_broker_t *self, const char *request_id, const char *app,
+                int status, const char *error, const char *error_type)
+{
+    long long recorded = s_complete (self, request_id, app, NULL, status, error, error_type);
+    if (recorded == 1)
+        kiln_log_info ("request %s (%s): %d %s: %s",
+                       request_id, app, status, error_type, error);
+}
+
+//  Completes every request queued for the app with the same error.
+static void
+s_fail_queue (kiln_broker_t *self, const char *app, int status,
+              const char *error, const char *error_type)
+{
+    kiln_key_t queue = kiln_key_queue (app);
+    redisReply *reply = s_command (self, "ZRANGE %s 0 -1", queue.s);
+    if (!reply)
+        return;
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0) {
+        kiln_log_warn ("%s: failing %zu queued request(s): %s",
+                       app, reply->elements, error);
+        for (size_t i = 0; i < reply->elements; i++) {
+            redisReply *id = reply->element [i];
+            if (id->type == REDIS_REPLY_STRING && kiln_id_valid (id->str))
+                s_fail_request (self, id->str, app, status, error, error_type);
+        }
+    }
+    freeReplyObject (reply);
+}
+
+//  -------------------------------------------------------------------------
+//  Sending
+
+static int
+s_send (kiln_broker_t *self, kiln_msg_t **msg_p, const char *identity)
+{
+    kiln_msg_type_t type = *msg_p? (*msg_p)->type: 0;
+    int rc = kiln_msg_send (msg_p, self->router, identity);
+    if (rc != 0)
+        kiln_log_warn ("cannot send %s to %s: %s",
+                       kiln_msg_type_name (type), identity, zmq_strerror (zmq_errno ()));
+    return rc;
+}
+
+static void
+s_send_simple (kiln_broker_t *self, kiln_msg_type_t type, const char *identity)
+{
+    kiln_msg_t *msg = kiln_msg_new (type);
+    if (msg)
+        s_send (self, &msg, identity);
+}
+
+//  -------------------------------------------------------------------------
+//  Apps
+
+static int
+s_parse_u64 (const char *text, uint64_t *value)
+{
+    char *end = NULL;
+    unsigned long long parsed = strtoull (text, &end, 10);
+    if (!*text || *end)
+        return -1;
+    *value = parsed;
+    return 0;
+}
+
+//  Stops every runner of the app that is not stopping yet.
+static void s_runner_stop (kiln_broker_t *self, s_runner_t *runner, const char *why);
+
+static void
+s_app_stop_runners (kiln_broker_t *self, const char *name, const char *why)
+{
+    zlistx_t *ids = zhashx_keys (self->runners);
+    for (const char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
+        s_runner_t *runner = (s_runner_t *) zhashx_lookup (self->runners, id);
+        if (runner && runner->state != RUNNER_DRAINING && streq (runner->app, name))
+            s_runner_stop (self, runner, why);
+    }
+    zlistx_destroy (&ids);
+}
+
+//  Reads the app's record from Redis into the cache. Returns the cached
+//  app, or NULL when it is not deployed (then its runners are stopped).
+//  When Redis cannot answer, the cache stands.
+static s_app_t *
+s_app_reload (kiln_broker_t *self, const char *name)
+{
+    s_app_t *app = (s_app_t *) zhashx_lookup (self->apps, name);
+    kiln_key_t key = kiln_key_app (name);
+    redisReply *reply = s_command (self, "HGETALL %s", key.s);
+    if (!reply)
+        return app;
+    if (reply->type != REDIS_REPLY_ARRAY) {
+        kiln_log_error ("redis: HGETALL %s: %s", key.s,
+                        reply->type == REDIS_REPLY_ERROR? reply->str: "unexpected reply");
+        freeReplyObject (reply);
+        return app;
+    }
+    if (reply->elements == 0) {
+        freeReplyObject (reply);
+        if (app) {
+            kiln_log_info ("%s: deleted; stopping its runners", name);
+            zhashx_delete (self->apps, name);
+        }
+        s_app_stop_runners (self, name, "app deleted");
+        return NULL;
+    }
+    const char *revision_text = NULL, *artifact = NULL, *manifest = NULL;
+    size_t manifest_size = 0;
+    for (size_t i = 0; i + 1 < reply->elements; i += 2) {
+        redisReply *field = reply->element [i], *value = reply->element [i + 1];
+        if (field->type != REDIS_REPLY_STRING || value->type != REDIS_REPLY_STRING)
+            continue;
+        if (streq (field->str, "revision"))
+            revision_text = value->str;
+        else
+        if (streq (field->str, "artifact"))
+            artifact = value->str;
+        else
+        if (streq (field->str, "manifest")) {
+            manifest = value->str;
+            manifest_size = value->len;
+        }
+    }
+    uint64_t revision = 0;
+    bool complete = revision_text && s_parse_u64 (revision_text, &revision) == 0
+                 && artifact && kiln_id_valid (artifact) && manifest;
+    if (complete && app && app->manifest && app->revision == revision
+    &&  streq (app->artifact, artifact) && streq (app->manifest_json, manifest)) {
+        freeReplyObject (reply);
+        return app;             //  nothing changed: the usual case
+    }
+    if (!app) {
+        //  Cached even when refused, so that the refusal is logged once.
+        app = calloc (1, sizeof *app);
+        if (app && !(app->name = strdup (name)))
+            s_app_destroy (&app);
+        if (!app) {
+            freeReplyObject (reply);
+            return NULL;
+        }
+        zhashx_insert (self->apps, name, app);
+    }
+    if (app->bad_logged && app->bad_revision == revision) {
+        freeReplyObject (reply);
+        return app;             //  refused before, logged before
+    }
+    char *error = NULL;
+    kiln_manifest_t *parsed = complete?
+        kiln_manifest_from_json (manifest, manifest_size, &error): NULL;
+    if (!parsed) {
+        if (!app->bad_logged || app->bad_revision != revision)
+            kiln_log_error ("%s: revision %" PRIu64 " refused: %s", name, revision,
+                            !complete? "the app record is incomplete or invalid"
+                                     : error? error: "invalid manifest");
+        free (error);
+        app->bad_revision = revision;
+        app->bad_logged = true;
+        freeReplyObject (reply);
+        return app;             //  the last good revision, if any, stands
+    }
+    char *artifact_copy = strdup (artifact);
+    char *manifest_copy = strdup (manifest);
+    freeReplyObject (reply);
+    if (!artifact_copy || !manifest_copy) {
+        kiln_log_error ("%s: out of memory loading the app", name);
+        kiln_manifest_destroy (&parsed);
+        free (artifact_copy);
+        free (manifest_copy);
+        return app;
+    }
+    if (app->revision != revision) {
+        kiln_log_info ("%s: revision %" PRIu64 " (artifact %.12s…)", name, revision, artifact_copy);
+        //  A new revision deserves a fresh count of start failures.
+        app->failed_starts = app->fail_streak = 0;
+        app->start_after_ms = 0;
+    }
+    kiln_manifest_destroy (&app->manifest);
+    free (app->artifact);
+    free (app->manifest_json);
+    app->manifest = parsed;
+    app->artifact = artifact_copy;
+    app->manifest_json = manifest_copy;
+    app->revision = revision;
+    app->bad_logged = false;
+    return app;
+}
+
+//  Counts the app's runners: in-flight requests, and runners not draining.
+static void
+s_app_count (kiln_broker_t *self, const char *name, int *inflight, int *active)
+{
+    *inflight = *active = 0;
+    for (s_runner_t *runner = (s_runner_t *) zhashx_first (self->runners);
+         runner; runner = (s_runner_t *) zhashx_next (self->runners))
+        if (streq (runner->app, name)) {
+            *inflight += (int) zhashx_size (runner->requests);
+            if (runner->state != RUNNER_DRAINING)
+                (*active)++;
+        }
+}
+
+//  A failed start (an exit before hello, or a startup timeout). After
+//  FAILED_STARTS_MAX in a row the queued requests fail: waiting longer
+//  would only let them time out on an app that cannot come up.
+static void
+s_app_start_failed (kiln_broker_t *self, const char *name, bool timeout, const char *detail)
+{
+    s_app_t *app = (s_app_t *) zhashx_lookup (self->apps, name);
+    if (!app)
+        return;
+    app->failed_starts++;
+    app->fail_streak++;
+    int64_t backoff = (int64_t) app->fail_streak * START_BACKOFF_MS;
+    app->start_after_ms = kiln_mono_ms () + (backoff > START_BACKOFF_MAX_MS? START_BACKOFF_MAX_MS: backoff);
+    if (app->failed_starts < FAILED_STARTS_MAX)
+        return;
+    app->failed_starts = 0;
+    char *error = NULL;
+    if (timeout)
+        error = zsys_sprintf ("Runner did not become ready within its startup_timeout (%d s)",
+                              app->manifest? app->manifest->startup_timeout: 0);
+    else
+        error = zsys_sprintf ("Runner failed to start: %s", detail? detail: "it exited");
+    if (error)
+        s_fail_queue (self, name, 503, error, timeout? "startup_timeout": "runner_server_error");
+    zstr_free (&error);
+}
+
+//  -------------------------------------------------------------------------
+//  Runners
+
+static void
+s_runner_stop (kiln_broker_t *self, s_runner_t *runner, const char *why)
+{
+    kiln_log_info ("stopping runner %s of %s (%s)", runner->id, runner->app, why);
+    runner->state = RUNNER_DRAINING;
+    runner->draining_ms = kiln_mono_ms ();
+    kiln_msg_t *msg = kiln_msg_new (KILN_MSG_RUNNER_STOP);
+    if (msg && !(msg->runner_id = strdup (runner->id)))
+        kiln_msg_destroy (&msg);
+    if (!msg)
+        return;
+    if (zhashx_lookup (self->workers, runner->worker_id)
+    &&  s_send (self, &msg, runner->worker_id) == 0)
+        return;
+    //  Its worker has not registered with us (a runner adopted after a
+    //  restart): the runner itself understands RUNNER_STOP too.
+    kiln_msg_destroy (&msg);
+    msg = kiln_msg_new (KILN_MSG_RUNNER_STOP);
+    if (msg && (msg->runner_id = strdup (runner->id)))
+        s_send (self, &msg, runner->id);
+    kiln_msg_destroy (&msg);
+}
+
+//  Forgets a runner; each request it held ends 503 runner_disconnected.
+//  The pointer is invalid afterwards.
+static void
+s_runner_forget (kiln_broker_t *self, s_runner_t *runner, const char *why)
+{
+    kiln_log_info ("runner %s of %s gone (%s, %s, served %" PRIu64 ")",
+                   runner->id, runner->app, why, s_state_names [runner->state], runner->served);
+    zlistx_t *ids = zhashx_keys (runner->requests);
+    for (const char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
+        zhashx_delete (self->inflight, id);
+        s_fail_request (self, id, runner->app, 503, ERROR_RUNNER_EXITED, "runner_disconnected");
+    }
+    zlistx_destroy (&ids);
+    char *id = strdup (runner->id);
+    if (id)
+        zhashx_delete (self->runners, id);
+    free (id);
+}
+
+//  The machine type of a runner we adopted: the first of its app's types
+//  that its worker offers.
+static void
+s_runner_resolve_type (kiln_broker_t *self, s_runner_t *runner)
+{
+    if (runner->machine_type)
+        return;
+    s_worker_t *worker = (s_worker_t *) zhashx_lookup (self->workers, runner->worker_id);
+    s_app_t *app = (s_app_t *) zhashx_lookup (self->apps, runner->app);
+    if (!worker || !app || !app->manifest)
+        return;
+    for (size_t t = 0; t < app->manifest->machine_type_count; t++)
+        for (size_t s = 0; s < worker->slot_count; s++)
+            if (streq (worker->slots [s].machine_type, app->manifest->machine_types [t])) {
+                runner->machine_type = strdup (app->manifest->machine_types [t]);
+                return;
+            }
+}
+
+//  After a broker restart a runner may be working on requests the new
+//  broker never gave it: find them in Redis so they count against its
+//  capacity and their results are accepted.
+static void
+s_runner_adopt_requests (kiln_broker_t *self, s_runner_t *runner)
+{
+    redisReply *ids = s_command (self, "ZRANGE %s 0 -1", KILN_KEY_INFLIGHT);
+    if (!ids)
+        return;
+    for (size_t i = 0; ids->type == REDIS_REPLY_ARRAY && i < ids->elements; i++) {
+        redisReply *id = ids->element [i];
+        if (id->type != REDIS_REPLY_STRING || !kiln_id_valid (id->str)
+        ||  zhashx_lookup (self->inflight, id->str))
+            continue;
+        kiln_key_t req = kiln_key_request (id->str);
+        redisReply *fields = s_command (self, "HMGET %s state runner", req.s);
+        if (!fields)
+            break;
+        if (fields->type == REDIS_REPLY_ARRAY && fields->elements == 2
+        &&  fields->element [0]->type == REDIS_REPLY_STRING
+        &&  fields->element [1]->type == REDIS_REPLY_STRING
+        &&  streq (fields->element [0]->str, "IN_PROGRESS")
+        &&  streq (fields->element [1]->str, runner->id)) {
+            zhashx_insert (runner->requests, id->str, runner);
+            zhashx_insert (self->inflight, id->str, runner);
+            kiln_log_info ("runner %s: adopted in-flight request %s", runner->id, id->str);
+        }
+        freeReplyObject (fields);
+    }
+    freeReplyObject (ids);
+}
+
+//  -------------------------------------------------------------------------
+//  Placement
+
+typedef struct {
+    kiln_scale_worker_t *workers;
+    kiln_scale_slot_t *slots;
+    size_t count;
+} s_snapshot_t;
+
+static void
+s_snapshot_free (s_snapshot_t *snap)
+{
+    free (snap->workers);
+    free (snap->slots);
+    memset (snap, 0, sizeof *snap);
+}
+
+//  Workers and their slot use as scale.c sees them. Pointers borrow from
+//  the worker table: valid until a worker is added or removed. -1 when
+//  out of memory.
+static int
+s_snapshot_build (kiln_broker_t *self, s_snapshot_t *snap)
+{
+    memset (snap, 0, sizeof *snap);
+    size_t worker_count = zhashx_size (self->workers), slot_count = 0;
+    for (s_worker_t *worker = (s_worker_t *) zhashx_first (self->workers);
+         worker; worker = (s_worker_t *) zhashx_next (self->workers))
+        slot_count += worker->slot_count;
+    snap->workers = calloc (worker_count + 1, sizeof *snap->workers);
+    snap->slots = calloc (slot_count + 1, sizeof *snap->slots);
+    if (!snap->workers || !snap->slots) {
+        s_snapshot_free (snap);
+        return -1;
+    }
+    size_t slot_at = 0;
+    for (s_worker_t *worker = (s_worker_t *) zhashx_first (self->workers);
+         worker; worker = (s_worker_t *) zhashx_next (self->workers)) {
+        kiln_scale_worker_t *entry = &snap->workers [snap->count++];
+        entry->id = worker->id;
+        entry->slots = &snap->slots [slot_at];
+        entry->slot_count = worker->slot_count;
+        for (size_t s = 0; s < worker->slot_count; s++) {
+            snap->slots [slot_at + s].machine_type = worker->slots [s].machine_type;
+            snap->slots [slot_at + s].slots = (int) worker->slots [s].count;
+        }
+        slot_at += worker->slot_count;
+    }
+    //  One pass over the runners fills in the use of every slot.
+    for (s_runner_t *runner = (s_runner_t *) zhashx_first (self->runners);
+         runner; runner = (s_runner_t *) zhashx_next (self->runners))
+        for (size_t w = 0; w < snap->count; w++) {
+            kiln_scale_worker_t *entry = &snap->workers [w];
+            if (!streq (entry->id, runner->worker_id))
+                continue;
+            entry->runners++;
+            for (size_t s = 0; s < entry->slot_count; s++)
+                if (runner->machine_type
+                &&  streq (entry->slots [s].machine_type, runner->machine_type))
+                    ((kiln_scale_slot_t *) entry->slots) [s].used++;
+            break;
+        }
+    return 0;
+}
+
+//  Asks the worker to start a runner of the app's current revision.
+//  0, or -1 when the worker could not be told.
+static int
+s_runner_start (kiln_broker_t *self, s_app_t *app, const char *worker_id, const char *machine_type)
+{
+    char uuid [KILN_UUID_LEN + 1];
+    kiln_uuid4 (uuid);
+    char runner_id [KILN_UUID_LEN + 3];
+    snprintf (runner_id, sizeof runner_id, "r-%s", uuid);
+
+    kiln_msg_t *msg = kiln_msg_new (KILN_MSG_RUNNER_START);
+    s_runner_t *runner = s_runner_new (runner_id, worker_id, app->name, app->revision);
+    if (!msg || !runner
+    ||  !(msg->runner_id = strdup (runner_id))
+    ||  !(msg->app = strdup (app->name))
+    ||  !(msg->artifact = strdup (app->artifact))
+    ||  !(msg->machine_type = strdup (machine_type))
+    ||  !(runner->machine_type = strdup (machine_type))) {
+        kiln_log_error ("%s: out of memory starting a runner", app->name);
+        kiln_msg_destroy (&msg);
+        s_runner_destroy (&runner);
+        return -1;
+    }
+    msg->revision = app->revision;
+    runner->startup_timeout_ms = (int64_t) app->manifest->startup_timeout * 1000;
+    if (s_send (self, &msg, worker_id) != 0) {
+        s_runner_destroy (&runner);
+        return -1;
+    }
+    kiln_log_info ("starting runner %s of %s revision %" PRIu64 " on %s (%s)",
+                   runner_id, app->name, app->revision, worker_id, machine_type);
+    zhashx_insert (self->runners, runner_id, runner);
+    return 0;
+}
+
+//  -------------------------------------------------------------------------
+//  Dispatch: take, retire, scale
+
+//  While a ready runner of the app's current revision has room, gives it
+//  the head of the queue. The least loaded runner goes first.
+static void
+s_app_take (kiln_broker_t *self, s_app_t *app)
+{
+    while (self->redis) {
+        s_runner_t *best = NULL;
+        size_t best_load = 0;
+        for (s_runner_t *runner = (s_runner_t *) zhashx_first (self->runners);
+             runner; runner = (s_runner_t *) zhashx_next (self->runners)) {
+            if (runner->state != RUNNER_READY || runner->revision != app->revision
+            ||  !streq (runner->app, app->name))
+                continue;
+            size_t load = zhashx_size (runner->requests);
+            if (load < (size_t) runner->max_multiplexing && (!best || load < best_load)) {
+                best = runner;
+                best_load = load;
+            }
+        }
+        if (!best)
+            return;
+
+        kiln_key_t queue = kiln_key_queue (app->name);
+        int64_t now = kiln_now_ms ();
+        int64_t lease = now + ((int64_t) app->manifest->request_timeout + LEASE_MARGIN_S) * 1000;
+        redisReply *reply = s_command (self, "EVAL %s 2 %s %s %s %" PRId64 " %" PRId64,
+                                       KILN_SCRIPT_TAKE, queue.s, KILN_KEY_INFLIGHT,
+                                       best->id, now, lease);
+        if (!reply)
+            return;
+        if (reply->type == REDIS_REPLY_NIL) {
+            freeReplyObject (reply);
+            return;             //  queue empty
+        }
+        if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4
+        ||  reply->element [0]->type != REDIS_REPLY_STRING
+        ||  reply->element [1]->type != REDIS_REPLY_STRING
+        ||  reply->element [2]->type != REDIS_REPLY_STRING
+        ||  reply->element [3]->type != REDIS_REPLY_STRING) {
+            kiln_log_error ("redis: TAKE for %s: %s", app->name,
+                            reply->type == REDIS_REPLY_ERROR? reply->str: "unexpected reply");
+            freeReplyObject (reply);
+            return;
+        }
+        const char *id = reply->element [0]->str;
+        if (!kiln_id_valid (id)) {
+            kiln_log_error ("redis: TAKE for %s gave an invalid id; skipped", app->name);
+            freeReplyObject (reply);
+            continue;
+        }
+        //  Recorded before the send, so that a failed send ends it cleanly.
+        zhashx_insert (best->requests, id, best);
+        zhashx_insert (self->inflight, id, best);
+        best->last_request_ms = kiln_mono_ms ();
+
+        kiln_msg_t *msg = kiln_msg_new (KILN_MSG_REQUEST);
+        if (msg) {
+            msg->request_id = strdup (id);
+            msg->path = strdup (reply->element [1]->str);
+            msg->content_type = strdup (reply->element [2]->str);
+            size_t body_size = reply->element [3]->len;
+            if (body_size) {
+                msg->body = malloc (body_size);
+                if (msg->body) {
+                    memcpy (msg->body, reply->element [3]->str, body_size);
+                    msg->body_size = body_size;
+                }
+            }
+            if (!msg->request_id || !msg->path || !msg->content_type
+            || (body_size && !msg->body))
+                kiln_msg_destroy (&msg);
+        }
+        if (!msg) {
+            zhashx_delete (best->requests, id);
+            zhashx_delete (self->inflight, id);
+            s_fail_request (self, id, app->name, 500, "Out of memory in the broker", "internal_error");
+        }
+        else {
+            kiln_log_debug ("request %s → runner %s", id, best->id);
+            if (s_send (self, &msg, best->id) != 0)
+                s_runner_forget (self, best, "unreachable");
+        }
+        freeReplyObject (reply);
+    }
+}
+
+//  Retires idle runners; target is the app's target now.
+static void
+s_app_retire (kiln_broker_t *self, s_app_t *app, int target)
+{
+    int inflight, active;
+    s_app_count (self, app->name, &inflight, &active);
+    int64_t now = kiln_mono_ms ();
+    zlistx_t *ids = zhashx_keys (self->runners);
+    for (const char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
+        s_runner_t *runner = (s_runner_t *) zhashx_lookup (self->runners, id);
+        if (!runner || runner->state != RUNNER_READY || !streq (runner->app, app->name)
+        ||  zhashx_size (runner->requests) > 0)
+            continue;
+        int64_t since = runner->last_request_ms > runner->ready_ms?
+                        runner->last_request_ms: runner->ready_ms;
+        bool current = runner->revision == app->revision;
+        if (kiln_scale_retire (now - since, app->manifest->keep_alive, current, active, target)) {
+            s_runner_stop (self, runner, current? "idle past keep_alive": "old revision");
+            active--;
+        }
+    }
+    zlistx_destroy (&ids);
+}
+
+//  Starts runners up to the target, or fails the queue when no worker
+//  can ever take it.
+static void
+s_app_scale (kiln_broker_t *self, s_app_t *app, int target, long long queued)
+{
+    int inflight, active;
+    s_app_count (self, app->name, &inflight, &active);
+    if (active >= target && queued == 0)
+        return;
+
+    s_snapshot_t snap;
+    if (s_snapshot_build (self, &snap) != 0)
+        return;
+    const char *const *types = (const char *const *) app->manifest->machine_types;
+    size_t type_count = app->manifest->machine_type_count;
+    if (!kiln_scale_offered (types, type_count, snap.workers, snap.count)) {
+        s_snapshot_free (&snap);
+        int64_t now = kiln_mono_ms ();
+        if (now - self->started_ms <= REGISTRATION_GRACE_MS)
+            return;             //  workers may not have re-registered yet
+        char *error = kiln_scale_no_worker_error (types, type_count);
+        if (queued > 0 && error)
+            s_fail_queue (self, app->name, 503, error, "runner_scheduling_failure");
+        else
+        if (error && active < target
+        &&  now - app->no_worker_logged_ms > 60 * HEARTBEAT_INTERVAL_MS) {
+            kiln_log_warn ("%s: %s", app->name, error);
+            app->no_worker_logged_ms = now;
+        }
+        free (error);
+        return;
+    }
+    if (kiln_mono_ms () < app->start_after_ms) {
+        s_snapshot_free (&snap);
+        return;                 //  backing off after failed starts
+    }
+    while (active < target) {
+        size_t type_index = 0;
+        int chosen = kiln_scale_place (types, type_count, snap.workers, snap.count, &type_index);
+        if (chosen < 0)
+            break;              //  slots exist but are busy: requests wait
+        kiln_scale_worker_t *entry = &snap.workers [chosen];
+        if (s_runner_start (self, app, entry->id, types [type_index]) != 0)
+            break;
+        active++;
+        entry->runners++;
+        for (size_t s = 0; s < entry->slot_count; s++)
+            if (streq (entry->slots [s].machine_type, types [type_index]))
+                ((kiln_scale_slot_t *) entry->slots) [s].used++;
+    }
+    s_snapshot_free (&snap);
+}
+
+//  Everything the broker does for one app: take while runners have room,
+//  retire the idle, start what the demand needs.
+static void
+s_dispatch (kiln_broker_t *self, const char *name_arg, bool reload)
+{
+    //  The name may live in a runner that this call forgets.
+    char *name = strdup (name_arg);
+    if (!name)
+        return;
+    s_app_t *app = reload? s_app_reload (self, name)
+                         : (s_app_t *) zhashx_lookup (self->apps, name);
+    if (app && app->manifest && self->redis) {
+        s_app_take (self, app);
+        kiln_key_t queue = kiln_key_queue (name);
+        redisReply *reply = s_command (self, "ZCARD %s", queue.s);
+        if (reply && reply->type == REDIS_REPLY_INTEGER) {
+            long long queued = reply->integer;
+            int inflight, active;
+            s_app_count (self, name, &inflight, &active);
+            const kiln_manifest_t *m = app->manifest;
+            int demand = (int) (queued > INT32_MAX / 2? INT32_MAX / 2: queued) + inflight;
+            int target = kiln_scale_target (demand, m->max_multiplexing, m->concurrency_buffer,
+                                            m->min_concurrency, m->max_concurrency);
+            s_app_retire (self, app, target);
+            s_app_scale (self, app, target, queued);
+        }
+        if (reply)
+            freeReplyObject (reply);
+    }
+    free (name);
+}
+
+static void
+s_dispatch_cached (kiln_broker_t *self)
+{
+    zlistx_t *names = zhashx_keys (self->apps);
+    for (const char *name = zlistx_first (names); name; name = zlistx_next (names))
+        s_dispatch (self, name, false);
+    zlistx_destroy (&names);
+}
+
+//  -------------------------------------------------------------------------
+//  Messages
+
+static void
+s_worker_forget (kiln_broker_t *self, s_worker_t *worker, const char *why)
+{
+    kiln_log_warn ("worker %s (%s) gone (%s)", worker->id, worker->host, why);
+    char *worker_id = strdup (worker->id);
+    if (!worker_id)
+        return;
+    zlistx_t *ids = zhashx_keys (self->runners);
+    for (const char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
+        s_runner_t *runner = (s_runner_t *) zhashx_lookup (self->runners, id);
+        if (runner && streq (runner->worker_id, worker_id))
+            s_runner_forget (self, runner, "its worker is gone");
+    }
+    zlistx_destroy (&ids);
+    zhashx_delete (self->workers, worker_id);
+    free (worker_id);
+    s_dispatch_cached (self);
+}
+
+static void
+s_on_worker_hello (kiln_broker_t *self, const char *identity, kiln_msg_t *msg)
+{
+    if (!streq (identity, msg->worker_id)) {
+        kiln_log_warn ("WORKER_HELLO from %s names worker %s: the routing identity "
+                       "must be the worker id; dropped", identity, msg->worker_id);
+        return;
+    }
+    s_worker_t *worker = (s_worker_t *) zhashx_lookup (self->workers, identity);
+    bool known = worker != NULL;
+    if (!worker) {
+        worker = calloc (1, sizeof *worker);
+        if (!worker || !(worker->id = strdup (identity))) {
+            s_worker_destroy (&worker);
+            return;
+        }
+        zhashx_insert (self->workers, identity, worker);
+    }
+    //  A hello replaces what we knew: the worker may have restarted with
+    //  other GPUs.
+    char *host = strdup (msg->host);
+    if (host) {
+        free (worker->host);
+        worker->host = host;
+    }
+    for (size_t i = 0; i < worker->slot_count; i++)
+        free (worker->slots [i].machine_type);
+    free (worker->slots);
+    worker->slots = msg->slots;
+    worker->slot_count = 0;
+    //  Keep the slots that make sense; the message's array is ours now.
+    for (size_t i = 0; i < msg->slot_count; i++) {
+        kiln_msg_slot_t slot = msg->slots [i];
+        if (!slot.machine_type || !*slot.machine_type || slot.count == 0) {
+            free (slot.machine_type);
+            continue;
+        }
+        if (slot.count > SLOTS_MAX)
+            slot.count = SLOTS_MAX;
+        worker->slots [worker->slot_count++] = slot;
+    }
+    msg->slots = NULL;
+    msg->slot_count = 0;
+    worker->last_seen_ms = kiln_mono_ms ();
+
+    char summary [512] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < worker->slot_count && used < sizeof summary; i++)
+        used += (size_t) snprintf (summary + used, sizeof summary - used, "%s%s×%u",
+                                   i? ", ": "", worker->slots [i].machine_type,
+                                   worker->slots [i].count);
+    kiln_log_info ("worker %s (%s) %s: %s", worker->id, worker->host? worker->host: "?",
+                   known? "registered again": "registered",
+                   worker->slot_count? summary: "no slots");
+
+    for (s_runner_t *runner = (s_runner_t *) zhashx_first (self->runners);
+         runner; runner = (s_runner_t *) zhashx_next (self->runners))
+        if (streq (runner->worker_id, worker->id))
+            s_runner_resolve_type (self, runner);
+    s_dispatch_cached (self);
+}
+
+static void
+s_on_runner_hello (kiln_broker_t *self, const char *identity, kiln_msg_t *msg)
+{
+    if (!streq (identity, msg->runner_id)) {
+        kiln_log_warn ("RUNNER_HELLO from %s names runner %s: the routing identity "
+                       "must be the runner id; dropped", identity, msg->runner_id);
+        return;
+    }
+    if (!kiln_app_name_valid (msg->app)) {
+        kiln_log_warn ("RUNNER_HELLO from %s: invalid app name; dropped", identity);
+        return;
+    }
+    int max_multiplexing = msg->max_multiplexing < 1? 1
+                         : msg->max_multiplexing > KILN_MSG_MAX_ITEMS? KILN_MSG_MAX_ITEMS
+                         : (int) msg->max_multiplexing;
+    s_runner_t *runner = (s_runner_t *) zhashx_lookup (self->runners, identity);
+    if (!runner) {
+        //  A runner of a broker before us: it keeps its work.
+        runner = s_runner_new (msg->runner_id, msg->worker_id, msg->app, msg->revision);
+        if (!runner)
+            return;
+        zhashx_insert (self->runners, identity, runner);
+        runner->state = RUNNER_READY;
+        runner->max_multiplexing = max_multiplexing;
+        kiln_log_info ("runner %s of %s revision %" PRIu64 " on %s registered again",
+                       runner->id, runner->app, runner->revision, runner->worker_id);
+        if (!zhashx_lookup (self->apps, runner->app))
+            s_app_reload (self, runner->app);
+        s_runner_resolve_type (self, runner);
+        s_runner_adopt_requests (self, runner);
+    }
+    else {
+        if (!streq (runner->app, msg->app) || !streq (runner->worker_id, msg->worker_id)) {
+            kiln_log_warn ("RUNNER_HELLO from %s: app %s on %s, expected %s on %s; dropped",
+                           identity, msg->app, msg->worker_id, runner->app, runner->worker_id);
+            return;
+        }
+        runner->last_seen_ms = kiln_mono_ms ();
+        runner->max_multiplexing = max_multiplexing;
+        if (msg->revision && msg->revision != runner->revision)
+            runner->revision = msg->revision;
+        if (runner->state == RUNNER_DRAINING) {
+            kiln_log_debug ("runner %s said hello while stopping", runner->id);
+            return;
+        }
+        if (runner->state == RUNNER_STARTING) {
+            runner->ready_ms = runner->last_request_ms = kiln_mono_ms ();
+            kiln_log_info ("runner %s of %s ready on %s after %" PRId64 " ms",
+                           runner->id, runner->app, runner->worker_id,
+                           runner->ready_ms - runner->started_ms);
+        }
+        runner->state = RUNNER_READY;
+    }
+    s_app_t *app = (s_app_t *) zhashx_lookup (self->apps, runner->app);
+    if (app)
+        app->failed_starts = app->fail_streak = 0;
+    s_dispatch (self, runner->app, true);
+}
+
+static void
+s_on_runner_exited (kiln_broker_t *self, s_worker_t *worker, kiln_msg_t *msg)
+{
+    s_runner_t *runner = (s_runner_t *) zhashx_lookup (self->runners, msg->runner_id);
+    if (!runner) {
+        kiln_log_debug ("RUNNER_EXITED for %s, which is gone already", msg->runner_id);
+        return;
+    }
+    if (!streq (runner->worker_id, worker->id)) {
+        kiln_log_warn ("RUNNER_EXITED for %s from %s, but it runs on %s; dropped",
+                       runner->id, worker->id, runner->worker_id);
+        return;
+    }
+    char *app = strdup (runner->app);
+    if (!app)
+        return;
+    bool failed_start = runner->state == RUNNER_STARTING && !runner->start_failed;
+    if (msg->status != 0 || runner->state != RUNNER_DRAINING)
+        kiln_log_warn ("runner %s of %s exited with status %d%s%s", runner->id, app,
+                       msg->status, msg->error? ": ": "", msg->error? msg->error: "");
+    s_runner_forget (self, runner, "exited");
+    if (failed_start) {
+        char *detail = msg->error? zsys_sprintf ("%s (exit status %d)", msg->error, msg->status)
+                                 : zsys_sprintf ("exit status %d", msg->status);
+        s_app_start_failed (self, app, false, detail);
+        zstr_free (&detail);
+    }
+    s_dispatch (self, app, false);
+    free (app);
+}
+
+//  The runner that holds the request, or NULL (logged) when the sender
+//  has no business with it. After a restart the holder is only in Redis.
+static bool
+s_holds (kiln_broker_t *self, const char *runner_id, const char *request_id,
+         const char *what, char **app_p)
+{
+    *app_p = NULL;
+    if (!kiln_id_valid (request_id)) {
+        kiln_log_warn ("%s from %s with an invalid request id; dropped", what, runner_id);
+        return false;
+    }
+    s_runner_t *holder = (s_runner_t *) zhashx_lookup (self->inflight, request_id);
+    if (holder) {
+        if (!streq (holder->id, runner_id)) {
+            kiln_log_warn ("%s for %s from %s, but %s holds it; dropped",
+                           what, request_id, runner_id, holder->id);
+            return false;
+        }
+        *app_p = strdup (holder->app);
+        return *app_p != NULL;
+    }
+    kiln_key_t req = kiln_key_request (request_id);
+    redisReply *fields = s_command (self, "HMGET %s state runner app", req.s);
+    bool ok = fields && fields->type == REDIS_REPLY_ARRAY && fields->elements == 3
+           && fields->element [0]->type == REDIS_REPLY_STRING
+           && fields->element [1]->type == REDIS_REPLY_STRING
+           && fields->element [2]->type == REDIS_REPLY_STRING
+           && streq (fields->element [0]->str, "IN_PROGRESS")
+           && streq (fields->element [1]->str, runner_id)
+           && kiln_app_name_valid (fields->element [2]->str);
+    if (ok)
+        *app_p = strdup (fields->element [2]->str);
+    else
+        kiln_log_warn ("%s for %s from %s, which does not hold it; dropped",
+                       what, request_id, runner_id);
+    if (fields)
+        freeReplyObject (fields);
+    return ok && *app_p;
+}
+
+static void
+s_on_result (kiln_broker_t *self, const char *runner_id, s_runner_t *runner, kiln_msg_t *msg)
+{
+    char *app = NULL;
+    if (!s_holds (self, runner_id, msg->request_id, "RESULT", &app))
+        return;
+    int status = msg->status;
+    const char *error = msg->error, *error_type = msg->error_type;
+    if (status < 100 || status > 599) {
+        kiln_log_warn ("RESULT for %s from %s with HTTP status %d; recorded as 500",
+                       msg->request_id, runner_id, status);
+        status = 500;
+        error = "The runner returned an invalid HTTP status";
+        error_type = "runner_server_error";
+    }
+    long long recorded = s_complete (self, msg->request_id, app, msg, status,
+                                     error? error: "", error_type? error_type: "");
+    kiln_log_debug ("request %s ← runner %s: %d%s", msg->request_id, runner_id, status,
+                    recorded == 0? " (already complete)": "");
+    if (runner) {
+        zhashx_delete (runner->requests, msg->request_id);
+        runner->served++;
+        runner->last_request_ms = kiln_mono_ms ();
+    }
+    zhashx_delete (self->inflight, msg->request_id);
+    s_dispatch (self, app, false);
+    free (app);
+}
+
+static void
+s_on_log (kiln_broker_t *self, const char *runner_id, kiln_msg_t *msg)
+{
+    char *app = NULL;
+    if (!s_holds (self, runner_id, msg->request_id, "LOG", &app))
+        return;
+    free (app);
+    if (msg->log_count == 0)
+        return;
+    s_call_t *call = s_call_new (5 + (int) msg->log_count);
+    if (!call)
+        return;
+    kiln_key_t req = kiln_key_request (msg->request_id);
+    kiln_key_t logs = kiln_key_logs (msg->request_id);
+    int rc = s_call_add_str (call, "EVAL")
+           | s_call_add_str (call, KILN_SCRIPT_LOG)
+           | s_call_add_str (call, "2")
+           | s_call_add_str (call, req.s)
+           | s_call_add_str (call, logs.s);
+    int64_t now = kiln_now_ms ();
+    for (size_t i = 0; i < msg->log_count && rc == 0; i++) {
+        const kiln_msg_log_t *entry = &msg->logs [i];
+        char *line = kiln_logline_json (entry->level, entry->message, entry->source,
+                                        entry->timestamp_ms, now);
+        rc = line? s_call_add_str (call, line): -1;
+        free (line);
+    }
+    if (rc != 0) {
+        s_call_destroy (&call);
+        return;
+    }
+    //  Log lines are not worth keeping through an outage; results are.
+    s_call_run (self, &call, false, "LOG");
+}
+
+static void
+s_on_message (kiln_broker_t *self, const char *identity, kiln_msg_t *msg)
+{
+    s_worker_t *worker = (s_worker_t *) zhashx_lookup (self->workers, identity);
+    s_runner_t *runner = worker? NULL: (s_runner_t *) zhashx_lookup (self->runners, identity);
+    //  A runner we asked a worker to start has no connection of ours until
+    //  its hello; anything else from it is a stranger's.
+    if (runner && runner->state == RUNNER_STARTING && msg->type != KILN_MSG_RUNNER_HELLO
+    &&  msg->type != KILN_MSG_DISCONNECT)
+        runner = NULL;
+    int64_t now = kiln_mono_ms ();
+    if (worker)
+        worker->last_seen_ms = now;
+    if (runner)
+        runner->last_seen_ms = now;
+
+    switch (msg->type) {
+        case KILN_MSG_WORKER_HELLO:
+            s_on_worker_hello (self, identity, msg);
+            return;
+        case KILN_MSG_RUNNER_HELLO:
+            s_on_runner_hello (self, identity, msg);
+            return;
+        case KILN_MSG_DISCONNECT:
+            if (worker)
+                s_worker_forget (self, worker, "said DISCONNECT");
+            else
+            if (runner && runner->state != RUNNER_STARTING) {
+                char *app = strdup (runner->app);
+                s_runner_forget (self, runner, "said DISCONNECT");
+                if (app)
+                    s_dispatch (self, app, false);
+                free (app);
+            }
+            //  A starting runner that gives up is reported by its worker.
+            return;
+        default:
+            break;
+    }
+    if (!worker && !runner) {
+        //  A peer of a broker before us, or one we gave up on: the result
+        //  it carries still counts if Redis says it is the holder.
+        if (msg->type == KILN_MSG_RESULT)
+            s_on_result (self, identity, NULL, msg);
+        else
+        if (msg->type != KILN_MSG_HEARTBEAT)
+            kiln_log_debug ("%s from unknown peer %s", kiln_msg_type_name (msg->type), identity);
+        s_send_simple (self, KILN_MSG_DISCONNECT, identity);
+        return;
+    }
+    switch (msg->type) {
+        case KILN_MSG_HEARTBEAT:
+            break;
+        case KILN_MSG_RUNNER_EXITED:
+            if (worker)
+                s_on_runner_exited (self, worker, msg);
+            else
+                kiln_log_warn ("RUNNER_EXITED from runner %s; dropped", identity);
+            break;
+        case KILN_MSG_RESULT:
+            if (runner)
+                s_on_result (self, identity, runner, msg);
+            else
+                kiln_log_warn ("RESULT from worker %s; dropped", identity);
+            break;
+        case KILN_MSG_LOG:
+            if (runner)
+                s_on_log (self, identity, msg);
+            else
+                kiln_log_warn ("LOG from worker %s; dropped", identity);
+            break;
+        default:
+            kiln_log_warn ("unexpected %s from %s; dropped",
+                           kiln_msg_type_name (msg->type), identity);
+            break;
+    }
+}
+
+static int
+s_on_router (zloop_t *loop, zsock_t *router, void *arg)
+{
+    (void) loop;
+    kiln_broker_t *self = (kiln_broker_t *) arg;
+    for (int i = 0; i < ROUTER_BATCH && !zsys_interrupted; i++) {
+        if (i > 0 && !(zsock_events (router) & ZMQ_POLLIN))
+            break;
+        char *identity = NULL;
+        kiln_msg_t *msg = kiln_msg_recv (router, &identity);
+        if (msg && identity && *identity)
+            s_on_message (self, identity, msg);
+        kiln_msg_destroy (&msg);
+        zstr_free (&identity);
+    }
+    return 0;
+}
+
+//  -------------------------------------------------------------------------
+//  The timer
+
+static void
+s_check_liveness (kiln_broker_t *self)
+{
+    int64_t now = kiln_mono_ms ();
+    int64_t silence_ms = (int64_t) HEARTBEAT_LIVENESS * HEARTBEAT_INTERVAL_MS;
+
+    zlistx_t *ids = zhashx_keys (self->workers);
+    for (const char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
+        s_worker_t *worker = (s_worker_t *) zhashx_lookup (self->workers, id);
+        if (worker && now - worker->last_seen_ms > silence_ms)
+            s_worker_forget (self, worker, "silent");
+    }
+    zlistx_destroy (&ids);
+
+    ids = zhashx_keys (self->runners);
+    for (const char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
+        s_runner_t *runner = (s_runner_t *) zhashx_lookup (self->runners, id);
+        if (!runner)
+            continue;
+        if (runner->state == RUNNER_READY && now - runner->last_seen_ms > silence_ms) {
+            char *app = strdup (runner->app);
+            s_runner_forget (self, runner, "silent");
+            if (app)
+                s_dispatch (self, app, false);
+            free (app);
+        }
+        else
+        if (runner->state == RUNNER_STARTING
+        &&  now - runner->started_ms > runner->startup_timeout_ms) {
+            kiln_log_warn ("runner %s of %s not ready after %" PRId64 " s",
+                           runner->id, runner->app, runner->startup_timeout_ms / 1000);
+            runner->start_failed = true;
+            char *app = strdup (runner->app);
+            s_runner_stop (self, runner, "startup timeout");
+            if (app)
+                s_app_start_failed (self, app, true, NULL);
+            free (app);
+        }
+        else
+        if (runner->state == RUNNER_DRAINING && now - runner->draining_ms > DRAIN_TIMEOUT_MS)
+            s_runner_forget (self, runner, "no exit reported after stop");
+    }
+    zlistx_destroy (&ids);
+}
+
+static void
+s_send_heartbeats (kiln_broker_t *self)
+{
+    zlistx_t *ids = zhashx_keys (self->workers);
+    for (const char *id = zlistx_first (ids); id; id = zlistx_next (ids))
+        s_send_simple (self, KILN_MSG_HEARTBEAT, id);
+    zlistx_destroy (&ids);
+    ids = zhashx_keys (self->runners);
+    for (const char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
+        s_runner_t *runner = (s_runner_t *) zhashx_lookup (self->runners, id);
+        if (runner && runner->state == RUNNER_READY)
+            s_send_simple (self, KILN_MSG_HEARTBEAT, id);
+    }
+    zlistx_destroy (&ids);
+}
+
+//  Every deployed app, and every app we still hold runners or a cache
+//  entry for (so that a deleted one is noticed).
+static void
+s_sweep_apps (kiln_broker_t *self)
+{
+    redisReply *reply = s_command (self, "SMEMBERS %s", KILN_KEY_APPS);
+    if (!reply)
+        return;
+    zhashx_t *seen = zhashx_new ();
+    if (!seen) {
+        freeReplyObject (reply);
+        return;
+    }
+    for (size_t i = 0; reply->type == REDIS_REPLY_ARRAY && i < reply->elements; i++) {
+        redisReply *name = reply->element [i];
+        if (name->type != REDIS_REPLY_STRING || !kiln_app_name_valid (name->str))
+            continue;
+        zhashx_insert (seen, name->str, "");
+        s_dispatch (self, name->str, true);
+    }
+    freeReplyObject (reply);
+
+    zlistx_t *others = zlistx_new ();
+    zlistx_set_destructor (others, (czmq_destructor *) zstr_free);
+    for (s_app_t *app = (s_app_t *) zhashx_first (self->apps);
+         app; app = (s_app_t *) zhashx_next (self->apps))
+        if (!zhashx_lookup (seen, app->name))
+            zlistx_add_end (others, strdup (app->name));
+    for (s_runner_t *runner = (s_runner_t *) zhashx_first (self->runners);
+         runner; runner = (s_runner_t *) zhashx_next (self->runners))
+        if (!zhashx_lookup (seen, runner->app) && runner->state != RUNNER_DRAINING) {
+            zhashx_insert (seen, runner->app, "");
+            zlistx_add_end (others, strdup (runner->app));
+        }
+    for (const char *name = zlistx_first (others); name; name = zlistx_next (others))
+        if (name)
+            s_dispatch (self, name, true);
+    zlistx_destroy (&others);
+    zhashx_destroy (&seen);
+}
+
+static int
+s_on_timer (zloop_t *loop, int timer_id, void *arg)
+{
+    (void) loop;
+    (void) timer_id;
+    kiln_broker_t *self = (kiln_broker_t *) arg;
+    s_redis_reconnect (self);
+    s_sub_reconnect (self);
+    s_pending_flush (self);
+    s_check_liveness (self);
+    s_send_heartbeats (self);
+    s_sweep_apps (self);
+    return 0;
+}
+
+//  -------------------------------------------------------------------------
+//  Life cycle
+
+kiln_broker_t *
+kiln_broker_new (const kiln_config_t *cfg)
+{
+    kiln_broker_t *self = calloc (1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->cfg = cfg;
+    self->workers = zhashx_new ();
+    self->runners = zhashx_new ();
+    self->apps = zhashx_new ();
+    self->inflight = zhashx_new ();
+    self->pending = zlistx_new ();
+    self->loop = zloop_new ();
+    self->router = zsock_new (ZMQ_ROUTER);
+    if (!self->workers || !self->runners || !self->apps || !self->inflight
+    ||  !self->pending || !self->loop || !self->router) {
+        kiln_broker_destroy (&self);
+        return NULL;
+    }
+    zhashx_set_destructor (self->workers, s_worker_free);
+    zhashx_set_destructor (self->runners, s_runner_free);
+    zhashx_set_destructor (self->apps, s_app_free);
+    zlistx_set_destructor (self->pending, s_call_free);
+
+    //  Mandatory: a send to a peer that is gone fails, instead of
+    //  vanishing with a request in it. Handover: a worker that restarts
+    //  with its old id takes its address back at once.
+    zsock_set_router_mandatory (self->router, 1);
+    zsock_set_router_handover (self->router, 1);
+    zsock_set_sndtimeo (self->router, SEND_TIMEOUT_MS);
+    zsock_set_linger (self->router, LINGER_MS);
+    if (zsock_bind (self->router, "%s", cfg->broker_endpoint) < 0) {
+        kiln_log_error ("cannot bind %s: %s", cfg->broker_endpoint, zmq_strerror (zmq_errno ()));
+        kiln_broker_destroy (&self);
+        return NULL;
+    }
+    self->started_ms = kiln_mono_ms ();
+    self->redis_backoff_ms = self->sub_backoff_ms = REDIS_BACKOFF_MIN_MS;
+    zloop_reader (self->loop, self->router, s_on_router, self);
+    zloop_timer (self->loop, HEARTBEAT_INTERVAL_MS, 0, s_on_timer, self);
+    s_redis_reconnect (self);
+    s_sub_reconnect (self);
+    kiln_log_info ("listening on %s; redis %s", cfg->broker_endpoint, cfg->redis_url);
+    return self;
+}
+
+void
+kiln_broker_destroy (kiln_broker_t **self_p)
+{
+    kiln_broker_t *self = *self_p;
+    if (!self)
+        return;
+    if (self->sub && self->loop)
+        zloop_poller_end (self->loop, &self->sub_item);
+    zloop_destroy (&self->loop);
+    zsock_destroy (&self->router);
+    if (self->redis)
+        redisFree (self->redis);
+    if (self->sub)
+        redisFree (self->sub);
+    if (self->pending && zlistx_size (self->pending) > 0)
+        kiln_log_error ("%zu result(s) could not be recorded: Redis is away",
+                        zlistx_size (self->pending));
+    zlistx_destroy (&self->pending);
+    zhashx_destroy (&self->inflight);
+    zhashx_destroy (&self->runners);
+    zhashx_destroy (&self->workers);
+    zhashx_destroy (&self->apps);
+    free (self);
+    *self_p = NULL;
+}
+
+int
+kiln_broker_run (kiln_broker_t *self)
+{
+    zloop_start (self->loop);
+    //  Peers that hear DISCONNECT say hello again, to whichever broker
+    //  comes up next on this endpoint.
+    size_t told = 0;
+    for (s_worker_t *worker = (s_worker_t *) zhashx_first (self->workers);
+         worker; worker = (s_worker_t *) zhashx_next (self->workers), told++)
+        s_send_simple (self, KILN_MSG_DISCONNECT, worker->id);
+    for (s_runner_t *runner = (s_runner_t *) zhashx_first (self->runners);
+         runner; runner = (s_runner_t *) zhashx_next (self->runners))
+        if (runner->state != RUNNER_STARTING) {
+            s_send_simple (self, KILN_MSG_DISCONNECT, runner->id);
+            told++;
+        }
+    kiln_log_info ("stopping; told %zu peer(s)", told);
+    return 0;
+}

@@ -1,0 +1,775 @@
+/*  =========================================================================
+    kiln-broker-test — the broker against a real Redis and fake peers
+
+        kiln-broker-test PATH/TO/kiln-broker [-v]
+
+    Starts a redis-server (append-only, so it can be restarted without
+    losing requests) and the broker on free loopback ports in a temp dir,
+    then plays worker and runners itself over ZeroMQ with libkiln's codec,
+    and submits requests with the SUBMIT script, as a gateway would. Checks
+    the broker's side of docs/ARCHITECTURE.md: placement, dispatch,
+    results, logs, runner loss, scheduling and start failures, retirement,
+    app deletion, unknown peers, a broker restart (SIGKILL) and a Redis
+    restart with a result in between. Exits 0, or 1 naming the failed
+    check and printing the tail of the broker's log. KILN_BROKER_TEST_KEEP
+    set keeps the temp dir (logs) for reading.
+    =========================================================================
+*/
+#include "kiln_keys.h"
+#include "kiln_msg.h"
+#include "kiln_scripts.h"
+#include "kiln_util.h"
+
+#include <arpa/inet.h>
+#include <czmq.h>
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define REDIS_SERVER_BIN "/usr/bin/redis-server"
+#define PEER_HEARTBEAT_MS 500
+#define WAIT_MS 8000                //  for anything the broker does at once
+#define ARTIFACT "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+static bool s_verbose;
+static char s_dir [64];
+static char s_broker_bin [4096];
+static char s_endpoint [64];
+static char s_redis_url [64];
+static int s_redis_port;
+static pid_t s_redis_pid = -1;
+static pid_t s_broker_pid = -1;
+static redisContext *s_redis;
+
+//  -------------------------------------------------------------------------
+//  Processes
+
+static void
+s_cleanup (void)
+{
+    if (s_broker_pid > 0) {
+        kill (s_broker_pid, SIGKILL);
+        waitpid (s_broker_pid, NULL, 0);
+        s_broker_pid = -1;
+    }
+    if (s_redis_pid > 0) {
+        kill (s_redis_pid, SIGKILL);
+        waitpid (s_redis_pid, NULL, 0);
+        s_redis_pid = -1;
+    }
+    if (*s_dir && getenv ("KILN_BROKER_TEST_KEEP")) {
+        printf ("kiln-broker-test: kept %s\n", s_dir);
+        *s_dir = 0;
+    }
+    if (*s_dir) {
+        char cmd [128];
+        snprintf (cmd, sizeof cmd, "rm -rf '%s'", s_dir);
+        if (system (cmd) != 0)
+            fprintf (stderr, "could not remove %s\n", s_dir);
+        *s_dir = 0;
+    }
+}
+
+static void
+s_fail (const char *what, int line)
+{
+    fprintf (stderr, "kiln-broker-test: FAILED at line %d: %s\n", line, what);
+    char cmd [256];
+    snprintf (cmd, sizeof cmd, "tail -n 40 '%s/broker.log' >&2", s_dir);
+    fprintf (stderr, "--- broker log (last 40 lines) ---\n");
+    if (system (cmd) != 0)
+        fprintf (stderr, "(no log)\n");
+    s_cleanup ();
+    exit (1);
+}
+
+#define CHECK(cond) do { if (!(cond)) s_fail (#cond, __LINE__); } while (0)
+
+static void
+s_step (const char *name)
+{
+    if (s_verbose)
+        printf (" * %s\n", name);
+}
+
+static int
+s_free_port (void)
+{
+    int fd = socket (AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = { .sin_family = AF_INET };
+    addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    int port = -1;
+    if (fd >= 0 && bind (fd, (struct sockaddr *) &addr, sizeof addr) == 0
+    &&  getsockname (fd, (struct sockaddr *) &addr, &len) == 0)
+        port = ntohs (addr.sin_port);
+    if (fd >= 0)
+        close (fd);
+    return port;
+}
+
+static pid_t
+s_spawn (const char *const argv [], const char *log_name)
+{
+    pid_t parent = getpid ();
+    pid_t pid = fork ();
+    if (pid == 0) {
+        prctl (PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid () != parent)
+            _exit (1);
+        char path [128];
+        snprintf (path, sizeof path, "%s/%s", s_dir, log_name);
+        FILE *log = fopen (path, "a");
+        if (log) {
+            dup2 (fileno (log), 1);
+            dup2 (fileno (log), 2);
+        }
+        execv (argv [0], (char *const *) argv);
+        _exit (127);
+    }
+    return pid;
+}
+
+static void
+s_redis_start (void)
+{
+    char port [16];
+    snprintf (port, sizeof port, "%d", s_redis_port);
+    const char *argv [] = {
+        REDIS_SERVER_BIN, "--port", port, "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "yes", "--appendfsync", "always", "--dir", s_dir,
+        "--daemonize", "no", NULL
+    };
+    s_redis_pid = s_spawn (argv, "redis.log");
+    CHECK (s_redis_pid > 0);
+    for (int i = 0; i < 200; i++) {
+        redisContext *ctx = redisConnect ("127.0.0.1", s_redis_port);
+        if (ctx && !ctx->err) {
+            redisReply *reply = redisCommand (ctx, "PING");
+            bool up = reply && reply->type == REDIS_REPLY_STATUS;
+            if (reply)
+                freeReplyObject (reply);
+            if (up) {
+                if (s_redis)
+                    redisFree (s_redis);
+                s_redis = ctx;
+                return;
+            }
+        }
+        if (ctx)
+            redisFree (ctx);
+        usleep (50000);
+    }
+    s_fail ("redis-server did not start", __LINE__);
+}
+
+static void
+s_redis_stop (void)
+{
+    kill (s_redis_pid, SIGTERM);        //  writes its append-only file
+    waitpid (s_redis_pid, NULL, 0);
+    s_redis_pid = -1;
+    redisFree (s_redis);
+    s_redis = NULL;
+}
+
+static void
+s_broker_start (void)
+{
+    const char *argv [] = {
+        s_broker_bin, "--redis", s_redis_url, "--endpoint", s_endpoint, NULL
+    };
+    s_broker_pid = s_spawn (argv, "broker.log");
+    CHECK (s_broker_pid > 0);
+    usleep (200000);
+}
+
+//  -------------------------------------------------------------------------
+//  Redis, as a gateway would use it
+
+static redisReply *
+s_command (const char *format, ...)
+{
+    va_list args;
+    va_start (args, format);
+    redisReply *reply = redisvCommand (s_redis, format, args);
+    va_end (args);
+    CHECK (reply);
+    return reply;
+}
+
+static void
+s_deploy (const char *app, uint64_t revision, const char *manifest)
+{
+    kiln_key_t key = kiln_key_app (app);
+    redisReply *reply = s_command ("HSET %s name %s revision %llu artifact %s manifest %s updated_ms 0",
+                                   key.s, app, (unsigned long long) revision, ARTIFACT, manifest);
+    freeReplyObject (reply);
+    reply = s_command ("SADD %s %s", KILN_KEY_APPS, app);
+    freeReplyObject (reply);
+}
+
+static void
+s_undeploy (const char *app)
+{
+    kiln_key_t key = kiln_key_app (app);
+    freeReplyObject (s_command ("DEL %s", key.s));
+    freeReplyObject (s_command ("SREM %s %s", KILN_KEY_APPS, app));
+}
+
+//  Queues a request; returns its id (static buffer per call site use).
+static void
+s_submit (const char *app, const char *body, char id [KILN_UUID_LEN + 1])
+{
+    kiln_uuid4 (id);
+    kiln_key_t app_key = kiln_key_app (app);
+    kiln_key_t req = kiln_key_request (id);
+    kiln_key_t queue = kiln_key_queue (app);
+    char now [32];
+    snprintf (now, sizeof now, "%lld", (long long) kiln_now_ms ());
+    redisReply *reply = s_command ("EVAL %s 4 %s %s %s %s %s %s %s %s %s %s %s %s %s",
+                                   KILN_SCRIPT_SUBMIT, app_key.s, req.s, queue.s, KILN_KEY_SEQ,
+                                   id, app, "/", "application/json", body, "normal",
+                                   "kiln:done:test", "", now);
+    CHECK (reply->type == REDIS_REPLY_INTEGER && reply->integer >= 0);
+    freeReplyObject (reply);
+}
+
+//  A field of a request record; "" when absent. Caller frees.
+static char *
+s_field (const char *id, const char *field)
+{
+    kiln_key_t req = kiln_key_request (id);
+    redisReply *reply = s_command ("HGET %s %s", req.s, field);
+    char *value = strdup (reply->type == REDIS_REPLY_STRING? reply->str: "");
+    freeReplyObject (reply);
+    return value;
+}
+
+static bool
+s_field_is (const char *id, const char *field, const char *expected)
+{
+    char *value = s_field (id, field);
+    bool same = streq (value, expected);
+    free (value);
+    return same;
+}
+
+//  -------------------------------------------------------------------------
+//  Fake peers
+
+typedef struct {
+    char *id;
+    zsock_t *sock;
+    zlistx_t *inbox;                //  kiln_msg_t, heartbeats left out
+    bool heartbeats;                //  sends HEARTBEAT while pumped
+    int64_t last_heartbeat_ms;
+    size_t heartbeats_seen;
+} s_peer_t;
+
+#define PEERS_MAX 32
+static s_peer_t *s_peers [PEERS_MAX];
+
+static void
+s_msg_free (void **item)
+{
+    kiln_msg_destroy ((kiln_msg_t **) item);
+}
+
+static s_peer_t *
+s_peer_new (const char *id)
+{
+    s_peer_t *self = calloc (1, sizeof *self);
+    CHECK (self);
+    self->id = strdup (id);
+    self->sock = zsock_new (ZMQ_DEALER);
+    CHECK (self->sock);
+    zsock_set_identity (self->sock, id);
+    zsock_set_linger (self->sock, 0);
+    CHECK (zsock_connect (self->sock, "%s", s_endpoint) == 0);
+    self->inbox = zlistx_new ();
+    zlistx_set_destructor (self->inbox, s_msg_free);
+    self->heartbeats = true;
+    self->last_heartbeat_ms = kiln_mono_ms ();
+    for (int i = 0; i < PEERS_MAX; i++)
+        if (!s_peers [i]) {
+            s_peers [i] = self;
+            return self;
+        }
+    s_fail ("too many peers", __LINE__);
+    return NULL;
+}
+
+static void
+s_peer_destroy (s_peer_t **self_p)
+{
+    s_peer_t *self = *self_p;
+    for (int i = 0; i < PEERS_MAX; i++)
+        if (s_peers [i] == self)
+            s_peers [i] = NULL;
+    zsock_destroy (&self->sock);
+    zlistx_destroy (&self->inbox);
+    free (self->id);
+    free (self);
+    *self_p = NULL;
+}
+
+static void
+s_peer_send (s_peer_t *self, kiln_msg_t *msg)
+{
+    CHECK (msg);
+    CHECK (kiln_msg_send (&msg, self->sock, NULL) == 0);
+}
+
+static void
+s_peer_send_simple (s_peer_t *self, kiln_msg_type_t type)
+{
+    s_peer_send (self, kiln_msg_new (type));
+}
+
+//  Receives for every peer and sends their heartbeats, for ms.
+static void
+s_pump (int ms)
+{
+    int64_t deadline = kiln_mono_ms () + ms;
+    do {
+        for (int i = 0; i < PEERS_MAX; i++) {
+            s_peer_t *peer = s_peers [i];
+            if (!peer)
+                continue;
+            while (zsock_events (peer->sock) & ZMQ_POLLIN) {
+                kiln_msg_t *msg = kiln_msg_recv (peer->sock, NULL);
+                if (!msg)
+                    continue;
+                if (msg->type == KILN_MSG_HEARTBEAT) {
+                    peer->heartbeats_seen++;
+                    kiln_msg_destroy (&msg);
+                }
+                else
+                    zlistx_add_end (peer->inbox, msg);
+            }
+            if (peer->heartbeats
+            &&  kiln_mono_ms () - peer->last_heartbeat_ms >= PEER_HEARTBEAT_MS) {
+                s_peer_send_simple (peer, KILN_MSG_HEARTBEAT);
+                peer->last_heartbeat_ms = kiln_mono_ms ();
+            }
+        }
+        zclock_sleep (5);
+    } while (kiln_mono_ms () < deadline);
+}
+
+//  The first message of that type in the inbox (and for that app, when
+//  given), waiting up to ms. Caller destroys. NULL on timeout.
+static kiln_msg_t *
+s_expect (s_peer_t *peer, kiln_msg_type_t type, const char *app, int ms)
+{
+    int64_t deadline = kiln_mono_ms () + ms;
+    while (true) {
+        for (void *handle = zlistx_first (peer->inbox) ? zlistx_cursor (peer->inbox): NULL;
+             handle; handle = zlistx_next (peer->inbox) ? zlistx_cursor (peer->inbox): NULL) {
+            kiln_msg_t *msg = (kiln_msg_t *) zlistx_handle_item (handle);
+            if (msg->type == type && (!app || (msg->app && streq (msg->app, app))))
+                return (kiln_msg_t *) zlistx_detach (peer->inbox, handle);
+        }
+        if (kiln_mono_ms () >= deadline)
+            return NULL;
+        s_pump (10);
+    }
+}
+
+//  True when no message of that type came within ms.
+static bool
+s_quiet (s_peer_t *peer, kiln_msg_type_t type, const char *app, int ms)
+{
+    kiln_msg_t *msg = s_expect (peer, type, app, ms);
+    bool quiet = msg == NULL;
+    kiln_msg_destroy (&msg);
+    return quiet;
+}
+
+static bool
+s_wait_field (const char *id, const char *field, const char *expected, int ms)
+{
+    int64_t deadline = kiln_mono_ms () + ms;
+    while (!s_field_is (id, field, expected)) {
+        if (kiln_mono_ms () >= deadline)
+            return false;
+        s_pump (20);
+    }
+    return true;
+}
+
+static s_peer_t *
+s_worker (const char *id, const char *machine_type, uint32_t count)
+{
+    s_peer_t *worker = s_peer_new (id);
+    kiln_msg_t *hello = kiln_msg_new (KILN_MSG_WORKER_HELLO);
+    hello->worker_id = strdup (id);
+    hello->host = strdup ("testhost");
+    hello->slots = calloc (1, sizeof (kiln_msg_slot_t));
+    hello->slots [0].machine_type = strdup (machine_type);
+    hello->slots [0].count = count;
+    hello->slot_count = 1;
+    s_peer_send (worker, hello);
+    return worker;
+}
+
+static void
+s_runner_hello (s_peer_t *runner, const char *worker_id, const char *app, uint64_t revision)
+{
+    kiln_msg_t *hello = kiln_msg_new (KILN_MSG_RUNNER_HELLO);
+    hello->runner_id = strdup (runner->id);
+    hello->worker_id = strdup (worker_id);
+    hello->app = strdup (app);
+    hello->revision = revision;
+    hello->max_multiplexing = 1;
+    s_peer_send (runner, hello);
+}
+
+//  Waits for RUNNER_START of the app on the worker, connects that runner
+//  and says its hello.
+static s_peer_t *
+s_start_runner (s_peer_t *worker, const char *app)
+{
+    kiln_msg_t *start = s_expect (worker, KILN_MSG_RUNNER_START, app, WAIT_MS);
+    CHECK (start);
+    CHECK (start->runner_id && strncmp (start->runner_id, "r-", 2) == 0);
+    CHECK (streq (start->artifact, ARTIFACT));
+    s_peer_t *runner = s_peer_new (start->runner_id);
+    s_runner_hello (runner, worker->id, app, start->revision);
+    kiln_msg_destroy (&start);
+    return runner;
+}
+
+static void
+s_result (s_peer_t *runner, const char *request_id, int status, const char *body)
+{
+    kiln_msg_t *result = kiln_msg_new (KILN_MSG_RESULT);
+    result->request_id = strdup (request_id);
+    result->status = status;
+    result->content_type = strdup ("application/json");
+    result->body = (uint8_t *) strdup (body);
+    result->body_size = strlen (body);
+    result->inference_ms = 7;
+    s_peer_send (runner, result);
+}
+
+static void
+s_exited (s_peer_t *worker, const char *runner_id, int status, const char *error)
+{
+    kiln_msg_t *exited = kiln_msg_new (KILN_MSG_RUNNER_EXITED);
+    exited->runner_id = strdup (runner_id);
+    exited->status = status;
+    if (error)
+        exited->error = strdup (error);
+    s_peer_send (worker, exited);
+}
+
+//  -------------------------------------------------------------------------
+//  Scenarios
+
+#define ECHO_MANIFEST \
+    "{\"name\":\"echo\",\"machine_types\":[\"CPU\"],\"keep_alive\":300," \
+    "\"max_concurrency\":2,\"endpoints\":[\"/\"]}"
+
+int
+main (int argc, char *argv [])
+{
+    if (argc < 2) {
+        fprintf (stderr, "usage: kiln-broker-test PATH/TO/kiln-broker [-v]\n");
+        return 2;
+    }
+    s_verbose = argc > 2 && streq (argv [2], "-v");
+    if (access (REDIS_SERVER_BIN, X_OK) != 0) {
+        printf ("kiln-broker-test: %s is missing; skipped\n", REDIS_SERVER_BIN);
+        return 0;
+    }
+    snprintf (s_broker_bin, sizeof s_broker_bin, "%s", argv [1]);
+    snprintf (s_dir, sizeof s_dir, "/tmp/kiln-broker-test-XXXXXX");
+    if (!mkdtemp (s_dir)) {
+        perror ("mkdtemp");
+        return 1;
+    }
+    zsys_init ();
+    zsys_handler_set (NULL);
+    signal (SIGPIPE, SIG_IGN);
+    s_redis_port = s_free_port ();
+    int broker_port = s_free_port ();
+    snprintf (s_redis_url, sizeof s_redis_url, "redis://127.0.0.1:%d", s_redis_port);
+    snprintf (s_endpoint, sizeof s_endpoint, "tcp://127.0.0.1:%d", broker_port);
+    s_redis_start ();
+    s_broker_start ();
+    int64_t broker_started = kiln_mono_ms ();
+    char id [KILN_UUID_LEN + 1], id2 [KILN_UUID_LEN + 1];
+
+    s_step ("an unknown peer is told DISCONNECT");
+    s_peer_t *stranger = s_peer_new ("stranger");
+    s_peer_send_simple (stranger, KILN_MSG_HEARTBEAT);
+    kiln_msg_t *msg = s_expect (stranger, KILN_MSG_DISCONNECT, NULL, WAIT_MS);
+    CHECK (msg);
+    kiln_msg_destroy (&msg);
+    //  Garbage does not stop it
+    zsock_send (stranger->sock, "s", "not a kiln message");
+    s_peer_destroy (&stranger);
+
+    s_step ("a request starts a runner, is dispatched, logged and completed");
+    s_deploy ("local/echo", 1, ECHO_MANIFEST);
+    s_peer_t *worker = s_worker ("w-test", "CPU", 2);
+    s_submit ("local/echo", "{\"n\":1}", id);
+    s_peer_t *runner = s_start_runner (worker, "local/echo");
+    msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg);
+    CHECK (streq (msg->request_id, id));
+    CHECK (streq (msg->path, "/"));
+    CHECK (msg->body_size == 7 && memcmp (msg->body, "{\"n\":1}", 7) == 0);
+    kiln_msg_destroy (&msg);
+    CHECK (s_field_is (id, "state", "IN_PROGRESS"));
+    CHECK (s_field_is (id, "runner", runner->id));
+
+    kiln_msg_t *log = kiln_msg_new (KILN_MSG_LOG);
+    log->request_id = strdup (id);
+    log->logs = calloc (2, sizeof (kiln_msg_log_t));
+    log->log_count = 2;
+    log->logs [0].level = strdup ("INFO");
+    log->logs [0].message = strdup ("first");
+    log->logs [0].source = strdup ("app");
+    log->logs [0].timestamp_ms = 1795888800123LL;
+    log->logs [1].level = strdup ("WARN");
+    log->logs [1].message = strdup ("second \"quoted\"");
+    log->logs [1].source = strdup ("app");
+    s_peer_send (runner, log);
+
+    kiln_msg_t *result = kiln_msg_new (KILN_MSG_RESULT);
+    result->request_id = strdup (id);
+    result->status = 201;
+    result->content_type = strdup ("application/json");
+    result->body = (uint8_t *) strdup ("{\"ok\":1}");
+    result->body_size = 8;
+    result->inference_ms = 42;
+    char file_id [KILN_UUID_LEN + 1];
+    kiln_uuid4 (file_id);
+    result->files = calloc (1, sizeof (kiln_msg_file_t));
+    result->file_count = 1;
+    result->files [0].id = strdup (file_id);
+    result->files [0].content_type = strdup ("image/png");
+    result->files [0].file_name = strdup ("out.png");
+    result->files [0].data = (uint8_t *) strdup ("PNG!");
+    result->files [0].size = 4;
+    s_peer_send (runner, result);
+    CHECK (s_wait_field (id, "state", "COMPLETED", WAIT_MS));
+    CHECK (s_field_is (id, "status", "201"));
+    CHECK (s_field_is (id, "result_body", "{\"ok\":1}"));
+    CHECK (s_field_is (id, "result_content_type", "application/json"));
+    CHECK (s_field_is (id, "inference_ms", "42"));
+    kiln_key_t logs_key = kiln_key_logs (id);
+    redisReply *reply = s_command ("LRANGE %s 0 -1", logs_key.s);
+    CHECK (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2);
+    CHECK (streq (reply->element [0]->str,
+                  "{\"message\":\"first\",\"level\":\"INFO\",\"source\":\"app\","
+                  "\"timestamp\":\"2026-11-28T18:00:00.123Z\"}"));
+    CHECK (strstr (reply->element [1]->str, "\"message\":\"second \\\"quoted\\\"\""));
+    CHECK (strstr (reply->element [1]->str, "\"timestamp\":\"20"));
+    freeReplyObject (reply);
+    kiln_key_t file_key = kiln_key_file (file_id);
+    reply = s_command ("HGET %s data", file_key.s);
+    CHECK (reply->type == REDIS_REPLY_STRING && streq (reply->str, "PNG!"));
+    freeReplyObject (reply);
+    reply = s_command ("ZCARD %s", KILN_KEY_INFLIGHT);
+    CHECK (reply->type == REDIS_REPLY_INTEGER && reply->integer == 0);
+    freeReplyObject (reply);
+
+    s_step ("a RESULT from a runner that does not hold the request is dropped");
+    s_submit ("local/echo", "{\"n\":2}", id);
+    msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, id));
+    kiln_msg_destroy (&msg);
+    s_peer_t *impostor = s_peer_new ("r-impostor");
+    s_result (impostor, id, 200, "{\"fake\":true}");
+    msg = s_expect (impostor, KILN_MSG_DISCONNECT, NULL, WAIT_MS);
+    CHECK (msg);
+    kiln_msg_destroy (&msg);
+    CHECK (s_field_is (id, "state", "IN_PROGRESS"));
+    s_peer_destroy (&impostor);
+
+    s_step ("a runner that exits mid-request ends it with 503 runner_disconnected");
+    s_exited (worker, runner->id, -11, "killed by signal 11");
+    CHECK (s_wait_field (id, "state", "COMPLETED", WAIT_MS));
+    CHECK (s_field_is (id, "status", "503"));
+    CHECK (s_field_is (id, "error_type", "runner_disconnected"));
+    CHECK (s_field_is (id, "error", "Runner exited while processing the request"));
+    s_peer_destroy (&runner);
+
+    s_step ("no worker offers the machine type: 503 runner_scheduling_failure");
+    s_deploy ("local/gpu", 1,
+              "{\"name\":\"gpu\",\"machine_types\":[\"GPU-H100\",\"GPU-A100\"],\"endpoints\":[\"/\"]}");
+    int64_t wait = 3500 - (kiln_mono_ms () - broker_started);
+    if (wait > 0)
+        s_pump ((int) wait);
+    s_submit ("local/gpu", "{}", id);
+    CHECK (s_wait_field (id, "state", "COMPLETED", 2000));
+    CHECK (s_field_is (id, "status", "503"));
+    CHECK (s_field_is (id, "error_type", "runner_scheduling_failure"));
+    CHECK (s_field_is (id, "error",
+                       "No worker offers machine type GPU-H100 (of: GPU-H100, GPU-A100)"));
+    char *body = s_field (id, "result_body");
+    CHECK (strstr (body, "\"error_type\":\"runner_scheduling_failure\""));
+    free (body);
+
+    s_step ("three failed starts in a row: 503 runner_server_error");
+    s_deploy ("local/bad", 1,
+              "{\"name\":\"bad\",\"machine_types\":[\"CPU\"],\"endpoints\":[\"/\"]}");
+    s_submit ("local/bad", "{}", id);
+    for (int attempt = 0; attempt < 3; attempt++) {
+        msg = s_expect (worker, KILN_MSG_RUNNER_START, "local/bad", WAIT_MS);
+        CHECK (msg);
+        CHECK (s_field_is (id, "state", "IN_QUEUE"));
+        s_exited (worker, msg->runner_id, 3, "setup failed: no model file");
+        kiln_msg_destroy (&msg);
+    }
+    CHECK (s_wait_field (id, "state", "COMPLETED", WAIT_MS));
+    CHECK (s_field_is (id, "status", "503"));
+    CHECK (s_field_is (id, "error_type", "runner_server_error"));
+    char *error = s_field (id, "error");
+    CHECK (strstr (error, "setup failed: no model file"));
+    free (error);
+    CHECK (s_quiet (worker, KILN_MSG_RUNNER_START, "local/bad", 1500));
+
+    s_step ("an idle runner retires after keep_alive; min_concurrency is kept");
+    s_deploy ("local/idle", 1,
+              "{\"name\":\"idle\",\"machine_types\":[\"CPU\"],\"keep_alive\":1,\"endpoints\":[\"/\"]}");
+    s_submit ("local/idle", "{}", id);
+    runner = s_start_runner (worker, "local/idle");
+    msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg);
+    s_result (runner, msg->request_id, 200, "{}");
+    kiln_msg_destroy (&msg);
+    CHECK (s_wait_field (id, "state", "COMPLETED", WAIT_MS));
+    msg = s_expect (worker, KILN_MSG_RUNNER_STOP, NULL, 4000);
+    CHECK (msg && streq (msg->runner_id, runner->id));
+    kiln_msg_destroy (&msg);
+    s_exited (worker, runner->id, 0, NULL);
+    s_peer_destroy (&runner);
+
+    s_deploy ("local/warm", 1,
+              "{\"name\":\"warm\",\"machine_types\":[\"CPU\"],\"keep_alive\":1,"
+              "\"min_concurrency\":1,\"endpoints\":[\"/\"]}");
+    runner = s_start_runner (worker, "local/warm");
+    CHECK (s_quiet (worker, KILN_MSG_RUNNER_STOP, NULL, 2500));
+    CHECK (runner->heartbeats_seen > 0);
+
+    s_step ("a deleted app has its runners stopped");
+    s_undeploy ("local/warm");
+    msg = s_expect (worker, KILN_MSG_RUNNER_STOP, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->runner_id, runner->id));
+    kiln_msg_destroy (&msg);
+    s_exited (worker, runner->id, 0, NULL);
+    s_peer_destroy (&runner);
+
+    s_step ("a new revision replaces an idle runner of the old one");
+    s_submit ("local/echo", "{\"n\":3}", id);
+    runner = s_start_runner (worker, "local/echo");
+    msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg);
+    s_result (runner, msg->request_id, 200, "{}");
+    kiln_msg_destroy (&msg);
+    CHECK (s_wait_field (id, "state", "COMPLETED", WAIT_MS));
+    s_deploy ("local/echo", 2, ECHO_MANIFEST);
+    s_submit ("local/echo", "{\"n\":4}", id);
+    msg = s_expect (worker, KILN_MSG_RUNNER_STOP, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->runner_id, runner->id));
+    kiln_msg_destroy (&msg);
+    s_exited (worker, runner->id, 0, NULL);
+    s_peer_destroy (&runner);
+    msg = s_expect (worker, KILN_MSG_RUNNER_START, "local/echo", WAIT_MS);
+    CHECK (msg && msg->revision == 2);
+    runner = s_peer_new (msg->runner_id);
+    s_runner_hello (runner, worker->id, "local/echo", 2);
+    kiln_msg_destroy (&msg);
+    msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, id));
+    kiln_msg_destroy (&msg);
+
+    s_step ("a broker killed and started again takes back its peers and results");
+    kill (s_broker_pid, SIGKILL);
+    waitpid (s_broker_pid, NULL, 0);
+    s_broker_start ();
+    //  The runner still works on id; it and the worker hear DISCONNECT
+    //  on their next heartbeat and say hello again.
+    msg = s_expect (runner, KILN_MSG_DISCONNECT, NULL, WAIT_MS);
+    CHECK (msg);
+    kiln_msg_destroy (&msg);
+    s_runner_hello (runner, worker->id, "local/echo", 2);
+    msg = s_expect (worker, KILN_MSG_DISCONNECT, NULL, WAIT_MS);
+    CHECK (msg);
+    kiln_msg_destroy (&msg);
+    kiln_msg_t *hello = kiln_msg_new (KILN_MSG_WORKER_HELLO);
+    hello->worker_id = strdup (worker->id);
+    hello->host = strdup ("testhost");
+    hello->slots = calloc (1, sizeof (kiln_msg_slot_t));
+    hello->slots [0].machine_type = strdup ("CPU");
+    hello->slots [0].count = 2;
+    hello->slot_count = 1;
+    s_peer_send (worker, hello);
+    s_pump (300);
+    //  The adopted request counts: a second one is not sent to the busy runner.
+    s_submit ("local/echo", "{\"n\":5}", id2);
+    CHECK (s_quiet (runner, KILN_MSG_REQUEST, NULL, 500));
+    s_result (runner, id, 200, "{\"after\":\"restart\"}");
+    CHECK (s_wait_field (id, "state", "COMPLETED", WAIT_MS));
+    CHECK (s_field_is (id, "result_body", "{\"after\":\"restart\"}"));
+    msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, id2));
+    kiln_msg_destroy (&msg);
+
+    s_step ("a result that arrives while Redis is down is recorded after it is back");
+    s_redis_stop ();
+    s_pump (300);
+    s_result (runner, id2, 200, "{\"during\":\"outage\"}");
+    s_pump (1500);
+    s_redis_start ();
+    CHECK (s_wait_field (id2, "state", "COMPLETED", 20000));
+    CHECK (s_field_is (id2, "result_body", "{\"during\":\"outage\"}"));
+    //  And it serves on after the reconnect
+    s_submit ("local/echo", "{\"n\":6}", id);
+    msg = s_expect (runner, KILN_MSG_REQUEST, NULL, 20000);
+    CHECK (msg && streq (msg->request_id, id));
+    s_result (runner, msg->request_id, 200, "{}");
+    kiln_msg_destroy (&msg);
+    CHECK (s_wait_field (id, "state", "COMPLETED", WAIT_MS));
+
+    s_step ("a silent runner is taken for dead");
+    s_submit ("local/echo", "{\"n\":7}", id);
+    msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, id));
+    kiln_msg_destroy (&msg);
+    runner->heartbeats = false;
+    CHECK (s_wait_field (id, "state", "COMPLETED", 6000));
+    CHECK (s_field_is (id, "error_type", "runner_disconnected"));
+    s_peer_destroy (&runner);
+
+    s_step ("SIGTERM: DISCONNECT to the peers, exit 0");
+    s_pump (200);
+    zlistx_purge (worker->inbox);
+    kill (s_broker_pid, SIGTERM);
+    int status = 0;
+    CHECK (waitpid (s_broker_pid, &status, 0) == s_broker_pid);
+    s_broker_pid = -1;
+    CHECK (WIFEXITED (status) && WEXITSTATUS (status) == 0);
+    msg = s_expect (worker, KILN_MSG_DISCONNECT, NULL, 2000);
+    CHECK (msg);
+    kiln_msg_destroy (&msg);
+    s_peer_destroy (&worker);
+
+    redisFree (s_redis);
+    s_cleanup ();
+    printf ("kiln-broker-test: OK\n");
+    return 0;
+}

@@ -1,0 +1,307 @@
+/*  =========================================================================
+    apps — kiln apps list | show OWNER/APP | delete OWNER/APP
+
+    The gateway's /v1/apps routes, printed for people (or raw with --json).
+    An app as the gateway gives it: {name, revision, artifact, manifest,
+    updated_ms, urls}; the manifest may come as an object or as the JSON
+    text the registry stores.
+    =========================================================================
+*/
+#include "cli.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const char *s_help_text =
+    "usage: kiln apps list [--json]\n"
+    "       kiln apps show OWNER/APP [--json]\n"
+    "       kiln apps delete OWNER/APP\n"
+    "\n"
+    "Lists, shows and deletes deployed apps.\n"
+    "\n"
+    "options:\n"
+    "  --json               print the gateway's answer as it is (JSON)\n"
+    KILN_CLI_COMMON_HELP;
+
+//  The manifest of an app, as an object (new reference) or NULL.
+static json_t *
+s_manifest (json_t *app)
+{
+    json_t *manifest = json_object_get (app, "manifest");
+    if (json_is_object (manifest))
+        return json_incref (manifest);
+    if (json_is_string (manifest))
+        return json_loads (json_string_value (manifest), 0, NULL);
+    return NULL;
+}
+
+//  A field that may come as a number or as a string of digits (Redis
+//  hashes hold strings).
+static long long
+s_integer (json_t *object, const char *key)
+{
+    json_t *value = json_object_get (object, key);
+    if (json_is_integer (value))
+        return (long long) json_integer_value (value);
+    if (json_is_real (value))
+        return (long long) json_real_value (value);
+    if (json_is_string (value))
+        return strtoll (json_string_value (value), NULL, 10);
+    return -1;
+}
+
+static const char *
+s_string (json_t *object, const char *key, const char *fallback)
+{
+    const char *value = json_string_value (json_object_get (object, key));
+    return value ? value : fallback;
+}
+
+//  "2026-11-28 18:00:05" in local time, or "-".
+static void
+s_format_time (long long ms, char *out, size_t size)
+{
+    if (ms <= 0) {
+        snprintf (out, size, "-");
+        return;
+    }
+    time_t seconds = (time_t) (ms / 1000);
+    struct tm tm;
+    if (!localtime_r (&seconds, &tm) || !strftime (out, size, "%Y-%m-%d %H:%M:%S", &tm))
+        snprintf (out, size, "-");
+}
+
+//  "GPU-H100,CPU" from the manifest's machine_types.
+static void
+s_machine_types (json_t *manifest, char *out, size_t size)
+{
+    out [0] = 0;
+    json_t *types = json_object_get (manifest, "machine_types");
+    size_t index;
+    json_t *type;
+    size_t used = 0;
+    json_array_foreach (types, index, type) {
+        if (!json_is_string (type))
+            continue;
+        int n = snprintf (out + used, size - used, "%s%s", used ? "," : "", json_string_value (type));
+        if (n < 0 || (size_t) n >= size - used)
+            break;
+        used += (size_t) n;
+    }
+    if (!out [0])
+        snprintf (out, size, "-");
+}
+
+static int
+s_list (kiln_cli_t *cli, bool raw)
+{
+    kiln_http_t *http = kiln_cli_http (cli);
+    if (!http)
+        return KILN_EXIT_FAILURE;
+    json_t *answer = NULL;
+    char *error = NULL;
+    int rc = kiln_http_json (http, "GET", "/v1/apps", NULL, &answer, &error);
+    kiln_http_destroy (&http);
+    if (rc) {
+        kiln_cli_fail ("%s", error ? error : "out of memory");
+        free (error);
+        return KILN_EXIT_FAILURE;
+    }
+    if (raw) {
+        char *text = answer ? json_dumps (answer, JSON_INDENT (2)) : NULL;
+        printf ("%s\n", text ? text : "null");
+        free (text);
+        json_decref (answer);
+        return KILN_EXIT_OK;
+    }
+    json_t *apps = json_is_array (answer) ? answer : json_object_get (answer, "apps");
+    if (!json_is_array (apps)) {
+        json_decref (answer);
+        return kiln_cli_fail ("the gateway's answer to GET /v1/apps holds no list of apps");
+    }
+    printf ("%-32s %-8s %-24s %-12s %s\n", "NAME", "REVISION", "MACHINE_TYPES", "ARTIFACT", "UPDATED");
+    size_t index;
+    json_t *app;
+    json_array_foreach (apps, index, app) {
+        //  A plain list of names is an answer too.
+        if (json_is_string (app)) {
+            printf ("%-32s %-8s %-24s %-12s %s\n", json_string_value (app), "-", "-", "-", "-");
+            continue;
+        }
+        json_t *manifest = s_manifest (app);
+        char types [128], updated [32], revision [24];
+        s_machine_types (manifest, types, sizeof types);
+        s_format_time (s_integer (app, "updated_ms"), updated, sizeof updated);
+        long long number = s_integer (app, "revision");
+        if (number >= 0)
+            snprintf (revision, sizeof revision, "%lld", number);
+        else
+            snprintf (revision, sizeof revision, "-");
+        printf ("%-32s %-8s %-24s %-12.12s %s\n", s_string (app, "name", "?"), revision,
+                types, s_string (app, "artifact", "-"), updated);
+        json_decref (manifest);
+    }
+    json_decref (answer);
+    return KILN_EXIT_OK;
+}
+
+static int
+s_show (kiln_cli_t *cli, const char *name, bool raw)
+{
+    kiln_http_t *http = kiln_cli_http (cli);
+    if (!http)
+        return KILN_EXIT_FAILURE;
+    char *path = NULL;
+    if (asprintf (&path, "/v1/apps/%s", name) < 0) {
+        kiln_http_destroy (&http);
+        return kiln_cli_fail ("out of memory");
+    }
+    json_t *answer = NULL;
+    char *error = NULL;
+    int rc = kiln_http_json (http, "GET", path, NULL, &answer, &error);
+    free (path);
+    if (rc) {
+        kiln_cli_fail ("%s", error ? error : "out of memory");
+        free (error);
+        kiln_http_destroy (&http);
+        return KILN_EXIT_FAILURE;
+    }
+    if (raw) {
+        char *text = answer ? json_dumps (answer, JSON_INDENT (2)) : NULL;
+        printf ("%s\n", text ? text : "null");
+        free (text);
+        json_decref (answer);
+        kiln_http_destroy (&http);
+        return KILN_EXIT_OK;
+    }
+    //  Some gateways wrap the app: {"app": {...}}.
+    json_t *app = json_is_object (json_object_get (answer, "app"))
+                ? json_object_get (answer, "app") : answer;
+    json_t *manifest = s_manifest (app);
+    char updated [32], types [128];
+    s_format_time (s_integer (app, "updated_ms"), updated, sizeof updated);
+    s_machine_types (manifest, types, sizeof types);
+    printf ("name:          %s\n", s_string (app, "name", name));
+    long long revision = s_integer (app, "revision");
+    if (revision >= 0)
+        printf ("revision:      %lld\n", revision);
+    printf ("artifact:      %s\n", s_string (app, "artifact", "-"));
+    printf ("updated:       %s\n", updated);
+
+    json_t *urls = json_object_get (app, "urls");
+    const char *sync_url = s_string (urls, "sync", NULL);
+    const char *queue_url = s_string (urls, "queue", NULL);
+    char *fallback_sync = NULL, *fallback_queue = NULL;
+    if (!sync_url && asprintf (&fallback_sync, "%s/%s", kiln_http_base (http), name) >= 0)
+        sync_url = fallback_sync;
+    if (!queue_url && asprintf (&fallback_queue, "%s/queue/%s", kiln_http_base (http), name) >= 0)
+        queue_url = fallback_queue;
+    printf ("sync:          %s\n", sync_url ? sync_url : "-");
+    printf ("queue:         %s\n", queue_url ? queue_url : "-");
+    free (fallback_sync);
+    free (fallback_queue);
+
+    if (manifest) {
+        printf ("machine types: %s\n", types);
+        static const char *fields [] = {
+            "keep_alive", "min_concurrency", "max_concurrency", "concurrency_buffer",
+            "max_multiplexing", "request_timeout", "startup_timeout", NULL
+        };
+        for (int i = 0; fields [i]; i++) {
+            long long value = s_integer (manifest, fields [i]);
+            if (value >= 0)
+                printf ("%-14s %lld%s\n", fields [i], value,
+                        strstr (fields [i], "timeout") || strcmp (fields [i], "keep_alive") == 0
+                        ? " s" : "");
+        }
+        json_t *endpoints = json_object_get (manifest, "endpoints");
+        size_t index;
+        json_t *endpoint;
+        printf ("endpoints:    ");
+        json_array_foreach (endpoints, index, endpoint)
+            if (json_is_string (endpoint))
+                printf (" %s", json_string_value (endpoint));
+        printf ("\n");
+    }
+    json_decref (manifest);
+    json_decref (answer);
+    kiln_http_destroy (&http);
+    return KILN_EXIT_OK;
+}
+
+static int
+s_delete (kiln_cli_t *cli, const char *name)
+{
+    kiln_http_t *http = kiln_cli_http (cli);
+    if (!http)
+        return KILN_EXIT_FAILURE;
+    char *path = NULL;
+    if (asprintf (&path, "/v1/apps/%s", name) < 0) {
+        kiln_http_destroy (&http);
+        return kiln_cli_fail ("out of memory");
+    }
+    json_t *answer = NULL;
+    char *error = NULL;
+    int rc = kiln_http_json (http, "DELETE", path, NULL, &answer, &error);
+    free (path);
+    kiln_http_destroy (&http);
+    json_decref (answer);
+    if (rc) {
+        kiln_cli_fail ("%s", error ? error : "out of memory");
+        free (error);
+        return KILN_EXIT_FAILURE;
+    }
+    printf ("deleted %s\n", name);
+    return KILN_EXIT_OK;
+}
+
+int
+kiln_apps_main (kiln_cli_t *cli, int argc, char *argv [])
+{
+    static const struct option options [] = {
+        KILN_CLI_COMMON_OPTIONS,
+        { "json", no_argument, NULL, 'j' },
+        { NULL, 0, NULL, 0 }
+    };
+    bool raw = false;
+    optind = 0;
+    opterr = 0;
+    int opt;
+    while ((opt = getopt_long (argc, argv, ":h", options, NULL)) != -1) {
+        if (opt == KILN_CLI_OPT_HELP) {
+            fputs (s_help_text, stdout);
+            return KILN_EXIT_OK;
+        }
+        if (opt == 'j')
+            raw = true;
+        else
+        if (!kiln_cli_common_option (cli, opt, optarg))
+            return kiln_cli_bad_option ("apps", opt, argv);
+    }
+    if (optind >= argc)
+        return kiln_cli_usage ("apps", "apps needs a subcommand: list, show or delete");
+    const char *verb = argv [optind];
+    int operands = argc - optind - 1;
+    const char *name = operands > 0 ? argv [optind + 1] : NULL;
+
+    if (strcmp (verb, "list") == 0 || strcmp (verb, "ls") == 0) {
+        if (operands > 0)
+            return kiln_cli_usage ("apps", "apps list takes no argument, got '%s'", name);
+        return s_list (cli, raw);
+    }
+    bool show = strcmp (verb, "show") == 0;
+    bool delete = strcmp (verb, "delete") == 0 || strcmp (verb, "rm") == 0;
+    if (!show && !delete)
+        return kiln_cli_usage ("apps", "unknown apps subcommand '%s' (list, show, delete)", verb);
+    if (operands != 1)
+        return kiln_cli_usage ("apps", "apps %s needs one app name: kiln apps %s OWNER/APP",
+                               verb, verb);
+    const char *problem = kiln_cli_app_name_problem (name);
+    if (problem)
+        return kiln_cli_usage ("apps", "invalid app name '%s': %s", name, problem);
+    if (delete && raw)
+        return kiln_cli_usage ("apps", "apps delete does not take --json");
+    return show ? s_show (cli, name, raw) : s_delete (cli, name);
+}

@@ -1,0 +1,456 @@
+/*  =========================================================================
+    deploy — kiln deploy APP.so [--name OWNER/APP]
+
+    Deploying is three steps, each of which can fail with a clear line:
+      1. ask `kiln-runner --describe APP.so` for the app's manifest (the
+         runner is the one program that loads apps, so it is the judge of
+         what is a kiln app);
+      2. upload the file, content-addressed: PUT /v1/artifacts/{sha256};
+      3. register the revision: POST /v1/apps {name, artifact, manifest}.
+    =========================================================================
+*/
+#include "cli.h"
+
+#include "kiln_manifest.h"
+#include "kiln_util.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+//  Describing only loads the library and reads its descriptor; a library
+//  whose constructors take longer than this is not going to deploy well.
+#define DESCRIBE_TIMEOUT_MS 30000
+
+//  An app's manifest is a few hundred bytes; this bounds what we keep of
+//  a runaway library's output.
+#define DESCRIBE_OUTPUT_MAX (1024 * 1024)
+
+static const char *s_help_text =
+    "usage: kiln deploy APP.so [--name OWNER/APP]\n"
+    "\n"
+    "Uploads a native kiln app (a shared library built against\n"
+    "include/kiln/app.h) and deploys it as a new revision, then prints\n"
+    "its sync and queue URLs.\n"
+    "\n"
+    "options:\n"
+    "  -n, --name OWNER/APP the app's name (default local/<the app's own name>)\n"
+    KILN_CLI_COMMON_HELP;
+
+//  Appends up to size bytes to a growing buffer, keeping at most
+//  DESCRIBE_OUTPUT_MAX. 0 or -1 (out of memory).
+static int
+s_append (char **buffer, size_t *length, const char *data, size_t size)
+{
+    if (*length + size > DESCRIBE_OUTPUT_MAX)
+        size = DESCRIBE_OUTPUT_MAX - *length;
+    char *grown = (char *) realloc (*buffer, *length + size + 1);
+    if (!grown)
+        return -1;
+    memcpy (grown + *length, data, size);
+    *length += size;
+    grown [*length] = 0;
+    *buffer = grown;
+    return 0;
+}
+
+//  The last non-empty line of a program's stderr, without the
+//  "<timestamp> <process> <LEVEL> " prefix kiln_log puts on lines or the
+//  "kiln-runner: " the runner puts on its own.
+static char *
+s_last_line (const char *text)
+{
+    if (!text)
+        return NULL;
+    const char *end = text + strlen (text);
+    while (end > text && (end [-1] == '\n' || end [-1] == '\r' || end [-1] == ' '))
+        end--;
+    const char *start = end;
+    while (start > text && start [-1] != '\n')
+        start--;
+    if (start == end)
+        return NULL;
+    //  2026-11-28T18:00:00.123Z kiln-runner ERROR message
+    if (end - start > 25 && start [4] == '-' && start [10] == 'T'
+    &&  start [0] >= '0' && start [0] <= '9') {
+        const char *word = start;
+        for (int spaces = 0; spaces < 3 && word < end; word++)
+            if (*word == ' ')
+                spaces++;
+        if (word < end)
+            start = word;
+    }
+    //  The runner names itself; we say who spoke.
+    static const char runner_prefix [] = "kiln-runner: ";
+    if ((size_t) (end - start) > strlen (runner_prefix)
+    &&  strncmp (start, runner_prefix, strlen (runner_prefix)) == 0)
+        start += strlen (runner_prefix);
+    return strndup (start, (size_t) (end - start));
+}
+
+//  Sets *error to "<format ...>" (one line).
+static void
+s_set_error (char **error, const char *format, ...)
+    __attribute__ ((format (printf, 2, 3)));
+
+static void
+s_set_error (char **error, const char *format, ...)
+{
+    va_list args;
+    va_start (args, format);
+    if (vasprintf (error, format, args) < 0)
+        *error = NULL;
+    va_end (args);
+}
+
+//  Runs `kiln-runner --describe path`. Returns 0 with *manifest (its
+//  stdout, caller frees); -1 when the runner rejected the app, -2 when
+//  the runner could not run; then *error says why (caller frees).
+static int
+s_describe (kiln_cli_t *cli, const char *path, char **manifest, char **error)
+{
+    *manifest = NULL;
+    char *runner = NULL;
+    if (asprintf (&runner, "%s/kiln-runner", cli->bindir) < 0) {
+        *error = NULL;
+        return -2;
+    }
+    if (access (runner, X_OK) != 0) {
+        s_set_error (error, "cannot run %s: %s (kiln deploy needs kiln-runner next to kiln)",
+                     runner, strerror (errno));
+        free (runner);
+        return -2;
+    }
+    int out_pipe [2], err_pipe [2];
+    if (pipe2 (out_pipe, O_CLOEXEC) != 0) {
+        s_set_error (error, "cannot make a pipe: %s", strerror (errno));
+        free (runner);
+        return -2;
+    }
+    if (pipe2 (err_pipe, O_CLOEXEC) != 0) {
+        s_set_error (error, "cannot make a pipe: %s", strerror (errno));
+        close (out_pipe [0]);
+        close (out_pipe [1]);
+        free (runner);
+        return -2;
+    }
+    pid_t parent = getpid ();
+    pid_t pid = fork ();
+    if (pid == 0) {
+        //  kiln up blocks signals to wait for them; an exec'd program
+        //  must start with none blocked.
+        sigset_t none;
+        sigemptyset (&none);
+        sigprocmask (SIG_SETMASK, &none, NULL);
+        prctl (PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid () != parent)
+            _exit (127);
+        int devnull = open ("/dev/null", O_RDONLY);
+        if (devnull >= 0)
+            dup2 (devnull, STDIN_FILENO);
+        dup2 (out_pipe [1], STDOUT_FILENO);
+        dup2 (err_pipe [1], STDERR_FILENO);
+        execl (runner, "kiln-runner", "--describe", path, (char *) NULL);
+        fprintf (stderr, "cannot run %s: %s\n", runner, strerror (errno));
+        _exit (127);
+    }
+    close (out_pipe [1]);
+    close (err_pipe [1]);
+    if (pid < 0) {
+        close (out_pipe [0]);
+        close (err_pipe [0]);
+        s_set_error (error, "cannot start %s: %s", runner, strerror (errno));
+        free (runner);
+        return -2;
+    }
+
+    char *out = NULL, *err = NULL;
+    size_t out_length = 0, err_length = 0;
+    struct pollfd fds [2] = {
+        { out_pipe [0], POLLIN, 0 },
+        { err_pipe [0], POLLIN, 0 },
+    };
+    int open_count = 2;
+    bool timed_out = false;
+    int64_t deadline = kiln_mono_ms () + DESCRIBE_TIMEOUT_MS;
+    while (open_count > 0) {
+        int64_t left = deadline - kiln_mono_ms ();
+        if (left <= 0) {
+            timed_out = true;
+            break;
+        }
+        int ready = poll (fds, 2, (int) left);
+        if (ready < 0 && errno == EINTR)
+            continue;
+        if (ready < 0)
+            break;
+        for (int i = 0; i < 2; i++) {
+            if (fds [i].fd < 0 || !fds [i].revents)
+                continue;
+            char chunk [4096];
+            ssize_t size = read (fds [i].fd, chunk, sizeof chunk);
+            if (size < 0 && errno == EINTR)
+                continue;
+            if (size <= 0) {
+                close (fds [i].fd);
+                fds [i].fd = -1;
+                open_count--;
+            }
+            else
+            if (i == 0)
+                s_append (&out, &out_length, chunk, (size_t) size);
+            else
+                s_append (&err, &err_length, chunk, (size_t) size);
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        if (fds [i].fd >= 0)
+            close (fds [i].fd);
+    if (timed_out)
+        kill (pid, SIGKILL);
+    int status = 0;
+    while (waitpid (pid, &status, 0) < 0 && errno == EINTR)
+        ;
+
+    int rc = -1;
+    char *reason = s_last_line (err);
+    if (timed_out) {
+        s_set_error (error, "kiln-runner --describe took over %d s", DESCRIBE_TIMEOUT_MS / 1000);
+    }
+    else
+    if (WIFEXITED (status) && WEXITSTATUS (status) == 0 && out && out_length > 0) {
+        *manifest = out;
+        out = NULL;
+        rc = 0;
+    }
+    else
+    if (reason) {
+        *error = reason;
+        reason = NULL;
+    }
+    else
+    if (WIFSIGNALED (status)) {
+        s_set_error (error, "kiln-runner --describe was killed by signal %d (%s)",
+                     WTERMSIG (status), strsignal (WTERMSIG (status)));
+    }
+    else
+        s_set_error (error, "kiln-runner --describe failed (exit status %d)",
+                     WIFEXITED (status) ? WEXITSTATUS (status) : -1);
+    free (reason);
+    free (out);
+    free (err);
+    free (runner);
+    return rc;
+}
+
+//  A URL from the deploy answer: urls.<key>, else <key>_url, else the
+//  one kiln's routes imply.
+static char *
+s_answer_url (json_t *answer, const char *key, const char *base, const char *prefix,
+              const char *name)
+{
+    json_t *urls = json_object_get (answer, "urls");
+    json_t *value = json_is_object (urls) ? json_object_get (urls, key) : NULL;
+    if (!json_is_string (value)) {
+        char field [32];
+        snprintf (field, sizeof field, "%s_url", key);
+        value = json_object_get (answer, field);
+    }
+    char *url = NULL;
+    if (json_is_string (value))
+        url = strdup (json_string_value (value));
+    else
+    if (asprintf (&url, "%s%s/%s", base, prefix, name) < 0)
+        url = NULL;
+    return url;
+}
+
+int
+kiln_deploy_app (kiln_cli_t *cli, kiln_http_t *http, const char *path,
+                 const char *name, char **deployed_name, char **error)
+{
+    *error = NULL;
+    if (deployed_name)
+        *deployed_name = NULL;
+    struct stat info;
+    if (stat (path, &info) != 0) {
+        s_set_error (error, "cannot read %s: %s", path, strerror (errno));
+        return -1;
+    }
+    if (!S_ISREG (info.st_mode)) {
+        s_set_error (error, "%s is not a file", path);
+        return -1;
+    }
+    //  dlopen searches the library path for a bare file name: give the
+    //  runner the absolute path.
+    char absolute [PATH_MAX];
+    if (!realpath (path, absolute)) {
+        s_set_error (error, "cannot read %s: %s", path, strerror (errno));
+        return -1;
+    }
+    char *manifest_text = NULL, *reason = NULL;
+    int described = s_describe (cli, absolute, &manifest_text, &reason);
+    if (described == -2) {
+        *error = reason;
+        return -1;
+    }
+    if (described != 0) {
+        s_set_error (error, "%s is not a kiln app: %s", path, reason ? reason : "kiln-runner failed");
+        free (reason);
+        return -1;
+    }
+    char *manifest_error = NULL;
+    kiln_manifest_t *manifest = kiln_manifest_from_json (manifest_text, strlen (manifest_text),
+                                                         &manifest_error);
+    json_t *manifest_json = manifest ? json_loads (manifest_text, 0, NULL) : NULL;
+    free (manifest_text);
+    if (!manifest || !json_is_object (manifest_json)) {
+        s_set_error (error, "%s: kiln-runner gave a bad manifest (%s)", path,
+                     manifest_error ? manifest_error : "not a JSON object");
+        free (manifest_error);
+        kiln_manifest_destroy (&manifest);
+        json_decref (manifest_json);
+        return -1;
+    }
+
+    char *full_name = NULL;
+    if (name)
+        full_name = strdup (name);
+    else
+    if (asprintf (&full_name, "local/%s", manifest->name) < 0)
+        full_name = NULL;
+    kiln_manifest_destroy (&manifest);
+    if (!full_name) {
+        json_decref (manifest_json);
+        *error = strdup ("out of memory");
+        return -1;
+    }
+    const char *problem = kiln_cli_app_name_problem (full_name);
+    if (problem) {
+        if (asprintf (error, "invalid app name '%s': %s%s", full_name, problem,
+                      name ? "" : " (set one with --name OWNER/APP)") < 0)
+            *error = NULL;
+        json_decref (manifest_json);
+        free (full_name);
+        return -1;
+    }
+
+    size_t size = 0;
+    uint8_t *bytes = kiln_read_file (absolute, &size);
+    if (!bytes) {
+        s_set_error (error, "cannot read %s: %s", path, strerror (errno));
+        json_decref (manifest_json);
+        free (full_name);
+        return -1;
+    }
+    char sha [KILN_SHA256_HEX_LEN + 1];
+    kiln_sha256_hex (bytes, size, sha);
+
+    char *artifact_path = NULL;
+    int rc = -1;
+    if (asprintf (&artifact_path, "/v1/artifacts/%s", sha) >= 0) {
+        kiln_http_response_t response;
+        if (kiln_http_request (http, "PUT", artifact_path, "application/octet-stream",
+                               bytes, size, &response, error) == 0) {
+            if (response.status >= 200 && response.status <= 299)
+                rc = 0;
+            else {
+                char *detail = kiln_http_error_detail (&response);
+                if (asprintf (error, "cannot upload %s: %s", path,
+                              detail ? detail : "the gateway refused it") < 0)
+                    *error = NULL;
+                free (detail);
+            }
+            kiln_http_response_reset (&response);
+        }
+        free (artifact_path);
+    }
+    free (bytes);
+
+    json_t *answer = NULL;
+    if (rc == 0) {
+        json_t *request = json_pack ("{s:s, s:s, s:O}", "name", full_name,
+                                     "artifact", sha, "manifest", manifest_json);
+        rc = request ? kiln_http_json (http, "POST", "/v1/apps", request, &answer, error) : -1;
+        json_decref (request);
+    }
+    json_decref (manifest_json);
+    if (rc == 0) {
+        json_t *revision = json_object_get (answer, "revision");
+        char *sync_url = s_answer_url (answer, "sync", kiln_http_base (http), "", full_name);
+        char *queue_url = s_answer_url (answer, "queue", kiln_http_base (http), "/queue", full_name);
+        if (json_is_integer (revision))
+            printf ("deployed %s revision %lld\n", full_name,
+                    (long long) json_integer_value (revision));
+        else
+        if (json_is_string (revision))
+            printf ("deployed %s revision %s\n", full_name, json_string_value (revision));
+        else
+            printf ("deployed %s\n", full_name);
+        printf ("sync:  %s\nqueue: %s\n", sync_url ? sync_url : "?", queue_url ? queue_url : "?");
+        fflush (stdout);
+        free (sync_url);
+        free (queue_url);
+    }
+    json_decref (answer);
+    if (rc == 0 && deployed_name) {
+        *deployed_name = full_name;
+        full_name = NULL;
+    }
+    free (full_name);
+    return rc;
+}
+
+int
+kiln_deploy_main (kiln_cli_t *cli, int argc, char *argv [])
+{
+    static const struct option options [] = {
+        KILN_CLI_COMMON_OPTIONS,
+        { "name", required_argument, NULL, 'n' },
+        { NULL, 0, NULL, 0 }
+    };
+    const char *name = NULL;
+    optind = 0;
+    opterr = 0;
+    int opt;
+    while ((opt = getopt_long (argc, argv, ":hn:", options, NULL)) != -1) {
+        if (opt == KILN_CLI_OPT_HELP) {
+            fputs (s_help_text, stdout);
+            return KILN_EXIT_OK;
+        }
+        if (opt == 'n')
+            name = optarg;
+        else
+        if (!kiln_cli_common_option (cli, opt, optarg))
+            return kiln_cli_bad_option ("deploy", opt, argv);
+    }
+    if (optind >= argc)
+        return kiln_cli_usage ("deploy", "deploy needs the app's file: kiln deploy APP.so");
+    if (optind + 1 < argc)
+        return kiln_cli_usage ("deploy", "deploy takes one file, got '%s' too", argv [optind + 1]);
+    const char *path = argv [optind];
+    if (name) {
+        const char *problem = kiln_cli_app_name_problem (name);
+        if (problem)
+            return kiln_cli_usage ("deploy", "invalid app name '%s': %s", name, problem);
+    }
+    kiln_http_t *http = kiln_cli_http (cli);
+    if (!http)
+        return KILN_EXIT_FAILURE;
+    char *error = NULL;
+    int rc = kiln_deploy_app (cli, http, path, name, NULL, &error);
+    if (rc != 0)
+        kiln_cli_fail ("%s", error ? error : "out of memory");
+    free (error);
+    kiln_http_destroy (&http);
+    return rc == 0 ? KILN_EXIT_OK : KILN_EXIT_FAILURE;
+}

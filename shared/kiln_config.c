@@ -1,0 +1,333 @@
+/*  =========================================================================
+    kiln_config — configuration from the environment
+
+    The table of variables and defaults is in kiln_config.h. An empty
+    variable counts as unset, so `KILN_KEY= kiln ...` clears a key rather
+    than sending an empty one.
+    =========================================================================
+*/
+#include "kiln_config.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_URL              "http://127.0.0.1:8080"
+#define DEFAULT_HTTP_ADDR        "127.0.0.1:8080"
+#define DEFAULT_REDIS_URL        "redis://127.0.0.1:6379"
+#define DEFAULT_BROKER_ENDPOINT  "tcp://127.0.0.1:5555"
+#define DEFAULT_MAX_BODY_BYTES   ((size_t) 32 << 20)
+#define DEFAULT_RESULT_RETENTION_S 3600
+#define DEFAULT_LOG_LEVEL        "info"
+
+static const char *
+s_env (const char *name)
+{
+    const char *value = getenv (name);
+    return value && *value ? value : NULL;
+}
+
+void
+kiln_config_set (char **field, const char *value)
+{
+    char *copy = value ? strdup (value) : NULL;
+    free (*field);
+    *field = copy;
+}
+
+//  Parses a whole positive decimal number within max. 0 or -1.
+static int
+s_parse_number (const char *text, unsigned long long max, unsigned long long *value)
+{
+    if (!text || *text < '0' || *text > '9')
+        return -1;
+    errno = 0;
+    char *end;
+    unsigned long long n = strtoull (text, &end, 10);
+    if (errno || *end || n == 0 || n > max)
+        return -1;
+    *value = n;
+    return 0;
+}
+
+kiln_config_t *
+kiln_config_new (char **error)
+{
+    if (error)
+        *error = NULL;
+    kiln_config_t *self = calloc (1, sizeof *self);
+    if (!self)
+        return NULL;
+
+    const char *v;
+    self->url = strdup ((v = s_env ("KILN_URL")) ? v : DEFAULT_URL);
+    self->http_addr = strdup ((v = s_env ("KILN_HTTP_ADDR")) ? v : DEFAULT_HTTP_ADDR);
+    self->redis_url = strdup ((v = s_env ("KILN_REDIS_URL")) ? v : DEFAULT_REDIS_URL);
+    self->broker_endpoint = strdup ((v = s_env ("KILN_BROKER_ENDPOINT")) ? v : DEFAULT_BROKER_ENDPOINT);
+    self->log_level = strdup ((v = s_env ("KILN_LOG_LEVEL")) ? v : DEFAULT_LOG_LEVEL);
+    self->key = (v = s_env ("KILN_KEY")) ? strdup (v) : NULL;
+    bool ok = self->url && self->http_addr && self->redis_url
+           && self->broker_endpoint && self->log_level
+           && (self->key || !s_env ("KILN_KEY"));
+
+    if ((v = s_env ("KILN_PUBLIC_URL")))
+        self->public_url = strdup (v);
+    else
+    if (self->http_addr &&
+        asprintf (&self->public_url, "http://%s", self->http_addr) < 0)
+        self->public_url = NULL;
+    ok = ok && self->public_url;
+    if (self->public_url) {
+        size_t len = strlen (self->public_url);
+        while (len > 0 && self->public_url [len - 1] == '/')
+            self->public_url [--len] = 0;
+    }
+
+    if ((v = s_env ("KILN_STATE_DIR")))
+        self->state_dir = strdup (v);
+    else
+    if ((v = s_env ("HOME"))) {
+        if (asprintf (&self->state_dir, "%s/.kiln", v) < 0)
+            self->state_dir = NULL;
+    }
+    else
+        self->state_dir = strdup ("/tmp/kiln");
+    ok = ok && self->state_dir;
+    if (!ok) {
+        kiln_config_destroy (&self);
+        return NULL;
+    }
+
+    self->max_body_bytes = DEFAULT_MAX_BODY_BYTES;
+    self->result_retention_s = DEFAULT_RESULT_RETENTION_S;
+    unsigned long long n;
+    if ((v = s_env ("KILN_MAX_BODY_BYTES"))) {
+        if (s_parse_number (v, SIZE_MAX, &n)) {
+            if (error && asprintf (error, "KILN_MAX_BODY_BYTES: '%s' is not a positive number of bytes", v) < 0)
+                *error = NULL;
+            kiln_config_destroy (&self);
+            return NULL;
+        }
+        self->max_body_bytes = (size_t) n;
+    }
+    if ((v = s_env ("KILN_RESULT_RETENTION"))) {
+        if (s_parse_number (v, INT_MAX, &n)) {
+            if (error && asprintf (error, "KILN_RESULT_RETENTION: '%s' is not a positive number of seconds", v) < 0)
+                *error = NULL;
+            kiln_config_destroy (&self);
+            return NULL;
+        }
+        self->result_retention_s = (int) n;
+    }
+    return self;
+}
+
+void
+kiln_config_destroy (kiln_config_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    kiln_config_t *self = *self_p;
+    free (self->url);
+    free (self->http_addr);
+    free (self->public_url);
+    free (self->redis_url);
+    free (self->broker_endpoint);
+    free (self->state_dir);
+    free (self->key);
+    free (self->log_level);
+    free (self);
+    *self_p = NULL;
+}
+
+int
+kiln_config_split_addr (const char *addr, char **host, int *port)
+{
+    if (!addr || !host || !port)
+        return -1;
+    const char *host_start, *host_end, *colon;
+    if (*addr == '[') {
+        //  [v6]:port — the brackets are there because v6 has colons.
+        host_start = addr + 1;
+        host_end = strchr (host_start, ']');
+        if (!host_end || host_end [1] != ':')
+            return -1;
+        colon = host_end + 1;
+    }
+    else {
+        host_start = addr;
+        colon = strrchr (addr, ':');
+        if (!colon || memchr (addr, ':', colon - addr))
+            return -1;              //  bare v6 without brackets is ambiguous
+        host_end = colon;
+    }
+    if (host_end == host_start)
+        return -1;
+    for (const char *c = host_start; c < host_end; c++)
+        if (*c <= ' ' || *c == '/' || *c == '[' || *c == ']')
+            return -1;
+    unsigned long long n;
+    if (strcmp (colon + 1, "0") == 0)
+        n = 0;                      //  "any free port", for tests
+    else
+    if (s_parse_number (colon + 1, 65535, &n))
+        return -1;
+    char *copy = strndup (host_start, host_end - host_start);
+    if (!copy)
+        return -1;
+    *host = copy;
+    *port = (int) n;
+    return 0;
+}
+
+//  ---------------------------------------------------------------------
+//  Selftest
+
+static const char *s_vars [] = {
+    "KILN_URL", "KILN_HTTP_ADDR", "KILN_PUBLIC_URL", "KILN_REDIS_URL",
+    "KILN_BROKER_ENDPOINT", "KILN_STATE_DIR", "KILN_KEY", "KILN_MAX_BODY_BYTES",
+    "KILN_RESULT_RETENTION", "KILN_LOG_LEVEL", NULL
+};
+
+void
+kiln_config_test (bool verbose)
+{
+    if (verbose)
+        printf (" * kiln_config: ");
+
+    //  The test changes the environment; keep the caller's to restore.
+    char *saved [16] = { NULL };
+    for (int i = 0; s_vars [i]; i++) {
+        const char *v = getenv (s_vars [i]);
+        saved [i] = v ? strdup (v) : NULL;
+        unsetenv (s_vars [i]);
+    }
+    char *saved_home = getenv ("HOME") ? strdup (getenv ("HOME")) : NULL;
+
+    //  Defaults.
+    setenv ("HOME", "/home/tester", 1);
+    char *error = NULL;
+    kiln_config_t *cfg = kiln_config_new (&error);
+    assert (cfg && !error);
+    assert (strcmp (cfg->url, "http://127.0.0.1:8080") == 0);
+    assert (strcmp (cfg->http_addr, "127.0.0.1:8080") == 0);
+    assert (strcmp (cfg->public_url, "http://127.0.0.1:8080") == 0);
+    assert (strcmp (cfg->redis_url, "redis://127.0.0.1:6379") == 0);
+    assert (strcmp (cfg->broker_endpoint, "tcp://127.0.0.1:5555") == 0);
+    assert (strcmp (cfg->state_dir, "/home/tester/.kiln") == 0);
+    assert (cfg->key == NULL);
+    assert (cfg->max_body_bytes == 33554432);
+    assert (cfg->result_retention_s == 3600);
+    assert (strcmp (cfg->log_level, "info") == 0);
+    kiln_config_set (&cfg->url, "http://example:1");
+    assert (strcmp (cfg->url, "http://example:1") == 0);
+    kiln_config_set (&cfg->key, NULL);
+    assert (cfg->key == NULL);
+    kiln_config_destroy (&cfg);
+    assert (cfg == NULL);
+    kiln_config_destroy (&cfg);             //  harmless twice
+
+    unsetenv ("HOME");
+    cfg = kiln_config_new (NULL);
+    assert (cfg && strcmp (cfg->state_dir, "/tmp/kiln") == 0);
+    kiln_config_destroy (&cfg);
+
+    //  Overrides; public_url follows http_addr unless set itself.
+    setenv ("KILN_URL", "http://gw:9000", 1);
+    setenv ("KILN_HTTP_ADDR", "0.0.0.0:9000", 1);
+    setenv ("KILN_REDIS_URL", "redis://:pw@redis:6380/2", 1);
+    setenv ("KILN_BROKER_ENDPOINT", "tcp://broker:7000", 1);
+    setenv ("KILN_STATE_DIR", "/var/lib/kiln", 1);
+    setenv ("KILN_KEY", "id:secret", 1);
+    setenv ("KILN_MAX_BODY_BYTES", "1024", 1);
+    setenv ("KILN_RESULT_RETENTION", "60", 1);
+    setenv ("KILN_LOG_LEVEL", "debug", 1);
+    cfg = kiln_config_new (&error);
+    assert (cfg && !error);
+    assert (strcmp (cfg->url, "http://gw:9000") == 0);
+    assert (strcmp (cfg->http_addr, "0.0.0.0:9000") == 0);
+    assert (strcmp (cfg->public_url, "http://0.0.0.0:9000") == 0);
+    assert (strcmp (cfg->redis_url, "redis://:pw@redis:6380/2") == 0);
+    assert (strcmp (cfg->broker_endpoint, "tcp://broker:7000") == 0);
+    assert (strcmp (cfg->state_dir, "/var/lib/kiln") == 0);
+    assert (strcmp (cfg->key, "id:secret") == 0);
+    assert (cfg->max_body_bytes == 1024);
+    assert (cfg->result_retention_s == 60);
+    assert (strcmp (cfg->log_level, "debug") == 0);
+    kiln_config_destroy (&cfg);
+
+    setenv ("KILN_PUBLIC_URL", "https://kiln.example.com/", 1);
+    setenv ("KILN_KEY", "", 1);             //  empty is unset
+    cfg = kiln_config_new (&error);
+    assert (cfg);
+    assert (strcmp (cfg->public_url, "https://kiln.example.com") == 0);
+    assert (cfg->key == NULL);
+    kiln_config_destroy (&cfg);
+
+    //  Bad numbers: NULL and an error naming the variable.
+    const char *bad [] = { "abc", "-5", "0", "12x", " 12", "99999999999999999999999", "1.5", NULL };
+    for (int i = 0; bad [i]; i++) {
+        setenv ("KILN_MAX_BODY_BYTES", bad [i], 1);
+        cfg = kiln_config_new (&error);
+        assert (cfg == NULL);
+        assert (error && strstr (error, "KILN_MAX_BODY_BYTES"));
+        free (error);
+        error = NULL;
+    }
+    setenv ("KILN_MAX_BODY_BYTES", "1024", 1);
+    setenv ("KILN_RESULT_RETENTION", "3000000000", 1);     //  over INT_MAX
+    cfg = kiln_config_new (&error);
+    assert (cfg == NULL && error && strstr (error, "KILN_RESULT_RETENTION"));
+    free (error);
+    error = NULL;
+    setenv ("KILN_RESULT_RETENTION", "ten", 1);
+    assert (kiln_config_new (NULL) == NULL);      //  error is optional
+
+    //  split_addr.
+    char *host = NULL;
+    int port = 0;
+    assert (kiln_config_split_addr ("127.0.0.1:8080", &host, &port) == 0);
+    assert (strcmp (host, "127.0.0.1") == 0 && port == 8080);
+    free (host);
+    assert (kiln_config_split_addr ("localhost:1", &host, &port) == 0);
+    assert (strcmp (host, "localhost") == 0 && port == 1);
+    free (host);
+    assert (kiln_config_split_addr ("[::1]:65535", &host, &port) == 0);
+    assert (strcmp (host, "::1") == 0 && port == 65535);
+    free (host);
+    assert (kiln_config_split_addr ("0.0.0.0:0", &host, &port) == 0);
+    assert (strcmp (host, "0.0.0.0") == 0 && port == 0);
+    free (host);
+    host = NULL;
+    const char *bad_addrs [] = {
+        "", "localhost", "localhost:", ":8080", "host:65536", "host:-1",
+        "host:80x", "::1:80", "[::1]80", "[::1]", "[]:80", "[::1:80",
+        "ho st:80", "host:00080000", NULL
+    };
+    for (int i = 0; bad_addrs [i]; i++) {
+        assert (kiln_config_split_addr (bad_addrs [i], &host, &port) == -1);
+        assert (host == NULL);
+    }
+    assert (kiln_config_split_addr (NULL, &host, &port) == -1);
+
+    //  Restore the caller's environment.
+    for (int i = 0; s_vars [i]; i++) {
+        if (saved [i])
+            setenv (s_vars [i], saved [i], 1);
+        else
+            unsetenv (s_vars [i]);
+        free (saved [i]);
+    }
+    if (saved_home)
+        setenv ("HOME", saved_home, 1);
+    else
+        unsetenv ("HOME");
+    free (saved_home);
+
+    if (verbose)
+        printf ("OK\n");
+}

@@ -1,0 +1,546 @@
+/*  =========================================================================
+    kiln_redis — Redis URLs and connections
+
+    URL form: redis://[[user]:password@]host[:port][/db], host a name, an
+    IPv4 address or [IPv6]. User and password may be percent-encoded.
+    kiln_redis_url_t has no user field, so only kiln_redis_connect (which
+    sees the URL itself) authenticates as a named ACL user; the parsed
+    form authenticates with the password alone, as the default user.
+
+    Also here, for selftests: a throwaway redis-server on a free port
+    (kiln_redis_test_server_start / _stop). They are not in the header
+    because no program should start a Redis this way; tests declare them.
+    =========================================================================
+*/
+#include "kiln_redis.h"
+#include "kiln_log.h"
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define REDIS_DEFAULT_PORT 6379
+
+static int
+s_hex_value (char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+//  Decodes %XX escapes of a URL part into a new string. NULL on a bad
+//  escape, or an escape that decodes to NUL (it could not be sent).
+static char *
+s_percent_decode (const char *start, size_t len)
+{
+    char *out = malloc (len + 1);
+    if (!out)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (start [i] != '%') {
+            out [o++] = start [i];
+            continue;
+        }
+        int high = i + 2 < len ? s_hex_value (start [i + 1]) : -1;
+        int low = i + 2 < len ? s_hex_value (start [i + 2]) : -1;
+        if (high < 0 || low < 0 || (high | low) == 0) {
+            free (out);
+            return NULL;
+        }
+        out [o++] = (char) (high * 16 + low);
+        i += 2;
+    }
+    out [o] = 0;
+    return out;
+}
+
+//  Parses a whole decimal number in [min, max]. 0 or -1.
+static int
+s_parse_int (const char *start, size_t len, long min, long max, int *value)
+{
+    if (len == 0 || len > 10)
+        return -1;
+    long n = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (start [i] < '0' || start [i] > '9')
+            return -1;
+        n = n * 10 + (start [i] - '0');
+    }
+    if (n < min || n > max)
+        return -1;
+    *value = (int) n;
+    return 0;
+}
+
+//  The parser behind both public entry points; *user_p (if given) gets
+//  the ACL user name, NULL when none.
+static kiln_redis_url_t *
+s_parse (const char *url, char **user_p)
+{
+    if (user_p)
+        *user_p = NULL;
+    if (!url || strncasecmp (url, "redis://", 8) != 0)
+        return NULL;
+    const char *authority = url + 8;
+    const char *slash = strchr (authority, '/');
+    const char *auth_end = slash ? slash : authority + strlen (authority);
+
+    kiln_redis_url_t *self = calloc (1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->port = REDIS_DEFAULT_PORT;
+    char *user = NULL;
+
+    //  userinfo: the last '@' in the authority, so a password may hold
+    //  an unescaped '@'.
+    const char *at = NULL;
+    for (const char *c = authority; c < auth_end; c++)
+        if (*c == '@')
+            at = c;
+    const char *host_start = authority;
+    if (at) {
+        const char *colon = memchr (authority, ':', at - authority);
+        if (colon) {
+            if (colon > authority && !(user = s_percent_decode (authority, colon - authority)))
+                goto bad;
+            if (at > colon + 1 && !(self->password = s_percent_decode (colon + 1, at - colon - 1)))
+                goto bad;
+        }
+        else
+        if (at > authority && !(user = s_percent_decode (authority, at - authority)))
+            goto bad;
+        host_start = at + 1;
+    }
+
+    //  host[:port], host possibly [v6]
+    const char *host_end, *port_start = NULL;
+    if (*host_start == '[') {
+        const char *close = memchr (host_start, ']', auth_end - host_start);
+        if (!close || close == host_start + 1)
+            goto bad;
+        self->host = strndup (host_start + 1, close - host_start - 1);
+        host_end = close + 1;
+        if (host_end < auth_end) {
+            if (*host_end != ':')
+                goto bad;
+            port_start = host_end + 1;
+        }
+    }
+    else {
+        const char *colon = memchr (host_start, ':', auth_end - host_start);
+        host_end = colon ? colon : auth_end;
+        if (host_end == host_start)
+            goto bad;
+        self->host = strndup (host_start, host_end - host_start);
+        if (colon)
+            port_start = colon + 1;
+    }
+    if (!self->host)
+        goto bad;
+    for (const char *c = self->host; *c; c++)
+        if (*c <= ' ' || *c == '@' || *c == '[' || *c == ']' || *c == '%' || *c == '?' || *c == '#')
+            goto bad;
+    if (port_start && s_parse_int (port_start, auth_end - port_start, 1, 65535, &self->port))
+        goto bad;
+
+    //  /db, or a lone trailing slash
+    if (slash && slash [1]
+    &&  s_parse_int (slash + 1, strlen (slash + 1), 0, INT_MAX, &self->db))
+        goto bad;
+
+    if (user_p)
+        *user_p = user;
+    else
+        free (user);
+    return self;
+
+bad:
+    free (user);
+    kiln_redis_url_destroy (&self);
+    return NULL;
+}
+
+kiln_redis_url_t *
+kiln_redis_url_parse (const char *url)
+{
+    return s_parse (url, NULL);
+}
+
+void
+kiln_redis_url_destroy (kiln_redis_url_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    kiln_redis_url_t *self = *self_p;
+    free (self->host);
+    if (self->password) {
+        //  Do not leave the secret lying in freed memory.
+        memset (self->password, 0, strlen (self->password));
+        free (self->password);
+    }
+    free (self);
+    *self_p = NULL;
+}
+
+//  Runs one command with binary-safe arguments; 0 if Redis said OK.
+static int
+s_command_ok (redisContext *ctx, const char *what, int argc, const char **argv)
+{
+    redisReply *reply = redisCommandArgv (ctx, argc, argv, NULL);
+    if (!reply) {
+        kiln_log_error ("redis %s: %s", what, ctx->errstr [0] ? ctx->errstr : "no reply");
+        return -1;
+    }
+    int rc = 0;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        kiln_log_error ("redis %s: %s", what, reply->str);
+        rc = -1;
+    }
+    freeReplyObject (reply);
+    return rc;
+}
+
+static int
+s_prepare (redisContext *ctx, const kiln_redis_url_t *url, const char *user)
+{
+    if (!ctx || !url)
+        return -1;
+    if (url->password) {
+        const char *argv [3] = { "AUTH", user ? user : url->password, url->password };
+        if (s_command_ok (ctx, "AUTH", user ? 3 : 2, argv))
+            return -1;
+    }
+    if (url->db != 0) {
+        char db [16];
+        snprintf (db, sizeof db, "%d", url->db);
+        const char *argv [2] = { "SELECT", db };
+        if (s_command_ok (ctx, "SELECT", 2, argv))
+            return -1;
+    }
+    return 0;
+}
+
+int
+kiln_redis_prepare (redisContext *ctx, const kiln_redis_url_t *url)
+{
+    return s_prepare (ctx, url, NULL);
+}
+
+redisContext *
+kiln_redis_connect (const char *url_text, int timeout_ms)
+{
+    char *user = NULL;
+    kiln_redis_url_t *url = s_parse (url_text, &user);
+    if (!url) {
+        kiln_log_error ("redis: malformed URL '%s'", url_text ? url_text : "(null)");
+        return NULL;
+    }
+    struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
+    redisContext *ctx = timeout_ms > 0
+                      ? redisConnectWithTimeout (url->host, url->port, tv)
+                      : redisConnect (url->host, url->port);
+    if (!ctx)
+        kiln_log_error ("redis %s:%d: out of memory", url->host, url->port);
+    else
+    if (ctx->err) {
+        kiln_log_error ("redis %s:%d: %s", url->host, url->port, ctx->errstr);
+        redisFree (ctx);
+        ctx = NULL;
+    }
+    else
+    if (timeout_ms > 0 && redisSetTimeout (ctx, tv) != REDIS_OK) {
+        kiln_log_error ("redis %s:%d: cannot set timeout", url->host, url->port);
+        redisFree (ctx);
+        ctx = NULL;
+    }
+    if (ctx && s_prepare (ctx, url, user)) {
+        redisFree (ctx);
+        ctx = NULL;
+    }
+    free (user);
+    kiln_redis_url_destroy (&url);
+    return ctx;
+}
+
+//  ---------------------------------------------------------------------
+//  Throwaway redis-server for selftests
+
+#define REDIS_SERVER_BIN "/usr/bin/redis-server"
+#define REDIS_START_TIMEOUT_MS 10000
+
+//  Asks the kernel for a free loopback port. There is a window before
+//  redis binds it, which is fine for tests.
+static int
+s_free_port (void)
+{
+    int fd = socket (AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in addr = { .sin_family = AF_INET };
+    addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    int port = -1;
+    if (bind (fd, (struct sockaddr *) &addr, sizeof addr) == 0
+    &&  getsockname (fd, (struct sockaddr *) &addr, &len) == 0)
+        port = ntohs (addr.sin_port);
+    close (fd);
+    return port;
+}
+
+//  Starts redis-server on a free loopback port with no persistence, in a
+//  new temp dir, and waits until it answers PING. extra_args (may be
+//  NULL) is a NULL-terminated list of more server arguments. Returns the
+//  pid (>0) and fills *port and dir, or -1 (reason on stderr). The server
+//  dies with the calling thread, so a failed assert does not leak it.
+pid_t
+kiln_redis_test_server_start (int *port, char dir [64], const char *const *extra_args)
+{
+    if (access (REDIS_SERVER_BIN, X_OK)) {
+        fprintf (stderr, "kiln selftest: %s is missing: install redis-server\n", REDIS_SERVER_BIN);
+        return -1;
+    }
+    snprintf (dir, 64, "/tmp/kiln-redis-XXXXXX");
+    if (!mkdtemp (dir)) {
+        fprintf (stderr, "kiln selftest: mkdtemp: %s\n", strerror (errno));
+        return -1;
+    }
+    *port = s_free_port ();
+    if (*port <= 0) {
+        rmdir (dir);
+        return -1;
+    }
+    char port_text [16], log_path [96];
+    snprintf (port_text, sizeof port_text, "%d", *port);
+    snprintf (log_path, sizeof log_path, "%s/redis.log", dir);
+    const char *argv [64] = {
+        REDIS_SERVER_BIN, "--port", port_text, "--bind", "127.0.0.1",
+        "--save", "", "--appendonly", "no", "--dir", dir,
+        "--logfile", log_path, "--daemonize", "no"
+    };
+    int argc = 15;
+    for (int i = 0; extra_args && extra_args [i] && argc < 63; i++)
+        argv [argc++] = extra_args [i];
+    argv [argc] = NULL;
+
+    pid_t parent = getpid ();
+    pid_t pid = fork ();
+    if (pid < 0) {
+        rmdir (dir);
+        return -1;
+    }
+    if (pid == 0) {
+        prctl (PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid () != parent)
+            _exit (1);              //  parent already gone
+        execv (REDIS_SERVER_BIN, (char *const *) argv);
+        _exit (127);
+    }
+    //  Wait for PING; give up if the server exits or takes too long.
+    struct timespec start;
+    clock_gettime (CLOCK_MONOTONIC, &start);
+    while (true) {
+        int status;
+        if (waitpid (pid, &status, WNOHANG) == pid) {
+            fprintf (stderr, "kiln selftest: redis-server exited early (see %s)\n", log_path);
+            return -1;
+        }
+        struct timeval tv = { 0, 200000 };
+        redisContext *ctx = redisConnectWithTimeout ("127.0.0.1", *port, tv);
+        if (ctx && !ctx->err) {
+            redisReply *reply = redisCommand (ctx, "PING");
+            //  A server with a password answers NOAUTH: it is up too.
+            bool up = reply && (reply->type == REDIS_REPLY_STATUS
+                             || reply->type == REDIS_REPLY_ERROR);
+            if (reply)
+                freeReplyObject (reply);
+            redisFree (ctx);
+            if (up)
+                return pid;
+        }
+        else
+        if (ctx)
+            redisFree (ctx);
+        struct timespec now;
+        clock_gettime (CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000
+            > REDIS_START_TIMEOUT_MS) {
+            fprintf (stderr, "kiln selftest: redis-server did not answer PING\n");
+            kill (pid, SIGKILL);
+            waitpid (pid, NULL, 0);
+            return -1;
+        }
+        usleep (20000);
+    }
+}
+
+//  Stops the server and removes its dir.
+void
+kiln_redis_test_server_stop (pid_t pid, const char *dir)
+{
+    if (pid > 0) {
+        kill (pid, SIGKILL);
+        waitpid (pid, NULL, 0);
+    }
+    if (dir && *dir) {
+        char cmd [128];
+        snprintf (cmd, sizeof cmd, "rm -rf '%s'", dir);
+        if (system (cmd) != 0)
+            fprintf (stderr, "kiln selftest: could not remove %s\n", dir);
+    }
+}
+
+//  ---------------------------------------------------------------------
+//  Selftest
+
+static void
+s_check_url (const char *text, const char *host, int port, int db, const char *password)
+{
+    kiln_redis_url_t *url = kiln_redis_url_parse (text);
+    assert (url);
+    assert (strcmp (url->host, host) == 0);
+    assert (url->port == port);
+    assert (url->db == db);
+    if (password)
+        assert (url->password && strcmp (url->password, password) == 0);
+    else
+        assert (url->password == NULL);
+    kiln_redis_url_destroy (&url);
+    assert (url == NULL);
+}
+
+void
+kiln_redis_test (bool verbose)
+{
+    if (verbose)
+        printf (" * kiln_redis: ");
+
+    s_check_url ("redis://127.0.0.1:6379", "127.0.0.1", 6379, 0, NULL);
+    s_check_url ("redis://localhost", "localhost", 6379, 0, NULL);
+    s_check_url ("redis://localhost/", "localhost", 6379, 0, NULL);
+    s_check_url ("REDIS://redis.internal:7000/3", "redis.internal", 7000, 3, NULL);
+    s_check_url ("redis://localhost/15", "localhost", 6379, 15, NULL);
+    s_check_url ("redis://:s3cret@localhost:6380", "localhost", 6380, 0, "s3cret");
+    s_check_url ("redis://:s3cret@localhost:6380/2", "localhost", 6380, 2, "s3cret");
+    s_check_url ("redis://alice:s3cret@db/1", "db", 6379, 1, "s3cret");
+    s_check_url ("redis://alice@db", "db", 6379, 0, NULL);
+    s_check_url ("redis://:p%40ss%3Aw%2Fd@db", "db", 6379, 0, "p@ss:w/d");
+    s_check_url ("redis://:p@ss@db", "db", 6379, 0, "p@ss");
+    s_check_url ("redis://:@db", "db", 6379, 0, NULL);
+    s_check_url ("redis://[::1]:6390/4", "::1", 6390, 4, NULL);
+    s_check_url ("redis://[::1]", "::1", 6379, 0, NULL);
+    s_check_url ("redis://:pw@[fe80::1]:1", "fe80::1", 1, 0, "pw");
+
+    //  The ACL user reaches connect's AUTH; the public parse drops it.
+    char *user = NULL;
+    kiln_redis_url_t *url = s_parse ("redis://alice:pw@db", &user);
+    assert (url && user && strcmp (user, "alice") == 0);
+    free (user);
+    kiln_redis_url_destroy (&url);
+
+    const char *bad [] = {
+        NULL, "", "redis://", "redis:///0", "http://localhost:6379", "localhost:6379",
+        "redis://host:", "redis://host:0", "redis://host:65536", "redis://host:12ab",
+        "redis://host:-1", "redis://host/abc", "redis://host/-1", "redis://host/1/2",
+        "redis://host/99999999999", "redis://ho st", "redis://host?db=1",
+        "redis://[::1", "redis://[]:6379", "redis://[::1]x", "redis://:pw@",
+        "redis://:p%zzw@host", "redis://:p%0@host", "redis://:p%00w@host",
+        "redis://host:6379:6380", "redis://@", "rediss://host", NULL
+    };
+    for (int i = 0; i == 0 || bad [i]; i++)
+        assert (kiln_redis_url_parse (bad [i]) == NULL);
+    kiln_redis_url_destroy (&url);          //  NULL is fine
+
+    //  Connecting where nothing listens fails fast, with NULL.
+    kiln_log_init ("kiln-selftest", "error");
+    int closed_port = s_free_port ();
+    assert (closed_port > 0);
+    char text [96];
+    snprintf (text, sizeof text, "redis://127.0.0.1:%d", closed_port);
+    //  The expected errors are noise on the test's stderr.
+    fflush (stderr);
+    int saved_stderr = dup (STDERR_FILENO);
+    int devnull = open ("/dev/null", O_WRONLY);
+    assert (saved_stderr >= 0 && devnull >= 0);
+    dup2 (devnull, STDERR_FILENO);
+    assert (kiln_redis_connect (text, 500) == NULL);
+    assert (kiln_redis_connect ("garbage", 500) == NULL);
+    dup2 (saved_stderr, STDERR_FILENO);
+
+    //  A real server with an ACL user and a password for the default user:
+    //  AUTH both ways, SELECT, and a wrong password refused.
+    int port;
+    char dir [64];
+    const char *extra [] = {
+        "--requirepass", "top secret", "--user", "alice", "on", ">alicepw", "~*", "&*", "+@all", NULL
+    };
+    pid_t pid = kiln_redis_test_server_start (&port, dir, extra);
+    if (pid <= 0) {
+        fprintf (stderr, "kiln_redis_test: cannot start redis-server\n");
+        assert (false);
+    }
+    snprintf (text, sizeof text, "redis://:top%%20secret@127.0.0.1:%d/3", port);
+    redisContext *ctx = kiln_redis_connect (text, 2000);
+    bool ok = ctx != NULL;
+    if (ok) {
+        redisReply *reply = redisCommand (ctx, "CLIENT INFO");
+        ok = reply && reply->type == REDIS_REPLY_STRING && strstr (reply->str, " db=3 ");
+        if (reply)
+            freeReplyObject (reply);
+        redisFree (ctx);
+    }
+    snprintf (text, sizeof text, "redis://alice:alicepw@127.0.0.1:%d", port);
+    ctx = kiln_redis_connect (text, 2000);
+    if (ctx) {
+        redisReply *reply = redisCommand (ctx, "ACL WHOAMI");
+        ok = ok && reply && reply->type == REDIS_REPLY_STRING && strcmp (reply->str, "alice") == 0;
+        if (reply)
+            freeReplyObject (reply);
+        redisFree (ctx);
+    }
+    else
+        ok = false;
+    //  kiln_redis_prepare on a context made elsewhere (the gateway's way).
+    snprintf (text, sizeof text, "redis://:top%%20secret@127.0.0.1:%d/5", port);
+    url = kiln_redis_url_parse (text);
+    ctx = redisConnect ("127.0.0.1", port);
+    ok = ok && url && ctx && !ctx->err && kiln_redis_prepare (ctx, url) == 0;
+    if (ctx)
+        redisFree (ctx);
+    kiln_redis_url_destroy (&url);
+    dup2 (devnull, STDERR_FILENO);
+    snprintf (text, sizeof text, "redis://:wrong@127.0.0.1:%d", port);
+    ctx = kiln_redis_connect (text, 2000);
+    ok = ok && ctx == NULL;
+    snprintf (text, sizeof text, "redis://:top%%20secret@127.0.0.1:%d/100000", port);
+    ctx = kiln_redis_connect (text, 2000);      //  no such db
+    ok = ok && ctx == NULL;
+    dup2 (saved_stderr, STDERR_FILENO);
+    close (saved_stderr);
+    close (devnull);
+    kiln_redis_test_server_stop (pid, dir);
+    assert (ok);
+
+    if (verbose)
+        printf ("OK\n");
+}

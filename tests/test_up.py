@@ -1,0 +1,173 @@
+"""`kiln up`: the whole local stack in the foreground. It prints a curl
+line that works, and Ctrl-C stops everything it started, exit status 0."""
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import unittest
+import urllib.parse
+
+import kiln_harness
+from kiln_harness import (alive, descendants, free_port, http_request, pids_mentioning,
+                          program, wait_until)
+
+UP_START_TIMEOUT_S = 30
+UP_STOP_TIMEOUT_S = 30
+
+
+def parse_curl(line):
+    """(method, url, headers, data) from a printed curl command line."""
+    args = shlex.split(line[line.index('curl'):])
+    method, url, headers, data = 'GET', None, {}, None
+    i = 1
+    while i < len(args):
+        arg = args[i]
+        if arg in ('-X', '--request'):
+            method = args[i + 1]
+            i += 1
+        elif arg in ('-H', '--header'):
+            name, _, value = args[i + 1].partition(':')
+            headers[name.strip()] = value.strip()
+            i += 1
+        elif arg in ('-d', '--data', '--data-raw', '--data-binary'):
+            data = args[i + 1]
+            if method == 'GET':
+                method = 'POST'
+            i += 1
+        elif arg.startswith('http://') or arg.startswith('https://'):
+            url = arg
+        i += 1
+    return method, url, headers, data
+
+
+class UpTest(unittest.TestCase):
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix='kiln-test-up-')
+        self.http_port = free_port()
+        self.broker_port = free_port()
+        self.redis_port = free_port()
+        self.env = dict(os.environ)
+        for name in list(self.env):
+            if name.startswith('KILN_') and name not in ('KILN_BUILD_DIR', 'KILN_SOURCE_DIR'):
+                del self.env[name]
+        self.env.update({
+            'KILN_HTTP_ADDR': '127.0.0.1:%d' % self.http_port,
+            'KILN_URL': 'http://127.0.0.1:%d' % self.http_port,
+            'KILN_PUBLIC_URL': 'http://127.0.0.1:%d' % self.http_port,
+            'KILN_BROKER_ENDPOINT': 'tcp://127.0.0.1:%d' % self.broker_port,
+        })
+        self.proc = None
+        self.lines = []
+        self.log_path = os.path.join(self.dir, 'kiln-up.log')
+
+    def tearDown(self):
+        if self.proc is not None:
+            kiln_harness.stop_process(self.proc, signal.SIGKILL)
+        for pid in pids_mentioning(self.dir):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if not os.environ.get('KILN_TEST_KEEP'):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def run(self, result=None):
+        if result is None:
+            return super().run(result)
+        before = len(result.failures) + len(result.errors)
+        outcome = super().run(result)
+        if len(result.failures) + len(result.errors) > before:
+            sys.stderr.write('\n===== kiln up output =====\n%s\n' % kiln_harness.tail(
+                self.log_path, 80))
+        return outcome
+
+    def start_up(self):
+        """Starts `kiln up` (stderr to the log; stdout read line by line)
+        and returns the curl line it prints."""
+        state_dir = os.path.join(self.dir, 'state')
+        log = open(self.log_path, 'ab')
+        self.proc = subprocess.Popen(
+            [program('kiln'), 'up', '--dir', state_dir, '--redis-port', str(self.redis_port)],
+            env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+            start_new_session=True, preexec_fn=kiln_harness._set_pdeathsig)
+        log.close()
+
+        def read_stdout():
+            with open(self.log_path, 'ab') as out:
+                for raw in self.proc.stdout:
+                    out.write(b'[stdout] ' + raw)
+                    out.flush()
+                    self.lines.append(raw.decode('utf-8', 'replace').rstrip('\n'))
+        threading.Thread(target=read_stdout, daemon=True).start()
+
+        def curl_line():
+            if self.proc.poll() is not None:
+                raise AssertionError('kiln up exited with %d' % self.proc.returncode)
+            return next((l for l in self.lines if 'curl ' in l), None)
+        return wait_until(curl_line, UP_START_TIMEOUT_S, what='kiln up to print its curl line')
+
+    def run_curl_line(self, line):
+        method, url, headers, data = parse_curl(line)
+        self.assertIsNotNone(url, 'no URL in %r' % line)
+        parts = urllib.parse.urlsplit(url)
+        self.assertIn(parts.hostname, ('127.0.0.1', 'localhost'), line)
+        self.assertEqual(parts.port, self.http_port, 'the curl line ignores KILN_URL: ' + line)
+        status, resp_headers, body = http_request(
+            self.http_port, method, parts.path + ('?' + parts.query if parts.query else ''),
+            data, headers, timeout=60)
+        self.assertEqual(status, 200, body[:300])
+        obj = json.loads(body)
+        if data is not None and headers.get('Content-Type', '').startswith('application/json'):
+            self.assertEqual(obj.get('input'), json.loads(data), obj)
+        self.assertRegex(resp_headers.get('x-fal-request-id', ''), kiln_harness.UUID4_RE)
+
+    def stop_and_check(self, send_sigint):
+        """Interrupts kiln up and checks it exits 0 leaving nothing behind."""
+        started = descendants(self.proc.pid)
+        names = {pid: os.path.basename(kiln_harness.proc_cmdline(pid)[0].decode())
+                 for pid in started if kiln_harness.proc_cmdline(pid)}
+        for wanted in ('redis-server', 'kiln-broker', 'kiln-gateway', 'kiln-worker',
+                       'kiln-runner'):
+            self.assertTrue(any(wanted in n for n in names.values()),
+                            '%s is not among the processes kiln up started: %r'
+                            % (wanted, sorted(names.values())))
+        send_sigint()
+        try:
+            status = self.proc.wait(UP_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.fail('kiln up did not stop within %d s of SIGINT' % UP_STOP_TIMEOUT_S)
+        self.assertEqual(status, 0, 'kiln up exit status')
+
+        def left_behind():
+            left = [(pid, names.get(pid)) for pid, start in started.items()
+                    if alive(pid, start)]
+            return left + [(pid, 'mentions the state dir') for pid in pids_mentioning(self.dir)]
+        #  Exit 0 should mean all is stopped; allow a moment for the
+        #  kernel to finish tearing the last ones down.
+        try:
+            wait_until(lambda: not left_behind(), 2, what='processes to go')
+        except AssertionError:
+            self.fail('processes left behind by kiln up: %r' % (left_behind(),))
+
+    def test_up_curl_line_and_sigint(self):
+        line = self.start_up()
+        self.run_curl_line(line)
+        self.stop_and_check(lambda: self.proc.send_signal(signal.SIGINT))
+
+    def test_up_stops_on_ctrl_c_to_the_process_group(self):
+        #  What a terminal does on Ctrl-C: SIGINT to the whole foreground
+        #  process group, kiln up and its children alike.
+        line = self.start_up()
+        self.run_curl_line(line)
+        self.stop_and_check(lambda: os.killpg(self.proc.pid, signal.SIGINT))
+
+
+if __name__ == '__main__':
+    kiln_harness.main()

@@ -1,0 +1,897 @@
+/*  =========================================================================
+    worker — the kiln-worker actor: one per host, starts and supervises
+    runners when the broker asks
+
+    The worker owns the host's slots (one per GPU, plus CPU slots) and is
+    the parent of every runner on it. It fetches an app's artifact from
+    Redis into a local cache (content-addressed: checked by SHA-256, so a
+    cached file is trusted), starts kiln-runner on it with the runner's
+    environment, and tells the broker when a runner exits, whatever the
+    reason. The runner talks to the broker itself; the worker never sees
+    requests.
+
+    Messages, on one DEALER socket (identity = worker id) to the broker:
+
+    | message       | dir | when                                                    |
+    |---------------|-----|---------------------------------------------------------|
+    | WORKER_HELLO  | →   | at start; again when the broker is silent for           |
+    |               |     | HEARTBEAT_LIVENESS intervals or says DISCONNECT         |
+    | HEARTBEAT     | →   | every HEARTBEAT_INTERVAL_MS                             |
+    | RUNNER_START  | ←   | take a free slot of that machine type, fetch the        |
+    |               |     | artifact, start kiln-runner                             |
+    | RUNNER_STOP   | ←   | SIGTERM the runner, SIGKILL after RUNNER_STOP_GRACE_MS  |
+    | RUNNER_EXITED | →   | a runner exited (status: exit code or -signal), or      |
+    |               |     | could not be started (status 127, error says why)       |
+    | HEARTBEAT     | ←   | any message from the broker proves it alive             |
+    | DISCONNECT    | ←   | the broker lost us (it restarted): say hello again      |
+    | DISCONNECT    | →   | on exit, after every runner is gone                     |
+    =========================================================================
+*/
+#include "worker.h"
+#include "gpu.h"
+#include "runner.h"
+#include "kiln_keys.h"
+#include "kiln_log.h"
+#include "kiln_msg.h"
+#include "kiln_redis.h"
+#include "kiln_util.h"
+
+#include <czmq.h>
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define HEARTBEAT_INTERVAL_MS     1000
+#define HEARTBEAT_LIVENESS        3
+//  How often exited runners are reaped (and stop deadlines checked).
+#define REAP_INTERVAL_MS          100
+//  A runner asked to stop gets this long for teardown() before SIGKILL.
+#define RUNNER_STOP_GRACE_MS      10000
+//  On our own exit, runners get this long before SIGKILL.
+#define SHUTDOWN_GRACE_MS         5000
+//  Bounds the connect and the GET of an artifact.
+#define REDIS_TIMEOUT_MS          30000
+#define LINGER_MS                 1000
+//  Longest runner id we accept: it names a file and a socket identity.
+#define RUNNER_ID_MAX             128
+
+static volatile sig_atomic_t s_terminate = 0;
+
+static void
+s_on_signal (int signum)
+{
+    (void) signum;
+    s_terminate = 1;
+}
+
+//  One unit of capacity: a GPU, or one of the CPU slots.
+typedef struct {
+    char machine_type [KILN_MACHINE_TYPE_MAX];
+    int gpu;                        //  CUDA device index; -1 for CPU
+    char *runner_id;                //  who holds it; NULL when free
+} s_slot_t;
+
+typedef struct {
+    char *runner_id;
+    char *app;
+    pid_t pid;
+    size_t slot;                    //  index into slots
+    char *status_file;              //  where it writes why it could not start
+    int64_t kill_at_ms;             //  monotonic; 0 until asked to stop
+    bool killed;                    //  SIGKILL sent
+} s_child_t;
+
+struct _kiln_worker_t {
+    char *id;
+    char *host;
+    char *broker_endpoint;
+    char *redis_url;
+    char *public_url;
+    char *runner_path;
+    char *artifact_dir;
+    char *status_dir;
+    kiln_slot_kind_t kinds [KILN_GPU_MAX_SLOT_KINDS];
+    size_t kind_count;
+    s_slot_t *slots;
+    size_t slot_count;
+    zlistx_t *children;             //  s_child_t *
+    zsock_t *broker;
+    zloop_t *loop;
+    int64_t broker_seen_ms;
+    int64_t hello_sent_ms;
+    bool hello_due;
+};
+
+//  -------------------------------------------------------------------------
+//  Slots
+
+//  Lowest device index no GPU slot uses yet.
+static int
+s_unused_gpu_index (kiln_worker_t *self, size_t filled)
+{
+    for (int index = 0; ; index++) {
+        bool used = false;
+        for (size_t i = 0; i < filled && !used; i++)
+            used = self->slots [i].gpu == index;
+        if (!used)
+            return index;
+    }
+}
+
+static int
+s_add_slot (kiln_worker_t *self, size_t *filled, const char *machine_type, int gpu)
+{
+    s_slot_t *slot = &self->slots [(*filled)++];
+    snprintf (slot->machine_type, sizeof (slot->machine_type), "%s", machine_type);
+    slot->gpu = gpu;
+    slot->runner_id = NULL;
+    return 0;
+}
+
+//  Declared slots replace detected ones, but a declared GPU type still gets
+//  the real index of a detected device of that type when there is one.
+static int
+s_count_slots (kiln_worker_t *self, const char *spec)
+{
+    kiln_gpu_device_t devices [KILN_GPU_MAX_DEVICES];
+    size_t device_count = kiln_gpu_detect (devices, KILN_GPU_MAX_DEVICES);
+
+    if (spec) {
+        const char *error = NULL;
+        int count = kiln_gpu_parse_slots (spec, self->kinds, KILN_GPU_MAX_SLOT_KINDS, &error);
+        if (count < 0) {
+            kiln_log_error ("--slots '%s': %s", spec, error);
+            return -1;
+        }
+        self->kind_count = (size_t) count;
+    }
+    else {
+        for (size_t i = 0; i < device_count; i++) {
+            size_t k = 0;
+            while (k < self->kind_count && strcmp (self->kinds [k].machine_type, devices [i].machine_type) != 0)
+                k++;
+            if (k == self->kind_count) {
+                if (k == KILN_GPU_MAX_SLOT_KINDS)
+                    continue;
+                snprintf (self->kinds [k].machine_type, KILN_MACHINE_TYPE_MAX, "%s", devices [i].machine_type);
+                self->kinds [k].count = 0;
+                self->kind_count++;
+            }
+            self->kinds [k].count++;
+        }
+        if (self->kind_count < KILN_GPU_MAX_SLOT_KINDS) {
+            snprintf (self->kinds [self->kind_count].machine_type, KILN_MACHINE_TYPE_MAX, "CPU");
+            self->kinds [self->kind_count++].count = kiln_gpu_default_cpu_slots ();
+        }
+    }
+    size_t total = 0;
+    for (size_t k = 0; k < self->kind_count; k++)
+        total += self->kinds [k].count;
+    self->slots = calloc (total? total: 1, sizeof (s_slot_t));
+    if (!self->slots)
+        return -1;
+
+    //  Detected devices first, so that declared slots take real indices.
+    size_t filled = 0;
+    bool taken [KILN_GPU_MAX_DEVICES] = { false };
+    for (size_t k = 0; k < self->kind_count; k++) {
+        const kiln_slot_kind_t *kind = &self->kinds [k];
+        if (strcmp (kind->machine_type, "CPU") == 0)
+            continue;
+        unsigned made = 0;
+        for (size_t i = 0; i < device_count && made < kind->count; i++)
+            if (!taken [i] && strcmp (devices [i].machine_type, kind->machine_type) == 0) {
+                taken [i] = true;
+                s_add_slot (self, &filled, kind->machine_type, devices [i].index);
+                made++;
+            }
+    }
+    for (size_t k = 0; k < self->kind_count; k++) {
+        const kiln_slot_kind_t *kind = &self->kinds [k];
+        bool cpu = strcmp (kind->machine_type, "CPU") == 0;
+        unsigned have = 0;
+        for (size_t i = 0; i < filled; i++)
+            if (strcmp (self->slots [i].machine_type, kind->machine_type) == 0)
+                have++;
+        if (!cpu && have < kind->count)
+            kiln_log_warn ("declared %u %s slot(s) but found %u such GPU(s); "
+                           "the others get device indices of their own",
+                           kind->count, kind->machine_type, have);
+        for (; have < kind->count; have++)
+            s_add_slot (self, &filled, kind->machine_type,
+                        cpu? -1: s_unused_gpu_index (self, filled));
+    }
+    self->slot_count = filled;
+    for (size_t k = 0; k < self->kind_count; k++)
+        kiln_log_info ("offering %u %s slot(s)", self->kinds [k].count, self->kinds [k].machine_type);
+    return 0;
+}
+
+//  A free slot of that type: the GPU asked for when it is free, else the
+//  first free one. Returns its index, or -1.
+static ssize_t
+s_free_slot (kiln_worker_t *self, const char *machine_type, int gpu)
+{
+    ssize_t found = -1;
+    for (size_t i = 0; i < self->slot_count; i++) {
+        s_slot_t *slot = &self->slots [i];
+        if (slot->runner_id || strcmp (slot->machine_type, machine_type) != 0)
+            continue;
+        if (gpu >= 0 && slot->gpu == gpu)
+            return (ssize_t) i;
+        if (found == -1)
+            found = (ssize_t) i;
+    }
+    return found;
+}
+
+//  -------------------------------------------------------------------------
+//  Talking to the broker
+
+static void
+s_send (kiln_worker_t *self, kiln_msg_t **msg_p)
+{
+    kiln_msg_type_t type = (*msg_p)->type;
+    //  SNDTIMEO 0: a worker that cannot reach its broker keeps supervising.
+    if (kiln_msg_send (msg_p, self->broker, NULL) == -1)
+        kiln_log_warn ("cannot send %s to the broker: %s",
+                       kiln_msg_type_name (type), zmq_strerror (zmq_errno ()));
+}
+
+static void
+s_hello (kiln_worker_t *self)
+{
+    kiln_msg_t *msg = kiln_msg_new (KILN_MSG_WORKER_HELLO);
+    if (!msg)
+        return;
+    msg->worker_id = strdup (self->id);
+    msg->host = strdup (self->host);
+    msg->slots = calloc (self->kind_count? self->kind_count: 1, sizeof (kiln_msg_slot_t));
+    if (!msg->worker_id || !msg->host || !msg->slots) {
+        kiln_msg_destroy (&msg);
+        return;
+    }
+    for (size_t k = 0; k < self->kind_count; k++) {
+        msg->slots [k].machine_type = strdup (self->kinds [k].machine_type);
+        msg->slots [k].count = self->kinds [k].count;
+        msg->slot_count++;
+        if (!msg->slots [k].machine_type) {
+            kiln_msg_destroy (&msg);
+            return;
+        }
+    }
+    s_send (self, &msg);
+    self->hello_sent_ms = kiln_mono_ms ();
+    self->hello_due = false;
+}
+
+static void
+s_send_exited (kiln_worker_t *self, const char *runner_id, int status, const char *error)
+{
+    kiln_msg_t *msg = kiln_msg_new (KILN_MSG_RUNNER_EXITED);
+    if (!msg)
+        return;
+    msg->runner_id = strdup (runner_id);
+    msg->status = status;
+    if (error) {
+        //  The wire caps strings; a long reason is cut, not refused.
+        msg->error = strndup (error, KILN_MSG_MAX_STRING_BYTES - 1);
+        if (!msg->error) {
+            kiln_msg_destroy (&msg);
+            return;
+        }
+    }
+    if (!msg->runner_id) {
+        kiln_msg_destroy (&msg);
+        return;
+    }
+    s_send (self, &msg);
+}
+
+//  -------------------------------------------------------------------------
+//  Artifacts
+
+//  Makes sure {artifact_dir}/{sha}.so is there and returns its path
+//  (caller frees), or NULL with *error (caller frees).
+static char *
+s_fetch_artifact (kiln_worker_t *self, const char *sha, char **error)
+{
+    char *path = zsys_sprintf ("%s/%s.so", self->artifact_dir, sha);
+    if (!path) {
+        *error = strdup ("out of memory");
+        return NULL;
+    }
+    if (access (path, R_OK) == 0)
+        return path;
+
+    int64_t started_ms = kiln_mono_ms ();
+    redisContext *redis = kiln_redis_connect (self->redis_url, REDIS_TIMEOUT_MS);
+    if (!redis) {
+        *error = zsys_sprintf ("cannot reach Redis at %s to fetch artifact %s", self->redis_url, sha);
+        free (path);
+        return NULL;
+    }
+    kiln_key_t key = kiln_key_artifact (sha);
+    redisReply *reply = (redisReply *) redisCommand (redis, "GET %s", key.s);
+    if (!reply)
+        *error = zsys_sprintf ("fetching artifact %s from Redis: %s", sha, redis->errstr);
+    else
+    if (reply->type == REDIS_REPLY_NIL)
+        *error = zsys_sprintf ("artifact %s is not in Redis (deploy it again)", sha);
+    else
+    if (reply->type != REDIS_REPLY_STRING)
+        *error = zsys_sprintf ("artifact %s: Redis answered %s", sha,
+                               reply->type == REDIS_REPLY_ERROR? reply->str: "something not a string");
+    else {
+        char hex [KILN_SHA256_HEX_LEN + 1];
+        kiln_sha256_hex (reply->str, reply->len, hex);
+        if (strcmp (hex, sha) != 0)
+            *error = zsys_sprintf ("artifact %s failed its SHA-256 check (the bytes hash to %s); refused",
+                                   sha, hex);
+        else
+        if (kiln_write_file (path, reply->str, reply->len) == -1)
+            *error = zsys_sprintf ("cannot write %s: %s", path, strerror (errno));
+        else
+            kiln_log_info ("artifact %s: fetched %zu bytes in %" PRId64 " ms",
+                           sha, (size_t) reply->len, kiln_mono_ms () - started_ms);
+    }
+    if (reply)
+        freeReplyObject (reply);
+    redisFree (redis);
+    if (*error) {
+        free (path);
+        return NULL;
+    }
+    return path;
+}
+
+//  -------------------------------------------------------------------------
+//  Runners
+
+static void
+s_child_destroy (s_child_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    s_child_t *self = *self_p;
+    free (self->runner_id);
+    free (self->app);
+    free (self->status_file);
+    free (self);
+    *self_p = NULL;
+}
+
+static s_child_t *
+s_child_find (kiln_worker_t *self, const char *runner_id, pid_t pid)
+{
+    for (s_child_t *child = (s_child_t *) zlistx_first (self->children); child;
+         child = (s_child_t *) zlistx_next (self->children))
+        if ((runner_id && strcmp (child->runner_id, runner_id) == 0) || (!runner_id && child->pid == pid))
+            return child;
+    return NULL;
+}
+
+//  Runner ids become file names and socket identities: keep them tame.
+static bool
+s_runner_id_valid (const char *id)
+{
+    size_t len = id? strlen (id): 0;
+    if (len == 0 || len > RUNNER_ID_MAX || id [0] == '.' || id [0] == '-')
+        return false;
+    for (const char *p = id; *p; p++)
+        if (!isalnum ((unsigned char) *p) && *p != '-' && *p != '_' && *p != '.')
+            return false;
+    return true;
+}
+
+static bool
+s_sha_valid (const char *sha)
+{
+    return sha && strlen (sha) == KILN_SHA256_HEX_LEN && strspn (sha, "0123456789abcdef") == KILN_SHA256_HEX_LEN;
+}
+
+//  The environment for a runner: ours, less what we set, plus what we set.
+static char **
+s_runner_environment (kiln_worker_t *self, const kiln_msg_t *start, const s_slot_t *slot,
+                      const char *status_file)
+{
+    static const char *ours [] = {
+        KILN_ENV_BROKER_ENDPOINT, KILN_ENV_RUNNER_ID, KILN_ENV_WORKER_ID, KILN_ENV_APP,
+        KILN_ENV_REVISION, KILN_ENV_PUBLIC_URL, KILN_ENV_RUNNER_STATUS_FILE,
+        "CUDA_VISIBLE_DEVICES", NULL
+    };
+    size_t inherited = 0;
+    while (environ [inherited])
+        inherited++;
+    char **env = calloc (inherited + 16, sizeof (char *));
+    if (!env)
+        return NULL;
+    size_t count = 0;
+    for (size_t i = 0; i < inherited; i++) {
+        bool replaced = false;
+        for (const char **name = ours; *name && !replaced; name++) {
+            size_t len = strlen (*name);
+            replaced = strncmp (environ [i], *name, len) == 0 && environ [i][len] == '=';
+        }
+        if (!replaced)
+            env [count++] = strdup (environ [i]);
+    }
+    env [count++] = zsys_sprintf ("%s=%s", KILN_ENV_BROKER_ENDPOINT, self->broker_endpoint);
+    env [count++] = zsys_sprintf ("%s=%s", KILN_ENV_RUNNER_ID, start->runner_id);
+    env [count++] = zsys_sprintf ("%s=%s", KILN_ENV_WORKER_ID, self->id);
+    env [count++] = zsys_sprintf ("%s=%s", KILN_ENV_APP, start->app);
+    env [count++] = zsys_sprintf ("%s=%" PRIu64, KILN_ENV_REVISION, start->revision);
+    env [count++] = zsys_sprintf ("%s=%s", KILN_ENV_PUBLIC_URL, self->public_url);
+    env [count++] = zsys_sprintf ("%s=%s", KILN_ENV_RUNNER_STATUS_FILE, status_file);
+    if (slot->gpu >= 0)
+        env [count++] = zsys_sprintf ("CUDA_VISIBLE_DEVICES=%d", slot->gpu);
+    else
+        env [count++] = strdup ("CUDA_VISIBLE_DEVICES=");
+    return env;
+}
+
+static void
+s_environment_destroy (char ***env_p)
+{
+    if (!*env_p)
+        return;
+    for (char **entry = *env_p; *entry; entry++)
+        free (*entry);
+    free (*env_p);
+    *env_p = NULL;
+}
+
+//  Starts kiln-runner for a RUNNER_START. On failure returns -1 with
+//  *error (caller frees).
+static int
+s_start_runner (kiln_worker_t *self, const kiln_msg_t *start, char **error)
+{
+    if (!s_runner_id_valid (start->runner_id)) {
+        *error = strdup ("invalid runner id");
+        return -1;
+    }
+    if (!kiln_app_name_valid (start->app)) {
+        *error = zsys_sprintf ("invalid app name '%s'", start->app);
+        return -1;
+    }
+    if (!s_sha_valid (start->artifact)) {
+        *error = strdup ("invalid artifact: not a SHA-256 in lower-case hex");
+        return -1;
+    }
+    ssize_t slot_index = s_free_slot (self, start->machine_type, start->gpu);
+    if (slot_index < 0) {
+        *error = zsys_sprintf ("no free %s slot on worker %s", start->machine_type, self->id);
+        return -1;
+    }
+    s_slot_t *slot = &self->slots [slot_index];
+
+    char *artifact = s_fetch_artifact (self, start->artifact, error);
+    if (!artifact)
+        return -1;
+
+    s_child_t *child = calloc (1, sizeof (s_child_t));
+    if (child) {
+        child->runner_id = strdup (start->runner_id);
+        child->app = strdup (start->app);
+        child->status_file = zsys_sprintf ("%s/%s.status", self->status_dir, start->runner_id);
+        child->slot = (size_t) slot_index;
+    }
+    char **env = child && child->status_file? s_runner_environment (self, start, slot, child->status_file): NULL;
+    if (!child || !child->runner_id || !child->app || !env) {
+        *error = strdup ("out of memory");
+        s_environment_destroy (&env);
+        s_child_destroy (&child);
+        free (artifact);
+        return -1;
+    }
+    unlink (child->status_file);    //  left by an earlier runner of that id
+
+    //  posix_spawn rather than fork: we have ZeroMQ threads, and a forked
+    //  child of a threaded process may only call async-signal-safe code.
+    //  The runner gets its own process group so that a Ctrl-C at our
+    //  terminal reaches us alone, and we stop it in order.
+    posix_spawnattr_t attr;
+    posix_spawnattr_init (&attr);
+    sigset_t defaults;
+    sigemptyset (&defaults);
+    sigaddset (&defaults, SIGPIPE);
+    sigaddset (&defaults, SIGINT);
+    sigaddset (&defaults, SIGTERM);
+    sigaddset (&defaults, SIGCHLD);
+    sigset_t none;
+    sigemptyset (&none);
+    posix_spawnattr_setsigdefault (&attr, &defaults);
+    posix_spawnattr_setsigmask (&attr, &none);
+    posix_spawnattr_setpgroup (&attr, 0);
+    posix_spawnattr_setflags (&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP);
+    char *argv [] = { self->runner_path, artifact, NULL };
+    pid_t pid;
+    int rc = posix_spawn (&pid, self->runner_path, NULL, &attr, argv, env);
+    posix_spawnattr_destroy (&attr);
+    s_environment_destroy (&env);
+    free (artifact);
+    if (rc != 0) {
+        *error = zsys_sprintf ("cannot start %s: %s", self->runner_path, strerror (rc));
+        s_child_destroy (&child);
+        return -1;
+    }
+    child->pid = pid;
+    slot->runner_id = strdup (child->runner_id);
+    zlistx_add_end (self->children, child);
+    if (slot->gpu >= 0)
+        kiln_log_info ("runner %s for %s started on %s (GPU %d), pid %d",
+                       child->runner_id, child->app, slot->machine_type, slot->gpu, (int) pid);
+    else
+        kiln_log_info ("runner %s for %s started on CPU, pid %d",
+                       child->runner_id, child->app, (int) pid);
+    return 0;
+}
+
+//  What the runner wrote about why it could not start, or NULL.
+static char *
+s_read_status_file (const char *path)
+{
+    size_t size = 0;
+    char *text = (char *) kiln_read_file (path, &size);
+    unlink (path);
+    if (!text)
+        return NULL;
+    while (size > 0 && (text [size - 1] == '\n' || text [size - 1] == '\r'))
+        text [--size] = '\0';
+    if (size == 0) {
+        free (text);
+        return NULL;
+    }
+    return text;
+}
+
+//  Tells the broker a runner is gone, and frees its slot.
+static void
+s_runner_gone (kiln_worker_t *self, s_child_t *child, int wait_status)
+{
+    char *reason = s_read_status_file (child->status_file);
+    char *error = NULL;
+    int status = 0;
+    if (WIFEXITED (wait_status)) {
+        status = WEXITSTATUS (wait_status);
+        const char *what = NULL;
+        if (status == KILN_RUNNER_EXIT_SETUP_FAILED)
+            what = "setup failed";
+        else
+        if (status == KILN_RUNNER_EXIT_INVALID_APP)
+            what = "invalid app";
+        else
+        if (status == KILN_RUNNER_EXIT_USAGE)
+            what = "bad runner environment";
+        else
+        if (status == KILN_RUNNER_EXIT_NOT_STARTED)
+            what = "cannot execute kiln-runner";
+        else
+        if (status != 0)
+            what = "exited";
+        if (what && reason)
+            error = zsys_sprintf ("%s (exit %d): %s", what, status, reason);
+        else
+        if (what)
+            error = zsys_sprintf ("%s (exit %d)", what, status);
+    }
+    else
+    if (WIFSIGNALED (wait_status)) {
+        int signum = WTERMSIG (wait_status);
+        status = -signum;
+        if (child->killed && signum == SIGKILL)
+            error = zsys_sprintf ("killed by signal %d (%s) after %d ms without exiting on SIGTERM",
+                                  signum, strsignal (signum), RUNNER_STOP_GRACE_MS);
+        else
+            error = zsys_sprintf ("killed by signal %d (%s)", signum, strsignal (signum));
+    }
+    if (error)
+        kiln_log_warn ("runner %s for %s: %s", child->runner_id, child->app, error);
+    else
+        kiln_log_info ("runner %s for %s exited", child->runner_id, child->app);
+    s_send_exited (self, child->runner_id, status, error);
+    free (error);
+    free (reason);
+
+    s_slot_t *slot = &self->slots [child->slot];
+    free (slot->runner_id);
+    slot->runner_id = NULL;
+    void *handle = zlistx_find (self->children, child);
+    if (handle)
+        zlistx_delete (self->children, handle);
+    s_child_destroy (&child);
+}
+
+//  Reaps every runner that exited; never blocks.
+static void
+s_reap (kiln_worker_t *self)
+{
+    int wait_status;
+    pid_t pid;
+    while ((pid = waitpid (-1, &wait_status, WNOHANG)) > 0) {
+        s_child_t *child = s_child_find (self, NULL, pid);
+        if (child)
+            s_runner_gone (self, child, wait_status);
+    }
+}
+
+static void
+s_stop_runner (s_child_t *child, int grace_ms)
+{
+    if (child->kill_at_ms)
+        return;                     //  already on its way out
+    kiln_log_info ("stopping runner %s for %s (pid %d)", child->runner_id, child->app, (int) child->pid);
+    kill (child->pid, SIGTERM);
+    child->kill_at_ms = kiln_mono_ms () + grace_ms;
+}
+
+//  SIGKILLs the runners whose grace has run out.
+static void
+s_enforce_deadlines (kiln_worker_t *self)
+{
+    int64_t now = kiln_mono_ms ();
+    for (s_child_t *child = (s_child_t *) zlistx_first (self->children); child;
+         child = (s_child_t *) zlistx_next (self->children))
+        if (child->kill_at_ms && !child->killed && now >= child->kill_at_ms) {
+            kiln_log_warn ("runner %s ignored SIGTERM; killing it", child->runner_id);
+            kill (child->pid, SIGKILL);
+            child->killed = true;
+        }
+}
+
+//  -------------------------------------------------------------------------
+//  The loop
+
+static int
+s_on_broker (zloop_t *loop, zsock_t *sock, void *arg)
+{
+    (void) loop;
+    kiln_worker_t *self = (kiln_worker_t *) arg;
+    kiln_msg_t *msg = kiln_msg_recv (sock, NULL);
+    if (!msg)
+        return 0;                   //  malformed (the codec logged it) or interrupted
+    self->broker_seen_ms = kiln_mono_ms ();
+    switch (msg->type) {
+        case KILN_MSG_RUNNER_START: {
+            if (s_child_find (self, msg->runner_id, 0)) {
+                //  A broker that restarted may ask twice; the first one runs.
+                kiln_log_info ("runner %s is running already", msg->runner_id);
+                break;
+            }
+            char *error = NULL;
+            if (s_start_runner (self, msg, &error) == -1) {
+                kiln_log_warn ("cannot start runner %s for %s: %s",
+                               msg->runner_id, msg->app, error? error: "unknown error");
+                s_send_exited (self, msg->runner_id, KILN_RUNNER_EXIT_NOT_STARTED, error);
+                free (error);
+            }
+            break;
+        }
+        case KILN_MSG_RUNNER_STOP: {
+            s_child_t *child = s_child_find (self, msg->runner_id, 0);
+            if (child)
+                s_stop_runner (child, RUNNER_STOP_GRACE_MS);
+            else {
+                //  The broker's view is stale (we restarted, or it exited
+                //  already): tell it so it can forget the runner.
+                kiln_log_info ("RUNNER_STOP for unknown runner %s", msg->runner_id);
+                s_send_exited (self, msg->runner_id, 0, "no such runner on this worker");
+            }
+            break;
+        }
+        case KILN_MSG_HEARTBEAT:
+            break;
+        case KILN_MSG_DISCONNECT:
+            kiln_log_info ("the broker asked us to reconnect");
+            self->hello_due = true;
+            if (kiln_mono_ms () - self->hello_sent_ms >= HEARTBEAT_INTERVAL_MS)
+                s_hello (self);
+            break;
+        default:
+            kiln_log_warn ("unexpected %s from the broker; ignored", kiln_msg_type_name (msg->type));
+            break;
+    }
+    kiln_msg_destroy (&msg);
+    return 0;
+}
+
+static int
+s_on_heartbeat (zloop_t *loop, int timer_id, void *arg)
+{
+    (void) loop;
+    (void) timer_id;
+    kiln_worker_t *self = (kiln_worker_t *) arg;
+    kiln_msg_t *msg = kiln_msg_new (KILN_MSG_HEARTBEAT);
+    if (msg)
+        s_send (self, &msg);
+    int64_t now = kiln_mono_ms ();
+    if (now - self->broker_seen_ms >= HEARTBEAT_INTERVAL_MS * HEARTBEAT_LIVENESS) {
+        kiln_log_warn ("the broker is silent for %" PRId64 " ms; saying hello again",
+                       now - self->broker_seen_ms);
+        self->broker_seen_ms = now;
+        self->hello_due = true;
+    }
+    if (self->hello_due)
+        s_hello (self);
+    return 0;
+}
+
+static int
+s_on_reap (zloop_t *loop, int timer_id, void *arg)
+{
+    (void) loop;
+    (void) timer_id;
+    kiln_worker_t *self = (kiln_worker_t *) arg;
+    s_reap (self);
+    s_enforce_deadlines (self);
+    return s_terminate? -1: 0;
+}
+
+//  Stops every runner: SIGTERM, SHUTDOWN_GRACE_MS, then SIGKILL.
+static void
+s_shutdown (kiln_worker_t *self)
+{
+    size_t count = zlistx_size (self->children);
+    if (count)
+        kiln_log_info ("stopping %zu runner(s)", count);
+    int64_t deadline_ms = kiln_mono_ms () + SHUTDOWN_GRACE_MS;
+    for (s_child_t *child = (s_child_t *) zlistx_first (self->children); child;
+         child = (s_child_t *) zlistx_next (self->children)) {
+        if (child->kill_at_ms == 0)
+            s_stop_runner (child, SHUTDOWN_GRACE_MS);
+        else
+        if (child->kill_at_ms > deadline_ms)
+            child->kill_at_ms = deadline_ms;
+    }
+    while (zlistx_size (self->children) > 0) {
+        s_reap (self);
+        s_enforce_deadlines (self);
+        if (zlistx_size (self->children) > 0)
+            zclock_sleep (REAP_INTERVAL_MS / 2);
+    }
+}
+
+kiln_worker_t *
+kiln_worker_new (const kiln_worker_options_t *options)
+{
+    kiln_worker_t *self = calloc (1, sizeof (kiln_worker_t));
+    if (!self)
+        return NULL;
+    char host [256];
+    if (gethostname (host, sizeof (host)) == -1)
+        snprintf (host, sizeof (host), "localhost");
+    host [sizeof (host) - 1] = '\0';
+    self->id = strdup (options->id);
+    self->host = strdup (host);
+    self->broker_endpoint = strdup (options->broker_endpoint);
+    self->redis_url = strdup (options->redis_url);
+    self->public_url = strdup (options->public_url);
+    self->artifact_dir = zsys_sprintf ("%s/worker/artifacts", options->state_dir);
+    self->status_dir = zsys_sprintf ("%s/worker/runners", options->state_dir);
+    self->children = zlistx_new ();
+    if (options->runner_path)
+        self->runner_path = strdup (options->runner_path);
+    else {
+        //  kiln-runner ships next to kiln-worker, wherever that is installed.
+        char exe [PATH_MAX];
+        ssize_t len = readlink ("/proc/self/exe", exe, sizeof (exe) - 1);
+        if (len > 0) {
+            exe [len] = '\0';
+            char *slash = strrchr (exe, '/');
+            if (slash)
+                *slash = '\0';
+            self->runner_path = zsys_sprintf ("%s/kiln-runner", exe);
+        }
+    }
+    if (!self->id || !self->host || !self->broker_endpoint || !self->redis_url
+    ||  !self->public_url || !self->artifact_dir || !self->status_dir
+    ||  !self->children || !self->runner_path) {
+        kiln_log_error ("out of memory, or cannot find our own executable");
+        kiln_worker_destroy (&self);
+        return NULL;
+    }
+    if (access (self->runner_path, X_OK) == -1) {
+        kiln_log_error ("cannot run %s: %s", self->runner_path, strerror (errno));
+        kiln_worker_destroy (&self);
+        return NULL;
+    }
+    if (kiln_mkdir_p (self->artifact_dir, 0755) == -1 || kiln_mkdir_p (self->status_dir, 0755) == -1) {
+        kiln_log_error ("cannot create %s/worker: %s", options->state_dir, strerror (errno));
+        kiln_worker_destroy (&self);
+        return NULL;
+    }
+    if (s_count_slots (self, options->slots) == -1) {
+        kiln_worker_destroy (&self);
+        return NULL;
+    }
+    self->broker = zsock_new (ZMQ_DEALER);
+    self->loop = zloop_new ();
+    if (!self->broker || !self->loop) {
+        kiln_log_error ("cannot create the broker socket");
+        kiln_worker_destroy (&self);
+        return NULL;
+    }
+    zsock_set_identity (self->broker, self->id);
+    zsock_set_sndtimeo (self->broker, 0);
+    if (zsock_connect (self->broker, "%s", self->broker_endpoint) == -1) {
+        kiln_log_error ("cannot connect to the broker at %s: %s",
+                        self->broker_endpoint, zmq_strerror (zmq_errno ()));
+        kiln_worker_destroy (&self);
+        return NULL;
+    }
+    return self;
+}
+
+int
+kiln_worker_run (kiln_worker_t *self)
+{
+    //  Our own signal handling: czmq's would end the loop before the
+    //  runners are stopped.
+    zsys_handler_set (NULL);
+    struct sigaction action;
+    memset (&action, 0, sizeof (action));
+    action.sa_handler = s_on_signal;
+    sigemptyset (&action.sa_mask);
+    sigaction (SIGTERM, &action, NULL);
+    sigaction (SIGINT, &action, NULL);
+    signal (SIGPIPE, SIG_IGN);
+
+    zloop_reader (self->loop, self->broker, s_on_broker, self);
+    zloop_timer (self->loop, HEARTBEAT_INTERVAL_MS, 0, s_on_heartbeat, self);
+    zloop_timer (self->loop, REAP_INTERVAL_MS, 0, s_on_reap, self);
+
+    self->broker_seen_ms = kiln_mono_ms ();
+    s_hello (self);
+    kiln_log_info ("worker %s on %s serving broker %s", self->id, self->host, self->broker_endpoint);
+    //  zloop_start also returns when a signal interrupts its poll.
+    while (!s_terminate)
+        zloop_start (self->loop);
+
+    kiln_log_info ("shutting down");
+    s_shutdown (self);
+    kiln_msg_t *bye = kiln_msg_new (KILN_MSG_DISCONNECT);
+    if (bye)
+        s_send (self, &bye);
+    zsock_set_linger (self->broker, LINGER_MS);
+    kiln_log_info ("stopped");
+    return 0;
+}
+
+void
+kiln_worker_destroy (kiln_worker_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    kiln_worker_t *self = *self_p;
+    if (self->children) {
+        s_child_t *child;
+        while ((child = (s_child_t *) zlistx_detach (self->children, NULL)))
+            s_child_destroy (&child);
+        zlistx_destroy (&self->children);
+    }
+    for (size_t i = 0; i < self->slot_count; i++)
+        free (self->slots [i].runner_id);
+    free (self->slots);
+    zloop_destroy (&self->loop);
+    zsock_destroy (&self->broker);
+    free (self->id);
+    free (self->host);
+    free (self->broker_endpoint);
+    free (self->redis_url);
+    free (self->public_url);
+    free (self->runner_path);
+    free (self->artifact_dir);
+    free (self->status_dir);
+    free (self);
+    *self_p = NULL;
+}
