@@ -72,7 +72,7 @@
 #define REGISTRATION_GRACE_MS   3000
 #define FAILED_STARTS_MAX       3       //  in a row, before queued requests fail
 #define START_BACKOFF_MS        1000    //  per failed start in a row, capped
-#define START_BACKOFF_MAX_MS    30000
+#define START_BACKOFF_MAX_MS    10000
 #define LEASE_MARGIN_S          30      //  added to request_timeout for the lease
 #define DRAIN_TIMEOUT_MS        60000   //  a stopped runner whose exit never came
 #define REDIS_TIMEOUT_MS        2000
@@ -861,24 +861,24 @@ s_app_start_failed (kiln_broker_t *self, const char *name, bool timeout, const c
 static void
 s_runner_stop (kiln_broker_t *self, s_runner_t *runner, const char *why)
 {
+    //  Only its worker can stop it. A runner adopted after a restart may
+    //  speak before its worker has registered again: it stays as it is
+    //  until then, and the next sweep tries again.
+    if (!zhashx_lookup (self->workers, runner->worker_id)) {
+        kiln_log_debug ("runner %s: cannot stop it (%s) before worker %s registers",
+                        runner->id, why, runner->worker_id);
+        return;
+    }
     kiln_log_info ("stopping runner %s of %s (%s)", runner->id, runner->app, why);
     runner->state = RUNNER_DRAINING;
     runner->draining_ms = kiln_mono_ms ();
     kiln_msg_t *msg = kiln_msg_new (KILN_MSG_RUNNER_STOP);
     if (msg && !(msg->runner_id = strdup (runner->id)))
         kiln_msg_destroy (&msg);
-    if (!msg)
-        return;
-    if (zhashx_lookup (self->workers, runner->worker_id)
-    &&  s_send (self, &msg, runner->worker_id) == 0)
-        return;
-    //  Its worker has not registered with us (a runner adopted after a
-    //  restart): the runner itself understands RUNNER_STOP too.
-    kiln_msg_destroy (&msg);
-    msg = kiln_msg_new (KILN_MSG_RUNNER_STOP);
-    if (msg && (msg->runner_id = strdup (runner->id)))
-        s_send (self, &msg, runner->id);
-    kiln_msg_destroy (&msg);
+    //  A worker that cannot be told is about to be taken for dead, and
+    //  its runners with it.
+    if (msg)
+        s_send (self, &msg, runner->worker_id);
 }
 
 //  Forgets a runner; each request it held ends 503 runner_disconnected.
@@ -1157,7 +1157,8 @@ s_app_retire (kiln_broker_t *self, s_app_t *app, int target)
         bool current = runner->revision == app->revision;
         if (kiln_scale_retire (now - since, app->manifest->keep_alive, current, active, target)) {
             s_runner_stop (self, runner, current? "idle past keep_alive": "old revision");
-            active--;
+            if (runner->state == RUNNER_DRAINING)
+                active--;
         }
     }
     zlistx_destroy (&ids);

@@ -14,6 +14,10 @@
 #include <string.h>
 #include <time.h>
 
+//  kiln apps list: NAME REVISION MACHINE_TYPES ARTIFACT UPDATED
+#define LIST_COLUMNS 5
+#define LIST_CELL_MAX 160
+
 static const char *s_help_text =
     "usage: kiln apps list [--json]\n"
     "       kiln apps show OWNER/APP [--json]\n"
@@ -121,28 +125,52 @@ s_list (kiln_cli_t *cli, bool raw)
         json_decref (answer);
         return kiln_cli_fail ("the gateway's answer to GET /v1/apps holds no list of apps");
     }
-    printf ("%-32s %-8s %-24s %-12s %s\n", "NAME", "REVISION", "MACHINE_TYPES", "ARTIFACT", "UPDATED");
+    //  Cells first, then print with each column as wide as its widest.
+    size_t rows = json_array_size (apps) + 1;
+    char (*cells) [LIST_COLUMNS][LIST_CELL_MAX] = calloc (rows, sizeof *cells);
+    if (!cells) {
+        json_decref (answer);
+        return kiln_cli_fail ("out of memory");
+    }
+    static const char *headings [LIST_COLUMNS] = {
+        "NAME", "REVISION", "MACHINE_TYPES", "ARTIFACT", "UPDATED"
+    };
+    for (int column = 0; column < LIST_COLUMNS; column++)
+        snprintf (cells [0][column], LIST_CELL_MAX, "%s", headings [column]);
     size_t index;
     json_t *app;
     json_array_foreach (apps, index, app) {
+        char (*row) [LIST_CELL_MAX] = cells [index + 1];
+        for (int column = 1; column < LIST_COLUMNS; column++)
+            snprintf (row [column], LIST_CELL_MAX, "-");
         //  A plain list of names is an answer too.
         if (json_is_string (app)) {
-            printf ("%-32s %-8s %-24s %-12s %s\n", json_string_value (app), "-", "-", "-", "-");
+            snprintf (row [0], LIST_CELL_MAX, "%s", json_string_value (app));
             continue;
         }
         json_t *manifest = s_manifest (app);
-        char types [128], updated [32], revision [24];
-        s_machine_types (manifest, types, sizeof types);
-        s_format_time (s_integer (app, "updated_ms"), updated, sizeof updated);
-        long long number = s_integer (app, "revision");
-        if (number >= 0)
-            snprintf (revision, sizeof revision, "%lld", number);
-        else
-            snprintf (revision, sizeof revision, "-");
-        printf ("%-32s %-8s %-24s %-12.12s %s\n", s_string (app, "name", "?"), revision,
-                types, s_string (app, "artifact", "-"), updated);
+        snprintf (row [0], LIST_CELL_MAX, "%s", s_string (app, "name", "?"));
+        long long revision = s_integer (app, "revision");
+        if (revision >= 0)
+            snprintf (row [1], LIST_CELL_MAX, "%lld", revision);
+        s_machine_types (manifest, row [2], LIST_CELL_MAX);
+        snprintf (row [3], LIST_CELL_MAX, "%.12s", s_string (app, "artifact", "-"));
+        s_format_time (s_integer (app, "updated_ms"), row [4], LIST_CELL_MAX);
         json_decref (manifest);
     }
+    int widths [LIST_COLUMNS] = { 0 };
+    for (size_t row = 0; row < rows; row++)
+        for (int column = 0; column < LIST_COLUMNS; column++) {
+            int width = (int) strlen (cells [row][column]);
+            if (width > widths [column])
+                widths [column] = width;
+        }
+    for (size_t row = 0; row < rows; row++) {
+        for (int column = 0; column < LIST_COLUMNS - 1; column++)
+            printf ("%-*s  ", widths [column], cells [row][column]);
+        printf ("%s\n", cells [row][LIST_COLUMNS - 1]);
+    }
+    free (cells);
     json_decref (answer);
     return KILN_EXIT_OK;
 }
@@ -183,12 +211,12 @@ s_show (kiln_cli_t *cli, const char *name, bool raw)
     char updated [32], types [128];
     s_format_time (s_integer (app, "updated_ms"), updated, sizeof updated);
     s_machine_types (manifest, types, sizeof types);
-    printf ("name:          %s\n", s_string (app, "name", name));
+    printf ("%-20s%s\n", "name:", s_string (app, "name", name));
     long long revision = s_integer (app, "revision");
     if (revision >= 0)
-        printf ("revision:      %lld\n", revision);
-    printf ("artifact:      %s\n", s_string (app, "artifact", "-"));
-    printf ("updated:       %s\n", updated);
+        printf ("%-20s%lld\n", "revision:", revision);
+    printf ("%-20s%s\n", "artifact:", s_string (app, "artifact", "-"));
+    printf ("%-20s%s\n", "updated:", updated);
 
     json_t *urls = json_object_get (app, "urls");
     const char *sync_url = s_string (urls, "sync", NULL);
@@ -198,13 +226,13 @@ s_show (kiln_cli_t *cli, const char *name, bool raw)
         sync_url = fallback_sync;
     if (!queue_url && asprintf (&fallback_queue, "%s/queue/%s", kiln_http_base (http), name) >= 0)
         queue_url = fallback_queue;
-    printf ("sync:          %s\n", sync_url ? sync_url : "-");
-    printf ("queue:         %s\n", queue_url ? queue_url : "-");
+    printf ("%-20s%s\n", "sync:", sync_url ? sync_url : "-");
+    printf ("%-20s%s\n", "queue:", queue_url ? queue_url : "-");
     free (fallback_sync);
     free (fallback_queue);
 
     if (manifest) {
-        printf ("machine types: %s\n", types);
+        printf ("%-20s%s\n", "machine_types:", types);
         static const char *fields [] = {
             "keep_alive", "min_concurrency", "max_concurrency", "concurrency_buffer",
             "max_multiplexing", "request_timeout", "startup_timeout", NULL
@@ -212,14 +240,14 @@ s_show (kiln_cli_t *cli, const char *name, bool raw)
         for (int i = 0; fields [i]; i++) {
             long long value = s_integer (manifest, fields [i]);
             if (value >= 0)
-                printf ("%-14s %lld%s\n", fields [i], value,
+                printf ("%s:%*s%lld%s\n", fields [i], (int) (19 - strlen (fields [i])), "", value,
                         strstr (fields [i], "timeout") || strcmp (fields [i], "keep_alive") == 0
                         ? " s" : "");
         }
         json_t *endpoints = json_object_get (manifest, "endpoints");
         size_t index;
         json_t *endpoint;
-        printf ("endpoints:    ");
+        printf ("%-19s", "endpoints:");
         json_array_foreach (endpoints, index, endpoint)
             if (json_is_string (endpoint))
                 printf (" %s", json_string_value (endpoint));

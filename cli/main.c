@@ -147,7 +147,8 @@ s_help (kiln_cli_t *cli, int argc, char *argv [])
         fputs (s_usage, stdout);
         return KILN_EXIT_OK;
     }
-    if (strcmp (argv [1], "help") == 0) {
+    if (strcmp (argv [1], "help") == 0 || strcmp (argv [1], "--help") == 0
+    ||  strcmp (argv [1], "-h") == 0) {
         fputs ("usage: kiln help [COMMAND]\n\nShows kiln's help, or a command's.\n", stdout);
         return KILN_EXIT_OK;
     }

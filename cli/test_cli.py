@@ -147,6 +147,7 @@ class UpTest(unittest.TestCase):
     def tearDown(self):
         if self.proc is not None:
             kiln_harness.stop_process(self.proc, signal.SIGKILL)
+            self.proc.stdout.close()
         for pid in pids_mentioning(self.dir):
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -86,6 +86,7 @@ typedef struct {
     int child_count;
     char *state_dir;                //  absolute
     char *log_dir;
+    bool interrupted;               //  SIGINT or SIGTERM came: stop, exit 0
 } s_up_t;
 
 //  What happened while we waited.
@@ -160,8 +161,10 @@ s_wait_event (s_up_t *self, int timeout_ms)
             struct timespec timeout = { (time_t) (left / 1000), (long) (left % 1000) * 1000000L };
             signal_number = sigtimedwait (&self->signals, &info, &timeout);
         }
-        if (signal_number == SIGINT || signal_number == SIGTERM)
+        if (signal_number == SIGINT || signal_number == SIGTERM) {
+            self->interrupted = true;
             return EVENT_STOP;
+        }
         if (signal_number == SIGCHLD)
             continue;               //  s_reap looks at it
         if (signal_number < 0 && errno == EAGAIN)
@@ -773,17 +776,21 @@ kiln_up_main (kiln_cli_t *cli, int argc, char *argv [])
     size_t count = 0;
     if (examples)
         names = s_deploy_examples (&self, &count);
-    s_print_ready (&self, names, count, own_redis);
+    //  A Ctrl-C or a death while deploying: stop before saying we are up.
+    bool ready = s_wait_event (&self, 0) == EVENT_NONE;
+    if (ready)
+        s_print_ready (&self, names, count, own_redis);
     for (size_t i = 0; i < count; i++)
         free (names [i]);
     free (names);
-
-    s_event_t event = s_wait_event (&self, -1);
-    if (event == EVENT_STOP) {
+    if (ready)
+        s_wait_event (&self, -1);
+stop:
+    //  Interrupted, even while starting: a stop the user asked for.
+    if (self.interrupted) {
         fprintf (stderr, "kiln: stopping\n");
         rc = KILN_EXIT_OK;
     }
-stop:
     s_stop_all (&self);
     if (rc == KILN_EXIT_OK)
         fprintf (stderr, "kiln: stopped\n");

@@ -60,6 +60,10 @@
 //  own (HTML) 413; below that we check the limit and answer in JSON.
 #define HTTP_BODY_CAP_FACTOR 4
 #define HTTP_MAX_HEADERS_BYTES (64 * 1024)
+//  A client silent this long while we read its request (or between its
+//  keep-alive requests) is dropped. evhttp stops reading once a request is
+//  in, so a sync call may wait for its answer far longer than this.
+#define HTTP_IDLE_TIMEOUT_S 120
 //  Time given to answers in flight to go out after a stop signal.
 #define STOP_FLUSH_MS 200
 //  Longest webhook URL we store.
@@ -71,6 +75,7 @@ static void s_on_http (struct evhttp_request *req, void *arg);
 static void s_on_signal (evutil_socket_t fd, short what, void *arg);
 static void s_on_reconnect (evutil_socket_t fd, short what, void *arg);
 static void s_fail_pending (kiln_gateway_t *self, const char *detail);
+static void s_end_streams (kiln_gateway_t *self);
 
 
 //  --------------------------------------------------------------------------
@@ -87,6 +92,7 @@ kiln_gateway_new (kiln_config_t *cfg)
     kiln_uuid4 (self->id);
     self->channel = kiln_key_reply_channel (self->id);
     self->pending = zhashx_new ();
+    self->streams = zlistx_new ();
     self->redis_url = kiln_redis_url_parse (cfg->redis_url);
     if (!self->redis_url) {
         kiln_log_error ("not a Redis URL: '%s'", cfg->redis_url);
@@ -95,7 +101,7 @@ kiln_gateway_new (kiln_config_t *cfg)
     }
     self->base = event_base_new ();
     self->http = self->base ? evhttp_new (self->base) : NULL;
-    if (!self->pending || !self->http) {
+    if (!self->pending || !self->streams || !self->http) {
         kiln_log_error ("cannot set up the event loop");
         kiln_gateway_destroy (&self);
         return NULL;
@@ -112,6 +118,7 @@ kiln_gateway_new (kiln_config_t *cfg)
         cap = (size_t) INT64_MAX / HTTP_BODY_CAP_FACTOR;
     evhttp_set_max_body_size (self->http, (ev_ssize_t) (cap * HTTP_BODY_CAP_FACTOR));
     evhttp_set_max_headers_size (self->http, HTTP_MAX_HEADERS_BYTES);
+    evhttp_set_timeout (self->http, HTTP_IDLE_TIMEOUT_S);
     //  A body over evhttp's cap is drained before the close, so the client
     //  reads the 413 instead of a reset
     evhttp_set_flags (self->http, EVHTTP_SERVER_LINGERING_CLOSE);
@@ -150,8 +157,6 @@ kiln_gateway_new (kiln_config_t *cfg)
 int
 kiln_gateway_run (kiln_gateway_t *self)
 {
-    //  A client gone mid-write must not kill us
-    signal (SIGPIPE, SIG_IGN);
     kiln_log_info ("gateway %s starting: HTTP %s, Redis %s:%d, public URL %s",
                    self->id, self->cfg->http_addr, self->redis_url->host,
                    self->redis_url->port, self->cfg->public_url);
@@ -168,6 +173,7 @@ kiln_gateway_destroy (kiln_gateway_t **self_p)
     kiln_gateway_t *self = *self_p;
     self->stopping = true;
     s_fail_pending (self, "The gateway is shutting down");
+    s_end_streams (self);
     //  Closing the connections runs their close callbacks, which let go of
     //  the calls; freeing the Redis contexts then runs the last callbacks
     //  (with no reply) of any command still in flight
@@ -183,6 +189,7 @@ kiln_gateway_destroy (kiln_gateway_t **self_p)
         redisAsyncFree (ctx);
     }
     zhashx_destroy (&self->pending);
+    zlistx_destroy (&self->streams);
     if (self->sigint)
         event_free (self->sigint);
     if (self->sigterm)
@@ -417,6 +424,20 @@ s_fail_pending (kiln_gateway_t *self, const char *detail)
     }
 }
 
+//  Status streams end cleanly (the last chunk) rather than being cut.
+static void
+s_end_streams (kiln_gateway_t *self)
+{
+    if (!self->streams)
+        return;
+    kiln_call_t *call;
+    while ((call = zlistx_first (self->streams))) {
+        zlistx_delete (self->streams, call->stream_handle);
+        call->stream_handle = NULL;
+        kiln_call_stream_end (call);
+    }
+}
+
 
 //  --------------------------------------------------------------------------
 //  Calls
@@ -534,6 +555,10 @@ s_call_detach (kiln_call_t *call)
     if (call->pending) {
         zhashx_delete (call->gw->pending, call->request_id);
         call->pending = false;
+    }
+    if (call->stream_handle) {
+        zlistx_delete (call->gw->streams, call->stream_handle);
+        call->stream_handle = NULL;
     }
     struct evhttp_connection *evcon = req ? evhttp_request_get_connection (req) : NULL;
     if (evcon)
@@ -686,6 +711,7 @@ kiln_call_stream_start (kiln_call_t *call, const char *content_type)
     if (call->request_id [0])
         kiln_call_header (call, "x-fal-request-id", call->request_id);
     call->streaming = true;
+    call->stream_handle = zlistx_add_end (call->gw->streams, call);
     s_count (call, call->req, 200);
     evhttp_send_reply_start (call->req, 200, "OK");
 }
@@ -906,8 +932,17 @@ kiln_gateway_replay (kiln_call_t *call, redisReply **fields)
     const redisReply *body = fields [2];
     size_t body_size = body && body->type == REDIS_REPLY_STRING ? body->len : 0;
     if (body_size == 0 && (*error || *error_type)) {
-        kiln_call_error (call, (int) status, *error_type ? error_type : "internal_error",
-                         "%s", *error ? error : error_type);
+        //  Built here, not with kiln_call_error: a runner's error text may
+        //  be longer than its buffer
+        const char *detail = *error ? error : error_type;
+        json_t *json = json_object ();
+        if (json) {
+            json_object_set_new (json, "detail", kiln_json_text (detail, strlen (detail)));
+            json_object_set_new (json, "error_type", kiln_json_text (
+                *error_type ? error_type : "internal_error",
+                strlen (*error_type ? error_type : "internal_error")));
+        }
+        kiln_call_reply_json (call, (int) status, json);
         return;
     }
     const char *content_type = kiln_reply_str (fields [1]);
@@ -1294,6 +1329,7 @@ s_on_signal (evutil_socket_t fd, short what, void *arg)
     }
     evtimer_del (self->reconnect_timer);
     s_fail_pending (self, "The gateway is shutting down");
+    s_end_streams (self);
     struct timeval flush = { 0, STOP_FLUSH_MS * 1000 };
     event_base_loopexit (self->base, &flush);
 }

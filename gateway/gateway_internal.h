@@ -55,6 +55,7 @@ struct _kiln_gateway_t {
     char id [KILN_UUID_LEN + 1];        //  this gateway's id
     kiln_key_t channel;                 //  kiln:done:{id}
     zhashx_t *pending;                  //  request id → kiln_call_t, sync calls waiting
+    zlistx_t *streams;                  //  kiln_call_t with a chunked answer under way
     uint64_t answered [KILN_STATUS_MAX + 1];
     uint64_t clients_gone;
     uint64_t redis_reconnects;
@@ -73,6 +74,7 @@ struct _kiln_call_t {
     char request_id [KILN_ROUTE_ID_MAX + 1];    //  sent as x-fal-request-id when set
     bool pending;                       //  in gw->pending
     bool streaming;                     //  a chunked reply has started
+    void *stream_handle;                //  in gw->streams
     bool want_logs;                     //  ?logs=1
     int64_t number;                     //  a handler's scratch (a size, a log offset)
     char *last_event;                   //  status stream: the last event's state line

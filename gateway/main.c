@@ -11,6 +11,7 @@
 #include "kiln_config.h"
 #include "kiln_log.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,6 +90,8 @@ main (int argc, char *argv [])
             cfg->public_url [--size] = 0;
     }
 
+    //  A client (or Redis) gone mid-write must not kill us
+    signal (SIGPIPE, SIG_IGN);
     int rc = 1;
     kiln_gateway_t *gateway = kiln_gateway_new (cfg);
     if (gateway) {

@@ -70,6 +70,8 @@ class UpTest(unittest.TestCase):
     def tearDown(self):
         if self.proc is not None:
             kiln_harness.stop_process(self.proc, signal.SIGKILL)
+            self.reader.join(5)
+            self.proc.stdout.close()
         for pid in pids_mentioning(self.dir):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -105,7 +107,8 @@ class UpTest(unittest.TestCase):
                     out.write(b'[stdout] ' + raw)
                     out.flush()
                     self.lines.append(raw.decode('utf-8', 'replace').rstrip('\n'))
-        threading.Thread(target=read_stdout, daemon=True).start()
+        self.reader = threading.Thread(target=read_stdout, daemon=True)
+        self.reader.start()
 
         def curl_line():
             if self.proc.poll() is not None:

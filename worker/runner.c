@@ -362,6 +362,8 @@ s_on_broker (zloop_t *loop, zsock_t *sock, void *arg)
             //  The broker does not know us (it restarted): register again,
             //  at most once per interval so a confused broker cannot make
             //  us spin.
+            if (self->stopping)
+                break;
             kiln_log_info ("the broker asked us to reconnect");
             self->hello_due = true;
             if (kiln_mono_ms () - self->hello_sent_ms >= HEARTBEAT_INTERVAL_MS)
@@ -412,14 +414,16 @@ s_on_heartbeat (zloop_t *loop, int timer_id, void *arg)
     if (msg)
         s_send (self, &msg);
     int64_t now = kiln_mono_ms ();
-    if (now - self->broker_seen_ms >= HEARTBEAT_INTERVAL_MS * HEARTBEAT_LIVENESS) {
+    //  A stopping runner does not register again: it must not look ready.
+    if (!self->stopping
+    &&  now - self->broker_seen_ms >= HEARTBEAT_INTERVAL_MS * HEARTBEAT_LIVENESS) {
         kiln_log_warn ("the broker is silent for %" PRId64 " ms; saying hello again",
                        now - self->broker_seen_ms);
         //  Counting from now: the next hello waits another full liveness.
         self->broker_seen_ms = now;
         self->hello_due = true;
     }
-    if (self->hello_due)
+    if (self->hello_due && !self->stopping)
         s_hello (self);
     return 0;
 }
@@ -440,43 +444,41 @@ s_env (const char *name, const char *fallback)
     return value && *value? value: fallback;
 }
 
-static int
-s_serve_app (const char *path)
+//  Everything a runner made, whichever way it ends.
+static void
+s_runner_free (s_runner_t *self)
 {
-    //  Never outlive the worker: it is the one that reports our exit.
-    if (prctl (PR_SET_PDEATHSIG, SIGTERM) == -1)
-        fprintf (stderr, "kiln-runner: prctl: %s\n", strerror (errno));
-    if (getppid () == 1)
-        return KILN_RUNNER_EXIT_FAILED;     //  the worker died before we got here
-
-    //  Our own SIGTERM handling: czmq's would stop the loop at once, and we
-    //  must finish the running handlers and call teardown() first.
-    zsys_handler_set (NULL);
-    struct sigaction action;
-    memset (&action, 0, sizeof (action));
-    action.sa_handler = s_on_signal;
-    sigemptyset (&action.sa_mask);
-    sigaction (SIGTERM, &action, NULL);
-    sigaction (SIGINT, &action, NULL);
-    signal (SIGPIPE, SIG_IGN);
-
-    char *config_error = NULL;
-    kiln_config_t *config = kiln_config_new (&config_error);
-    if (!config) {
-        fprintf (stderr, "kiln-runner: %s\n", config_error? config_error: "bad configuration");
-        free (config_error);
-        return KILN_RUNNER_EXIT_USAGE;
+    for (size_t i = 0; i < self->executor_count; i++)
+        zactor_destroy (&self->executors [i].actor);
+    zloop_destroy (&self->loop);
+    zsock_destroy (&self->broker);
+    if (self->pending) {
+        kiln_msg_t *request;
+        while ((request = (kiln_msg_t *) zlist_pop (self->pending)))
+            kiln_msg_destroy (&request);
+        zlist_destroy (&self->pending);
     }
+    kiln_manifest_destroy (&self->manifest);
+    free (self->runner_id);
+    free (self->worker_id);
+    free (self->app_name);
+}
 
-    s_runner_t runner;
-    memset (&runner, 0, sizeof (runner));
-    s_runner_t *self = &runner;
+//  Loads the app, runs setup(), serves until SIGTERM, runs teardown().
+//  Returns the exit code.
+static int
+s_run (s_runner_t *self, kiln_config_t *config, const char *path)
+{
     char generated_id [KILN_UUID_LEN + 3];
     generated_id [0] = 'r';
     generated_id [1] = '-';
     kiln_uuid4 (generated_id + 2);
     self->runner_id = strdup (s_env (KILN_ENV_RUNNER_ID, generated_id));
     self->worker_id = strdup (s_env (KILN_ENV_WORKER_ID, "standalone"));
+    if (!self->runner_id || !self->worker_id) {
+        fprintf (stderr, "kiln-runner: out of memory\n");
+        return KILN_RUNNER_EXIT_FAILED;
+    }
     const char *endpoint = s_env (KILN_ENV_BROKER_ENDPOINT, config->broker_endpoint);
     //  KILN_PUBLIC_URL is read by kiln_config already.
     self->shared.public_url = config->public_url;
@@ -490,6 +492,8 @@ s_serve_app (const char *path)
     snprintf (log_name, sizeof (log_name), "kiln-runner[%s]", self->runner_id);
     kiln_log_init (log_name, config->log_level);
 
+    //  The app's .so stays loaded until we exit: its threads or atexit
+    //  handlers may still point into it.
     void *handle = NULL;
     char *error = NULL;
     self->app = s_load (path, &handle, &error);
@@ -504,8 +508,12 @@ s_serve_app (const char *path)
         return KILN_RUNNER_EXIT_INVALID_APP;
     }
     char *default_app = zsys_sprintf ("local/%s", self->manifest->name);
-    self->app_name = strdup (s_env (KILN_ENV_APP, default_app));
+    self->app_name = strdup (s_env (KILN_ENV_APP, default_app? default_app: "local/app"));
     free (default_app);
+    if (!self->app_name) {
+        fprintf (stderr, "kiln-runner: out of memory\n");
+        return KILN_RUNNER_EXIT_FAILED;
+    }
 
     //  setup(), once, before anything can reach us.
     kiln_log_info ("setting up %s (%s) for %s", self->manifest->name, path, self->app_name);
@@ -524,7 +532,7 @@ s_serve_app (const char *path)
     self->broker = zsock_new (ZMQ_DEALER);
     self->pending = zlist_new ();
     self->loop = zloop_new ();
-    if (!self->broker || !self->pending || !self->loop || !self->runner_id || !self->worker_id || !self->app_name) {
+    if (!self->broker || !self->pending || !self->loop) {
         fprintf (stderr, "kiln-runner: out of memory\n");
         return KILN_RUNNER_EXIT_FAILED;
     }
@@ -562,6 +570,7 @@ s_serve_app (const char *path)
     while (!s_check_stop (self))
         zloop_start (self->loop);
 
+    //  Every executor is idle: they end, then teardown() runs alone.
     for (size_t i = 0; i < self->executor_count; i++)
         zactor_destroy (&self->executors [i].actor);
     if (self->app->teardown) {
@@ -572,19 +581,43 @@ s_serve_app (const char *path)
     if (bye)
         s_send (self, &bye);
     zsock_set_linger (self->broker, LINGER_MS);
-    zloop_destroy (&self->loop);
-    zsock_destroy (&self->broker);
-    zlist_destroy (&self->pending);
-    kiln_manifest_destroy (&self->manifest);
-    free (self->runner_id);
-    free (self->worker_id);
-    free (self->app_name);
-    kiln_config_destroy (&config);
-    //  The app's .so stays loaded: its threads or atexit handlers may
-    //  still point into it.
-    (void) handle;
     kiln_log_info ("stopped");
     return KILN_RUNNER_EXIT_OK;
+}
+
+static int
+s_serve_app (const char *path)
+{
+    //  Never outlive the worker: it is the one that reports our exit.
+    if (prctl (PR_SET_PDEATHSIG, SIGTERM) == -1)
+        fprintf (stderr, "kiln-runner: prctl: %s\n", strerror (errno));
+    if (getppid () == 1)
+        return KILN_RUNNER_EXIT_FAILED;     //  the worker died before we got here
+
+    //  Our own SIGTERM handling: czmq's would stop the loop at once, and we
+    //  must finish the running handlers and call teardown() first.
+    zsys_handler_set (NULL);
+    struct sigaction action;
+    memset (&action, 0, sizeof (action));
+    action.sa_handler = s_on_signal;
+    sigemptyset (&action.sa_mask);
+    sigaction (SIGTERM, &action, NULL);
+    sigaction (SIGINT, &action, NULL);
+    signal (SIGPIPE, SIG_IGN);
+
+    char *config_error = NULL;
+    kiln_config_t *config = kiln_config_new (&config_error);
+    if (!config) {
+        fprintf (stderr, "kiln-runner: %s\n", config_error? config_error: "bad configuration");
+        free (config_error);
+        return KILN_RUNNER_EXIT_USAGE;
+    }
+    s_runner_t runner;
+    memset (&runner, 0, sizeof (runner));
+    int rc = s_run (&runner, config, path);
+    s_runner_free (&runner);
+    kiln_config_destroy (&config);
+    return rc;
 }
 
 static void

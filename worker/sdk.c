@@ -88,8 +88,9 @@ kiln_sdk_request_destroy (kiln_request_t **self_p)
         free (self->files [i].content_type);
         free (self->files [i].file_name);
         free (self->files [i].data);
-        free (self->urls [i]);
     }
+    for (size_t i = 0; i < self->url_count; i++)
+        free (self->urls [i]);
     free (self->files);
     free (self->urls);
     free (self->id);
@@ -363,23 +364,31 @@ kiln_request_store_file (kiln_request_t *req, const void *data, size_t size,
 
     pthread_mutex_lock (&req->lock);
     bool stored = false;
+    //  The URLs outlive the files (those move to the RESULT), so each list
+    //  grows on its own; both are capped by what one RESULT may carry.
     if (req->file_count == req->file_alloc && req->file_alloc < KILN_MSG_MAX_ITEMS) {
         size_t alloc = req->file_alloc? req->file_alloc * 2: 4;
         if (alloc > KILN_MSG_MAX_ITEMS)
             alloc = KILN_MSG_MAX_ITEMS;
         kiln_msg_file_t *files = realloc (req->files, alloc * sizeof (kiln_msg_file_t));
-        if (files)
+        if (files) {
             req->files = files;
-        char **urls = realloc (req->urls, alloc * sizeof (char *));
-        if (urls)
-            req->urls = urls;
-        if (files && urls)
             req->file_alloc = alloc;
+        }
     }
-    if (req->file_count < req->file_alloc) {
-        req->files [req->file_count] = file;
-        req->urls [req->file_count] = url;
-        req->file_count++;
+    if (req->url_count == req->url_alloc && req->url_alloc < KILN_MSG_MAX_ITEMS) {
+        size_t alloc = req->url_alloc? req->url_alloc * 2: 4;
+        if (alloc > KILN_MSG_MAX_ITEMS)
+            alloc = KILN_MSG_MAX_ITEMS;
+        char **urls = realloc (req->urls, alloc * sizeof (char *));
+        if (urls) {
+            req->urls = urls;
+            req->url_alloc = alloc;
+        }
+    }
+    if (req->file_count < req->file_alloc && req->url_count < req->url_alloc) {
+        req->files [req->file_count++] = file;
+        req->urls [req->url_count++] = url;
         stored = true;
     }
     pthread_mutex_unlock (&req->lock);

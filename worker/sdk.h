@@ -35,6 +35,8 @@ struct _kiln_request_t {
     size_t file_count;
     size_t file_alloc;
     char **urls;                    //  what store_file returned, freed with us
+    size_t url_count;               //  stays when the files move to the RESULT
+    size_t url_alloc;
 };
 
 struct _kiln_response_t {

@@ -10,10 +10,11 @@
     Connects one DEALER socket (with routing identity ID, if given) to
     ENDPOINT and sends the FRAMEs as one multipart message. A FRAME is
     `hex:0102ff` (bytes in hex), `raw:text` (the text's bytes) or `empty`
-    (a zero-length frame). With --recv-ms it then waits that long for
-    replies and prints each one on stdout as a line of hex frames
-    separated by spaces. Exits 0 once the message is handed to ZeroMQ,
-    1 on a bad argument or a socket error.
+    (a zero-length frame). With --recv-ms it then waits up to that long
+    for one reply and prints it on stdout as a line of hex frames
+    separated by spaces ("empty" for a zero-length frame). Exits 0 once
+    the message is handed to ZeroMQ (reply or not), 1 on a bad argument
+    or a socket error.
     =========================================================================
 */
 #include <czmq.h>
@@ -160,6 +161,7 @@ main (int argc, char *argv [])
             if (reply) {
                 s_print_message (reply);
                 zmsg_destroy (&reply);
+                break;
             }
         }
     }
