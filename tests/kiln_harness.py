@@ -48,6 +48,8 @@ STOP_TIMEOUT_S = 10
 START_TIMEOUT_S = 15
 #  Lines of each log printed when a test fails.
 LOG_TAIL_LINES = 40
+#  What AddressSanitizer and UBSan print when they catch a bug.
+SANITIZER_REPORT_RE = re.compile(r'ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error: ')
 
 PR_SET_PDEATHSIG = 1
 
@@ -65,7 +67,7 @@ def example(name):
     return _artifact(os.path.join(BUILD_DIR, 'examples', name + '.so'))
 
 
-def test_app(name):
+def app_for_tests(name):
     """Path of a test app (build/test-apps/NAME.so)."""
     return _artifact(os.path.join(BUILD_DIR, 'test-apps', name + '.so'))
 
@@ -76,18 +78,31 @@ def _artifact(path):
     return path
 
 
+def free_ports(count):
+    """count distinct loopback TCP ports nobody listens on right now (all
+    bound at once while choosing, so they differ)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(('127.0.0.1', 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port():
     """A loopback TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def wait_until(cond, timeout=10.0, interval=0.05, what=None):
     """Polls cond() until it returns something true, and returns that.
 
-    An exception from cond() counts as "not yet" (a port not open yet).
-    Raises AssertionError naming `what` and the last exception on timeout.
+    An exception from cond() counts as "not yet" (a port not open yet),
+    except AssertionError, which gives up at once (the process being
+    waited for has died). Raises AssertionError naming `what` and the
+    last exception on timeout.
     """
     deadline = time.monotonic() + timeout
     last_error = None
@@ -96,6 +111,8 @@ def wait_until(cond, timeout=10.0, interval=0.05, what=None):
             value = cond()
             if value:
                 return value
+        except AssertionError:
+            raise
         except Exception as e:      # noqa: BLE001 - any failure means "not yet"
             last_error = e
         if time.monotonic() >= deadline:
@@ -107,14 +124,19 @@ def wait_until(cond, timeout=10.0, interval=0.05, what=None):
         time.sleep(interval)
 
 
+#  Loaded here, not in the child: dlopen after fork in a threaded
+#  process could deadlock on the loader's lock.
+try:
+    _LIBC = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _LIBC = None
+
+
 def _set_pdeathsig():
     #  Runs in the child between fork and exec: if the test process dies
     #  (even by SIGKILL, as ctest does on a timeout), so does the child.
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except Exception:               # noqa: BLE001 - best effort only
-        pass
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def spawn(argv, env, log_path, stdout=None):
@@ -355,18 +377,11 @@ class Stack:
     dir, each one startable and stoppable on its own (same ports on
     restart). Logs go to <dir>/<process>.log."""
 
-    PROCESSES = ('redis', 'broker', 'gateway', 'worker')
-
     def __init__(self, name='kiln', env=None, worker_args=None):
         self.dir = tempfile.mkdtemp(prefix='kiln-test-%s-' % name)
         self.state_dir = os.path.join(self.dir, 'state')
         os.makedirs(self.state_dir)
-        self.redis_port = free_port()
-        self.broker_port = free_port()
-        self.http_port = free_port()
-        while self.http_port == self.broker_port or self.redis_port in (
-                self.broker_port, self.http_port):
-            self.http_port = free_port()
+        self.redis_port, self.broker_port, self.http_port = free_ports(3)
         self.url = 'http://127.0.0.1:%d' % self.http_port
         self.env = dict(os.environ)
         self.env.update({
@@ -380,7 +395,7 @@ class Stack:
         self.env.pop('KILN_KEY', None)
         self.env.update(env or {})
         #  Enough CPU slots that every app of a test module gets runners
-        #  (the default is the core count: 2 here).
+        #  (the worker's default is max(2, cores): 2 on a small machine).
         self.worker_args = worker_args if worker_args is not None else ['--slots', 'CPU=16']
         self.procs = {}
         self.started_at = {}
@@ -465,23 +480,46 @@ class Stack:
 
     def close(self):
         """Stops everything (worker first, so runners go with it), kills
-        any straggler that mentions the temp dir, removes the temp dir."""
+        any straggler that mentions the temp dir, removes the temp dir.
+        Returns what went wrong on the way: a list of problems (a process
+        that did not exit 0 on SIGTERM, a sanitizer report in a log)."""
         if self.closed:
-            return
+            return []
         self.closed = True
+        problems = []
         for name in ('worker', 'gateway', 'broker', 'redis'):
-            self.stop(name)
+            status = self.stop(name)
+            if status not in (None, 0):
+                problems.append('%s exited with status %d on SIGTERM' % (name, status))
         for pid in pids_mentioning(self.dir):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        problems += self.sanitizer_reports()
+        if problems:
+            self.dump_logs()
         if os.environ.get('KILN_TEST_KEEP'):
             sys.stderr.write('kiln test dir kept: %s\n' % self.dir)
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
         if self in _live_stacks:
             _live_stacks.remove(self)
+        return problems
+
+    def sanitizer_reports(self):
+        """One line per log in which ASan or UBSan reported a bug."""
+        found = []
+        for name in sorted(os.listdir(self.dir)):
+            if not name.endswith('.log'):
+                continue
+            with open(os.path.join(self.dir, name), 'rb') as f:
+                text = f.read().decode('utf-8', 'replace')
+            match = SANITIZER_REPORT_RE.search(text)
+            if match:
+                line = text[text.rfind('\n', 0, match.start()) + 1:].split('\n', 1)[0]
+                found.append('sanitizer report in %s: %s' % (name, line))
+        return found
 
     def dump_logs(self, stream=None):
         stream = stream or sys.stderr
@@ -565,14 +603,19 @@ class KilnTestCase(unittest.TestCase):
             return cls.stack.deploy(artifact, name)
         except BaseException:
             cls.stack.dump_logs()
-            cls.tearDownClass()
+            cls.stack.close()
+            cls.stack = None
             raise
 
     @classmethod
     def tearDownClass(cls):
+        """Stops the stack; fails the class if a process did not stop
+        cleanly or a sanitizer reported a bug."""
         if cls.stack is not None:
-            cls.stack.close()
+            problems = cls.stack.close()
             cls.stack = None
+            if problems:
+                raise AssertionError('; '.join(problems))
 
     def run(self, result=None):
         if result is None:

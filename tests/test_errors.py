@@ -8,11 +8,10 @@ import os
 import socket
 import subprocess
 import time
-import unittest
 import uuid
 
 import kiln_harness
-from kiln_harness import UUID4_RE, example, program, test_app, wait_until
+from kiln_harness import UUID4_RE, app_for_tests, example, program
 
 MAX_BODY_BYTES = 1048576
 #  The broker waits this long after it starts before it decides that no
@@ -39,9 +38,9 @@ class ErrorsTest(kiln_harness.KilnTestCase):
     def setUpClass(cls):
         cls.start_stack(env={'KILN_MAX_BODY_BYTES': str(MAX_BODY_BYTES)})
         cls.deploy_or_dump(example('echo'), 'local/echo')
-        cls.deploy_or_dump(test_app('gpuonly'), 'local/gpuonly')
-        cls.deploy_or_dump(test_app('badsetup'), 'local/badsetup')
-        cls.deploy_or_dump(test_app('crash'), 'local/crash')
+        cls.deploy_or_dump(app_for_tests('gpuonly'), 'local/gpuonly')
+        cls.deploy_or_dump(app_for_tests('badsetup'), 'local/badsetup')
+        cls.deploy_or_dump(app_for_tests('crash'), 'local/crash')
 
     def echo_works(self, tag):
         status, _, obj = self.stack.call('/local/echo', {'tag': tag})

@@ -3,13 +3,15 @@ as a file and answers with fal's Image shape; the gateway serves the file.
 The PNG is checked byte by byte (signature, chunk CRCs, IHDR, IDAT size)."""
 
 import json
+import os
+import shutil
 import struct
-import unittest
+import subprocess
 import urllib.parse
 import zlib
 
 import kiln_harness
-from kiln_harness import example
+from kiln_harness import BUILD_DIR, example
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 #  Samples per pixel for each PNG colour type.
@@ -55,11 +57,40 @@ def parse_png(data):
     return width, height, channels, len(raw)
 
 
+def machine_has_nvidia_gpu():
+    if shutil.which('nvidia-smi'):
+        try:
+            listing = subprocess.run(['nvidia-smi', '-L'], capture_output=True,
+                                     text=True, timeout=30)
+            return listing.returncode == 0 and 'GPU' in listing.stdout
+        except (OSError, subprocess.SubprocessError):
+            return False
+    return os.path.exists('/dev/nvidia0')
+
+
+def build_has_cuda():
+    """Whether CMake found the CUDA runtime (then the worker counts GPUs
+    and julia has its kernel)."""
+    try:
+        with open(os.path.join(BUILD_DIR, 'CMakeCache.txt')) as f:
+            cache = f.read()
+    except OSError:
+        return False
+    found = {}
+    for line in cache.splitlines():
+        name, _, value = line.partition('=')
+        found[name.split(':')[0]] = value
+    return all(found.get(name) and not found[name].endswith('NOTFOUND')
+               for name in ('KILN_CUDART', 'KILN_CUDART_STATIC'))
+
+
 class JuliaTest(kiln_harness.KilnTestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.start_stack()
+        #  The worker's own slots (no --slots): its GPUs, if it finds any,
+        #  and CPU slots; julia asks for GPU-H200, -H100, -A100, then CPU.
+        cls.start_stack(worker_args=[])
         cls.deploy_or_dump(example('julia'), 'local/julia')
 
     def render(self, prompt, width=320, height=200):
@@ -109,6 +140,22 @@ class JuliaTest(kiln_harness.KilnTestCase):
         width, height, channels, raw_size = parse_png(self.fetch(image['url']))
         self.assertEqual((width, height), (64, 100))
         self.assertEqual(raw_size, height * (1 + width * channels))
+
+    def test_renders_on_the_gpu_when_the_machine_has_one(self):
+        status, _, obj = self.stack.call(
+            '/local/julia', {'prompt': 'device', 'width': 256, 'height': 256}, timeout=60)
+        self.assertEqual(status, 200, obj)
+        runners = self.stack.runner_pids('local/julia')
+        self.assertTrue(runners, 'no julia runner process')
+        visible = {kiln_harness.proc_environ(pid).get('CUDA_VISIBLE_DEVICES')
+                   for pid in runners}
+        if machine_has_nvidia_gpu() and build_has_cuda():
+            self.assertEqual(obj.get('device'), 'cuda', obj)
+            self.assertNotIn('', visible, 'a julia runner was placed on a CPU slot')
+            self.assertNotIn(None, visible, 'a GPU runner without CUDA_VISIBLE_DEVICES')
+        else:
+            self.assertEqual(obj.get('device'), 'cpu', obj)
+            self.assertEqual(visible, {''}, 'a CPU runner must see no GPU')
 
     def test_width_out_of_range_is_422(self):
         status, headers, body = self.stack.http(

@@ -5,7 +5,6 @@ killed mid-call still completes in Redis."""
 import json
 import signal
 import threading
-import unittest
 import uuid
 
 import kiln_harness

@@ -3,7 +3,6 @@ Redis, broker and a runner of the echo and sleep examples."""
 
 import json
 import threading
-import unittest
 
 import kiln_harness
 from kiln_harness import UUID4_RE, example, wait_until

@@ -14,7 +14,7 @@ import unittest
 import urllib.parse
 
 import kiln_harness
-from kiln_harness import (alive, descendants, free_port, http_request, pids_mentioning,
+from kiln_harness import (alive, descendants, free_ports, http_request, pids_mentioning,
                           program, wait_until)
 
 UP_START_TIMEOUT_S = 30
@@ -50,9 +50,7 @@ class UpTest(unittest.TestCase):
 
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix='kiln-test-up-')
-        self.http_port = free_port()
-        self.broker_port = free_port()
-        self.redis_port = free_port()
+        self.http_port, self.broker_port, self.redis_port = free_ports(3)
         self.env = dict(os.environ)
         for name in list(self.env):
             if name.startswith('KILN_') and name not in ('KILN_BUILD_DIR', 'KILN_SOURCE_DIR'):
@@ -64,13 +62,15 @@ class UpTest(unittest.TestCase):
             'KILN_BROKER_ENDPOINT': 'tcp://127.0.0.1:%d' % self.broker_port,
         })
         self.proc = None
+        self.reader = None
         self.lines = []
         self.log_path = os.path.join(self.dir, 'kiln-up.log')
 
     def tearDown(self):
         if self.proc is not None:
             kiln_harness.stop_process(self.proc, signal.SIGKILL)
-            self.reader.join(5)
+            if self.reader is not None:
+                self.reader.join(5)
             self.proc.stdout.close()
         for pid in pids_mentioning(self.dir):
             try:
@@ -94,12 +94,9 @@ class UpTest(unittest.TestCase):
         """Starts `kiln up` (stderr to the log; stdout read line by line)
         and returns the curl line it prints."""
         state_dir = os.path.join(self.dir, 'state')
-        log = open(self.log_path, 'ab')
-        self.proc = subprocess.Popen(
+        self.proc = kiln_harness.spawn(
             [program('kiln'), 'up', '--dir', state_dir, '--redis-port', str(self.redis_port)],
-            env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-            start_new_session=True, preexec_fn=kiln_harness._set_pdeathsig)
-        log.close()
+            self.env, self.log_path, stdout=subprocess.PIPE)
 
         def read_stdout():
             with open(self.log_path, 'ab') as out:
@@ -158,6 +155,10 @@ class UpTest(unittest.TestCase):
             wait_until(lambda: not left_behind(), 2, what='processes to go')
         except AssertionError:
             self.fail('processes left behind by kiln up: %r' % (left_behind(),))
+        self.reader.join(5)
+        with open(self.log_path, 'rb') as f:
+            output = f.read().decode('utf-8', 'replace')
+        self.assertNotRegex(output, kiln_harness.SANITIZER_REPORT_RE)
 
     def test_up_curl_line_and_sigint(self):
         line = self.start_up()
