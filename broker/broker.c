@@ -70,6 +70,10 @@
 //  Workers re-register within a heartbeat or two of a broker restart;
 //  until then "no worker offers X" would be a lie.
 #define REGISTRATION_GRACE_MS   3000
+//  A worker that restarts (an upgrade, a crash) leaves for a few seconds;
+//  requests for its machine types wait that long before failing with
+//  runner_scheduling_failure. Types never offered fail at once.
+#define SCHEDULING_GRACE_MS     10000
 #define FAILED_STARTS_MAX       3       //  in a row, before queued requests fail
 #define START_BACKOFF_MS        1000    //  per failed start in a row, capped
 #define START_BACKOFF_MAX_MS    10000
@@ -158,6 +162,7 @@ struct _kiln_broker_t {
     zhashx_t *apps;             //  name → s_app_t
     zhashx_t *inflight;         //  request id → s_runner_t (not owned)
     zlistx_t *pending;          //  s_call_t, COMPLETEs waiting for Redis
+    zhashx_t *offered;          //  machine type → int64_t *, when last offered (mono ms)
     int64_t started_ms;
 };
 
@@ -1164,6 +1169,77 @@ s_app_retire (kiln_broker_t *self, s_app_t *app, int target)
     zlistx_destroy (&ids);
 }
 
+//  Notes which machine types the registered workers offer now.
+static void
+s_offered_refresh (kiln_broker_t *self)
+{
+    int64_t now = kiln_mono_ms ();
+    for (s_worker_t *worker = (s_worker_t *) zhashx_first (self->workers);
+         worker; worker = (s_worker_t *) zhashx_next (self->workers))
+        for (size_t i = 0; i < worker->slot_count; i++) {
+            int64_t *seen = (int64_t *) zhashx_lookup (self->offered, worker->slots [i].machine_type);
+            if (!seen) {
+                seen = malloc (sizeof *seen);
+                if (!seen)
+                    continue;
+                zhashx_insert (self->offered, worker->slots [i].machine_type, seen);
+            }
+            *seen = now;
+        }
+}
+
+//  True when a worker offered one of these types within SCHEDULING_GRACE_MS.
+static bool
+s_offered_recently (kiln_broker_t *self, const char *const *types, size_t type_count, int64_t now)
+{
+    for (size_t i = 0; i < type_count; i++) {
+        int64_t *seen = (int64_t *) zhashx_lookup (self->offered, types [i]);
+        if (seen && now - *seen <= SCHEDULING_GRACE_MS)
+            return true;
+    }
+    return false;
+}
+
+//  The app has queued requests and every slot it could use is taken. An
+//  idle runner of another app, above that app's min_concurrency, is
+//  stopped to free its slot: the one idle longest. One at a time, so a
+//  burst does not empty the others.
+static void
+s_evict_for (kiln_broker_t *self, s_app_t *app, const char *const *types, size_t type_count)
+{
+    s_runner_t *victim = NULL;
+    int64_t victim_since = 0;
+    for (s_runner_t *runner = (s_runner_t *) zhashx_first (self->runners);
+         runner; runner = (s_runner_t *) zhashx_next (self->runners)) {
+        bool usable = false;
+        for (size_t i = 0; i < type_count && !usable; i++)
+            usable = runner->machine_type && streq (runner->machine_type, types [i]);
+        if (!usable)
+            continue;
+        if (runner->state == RUNNER_DRAINING)
+            return;             //  a slot of ours is on its way back
+        if (runner->state != RUNNER_READY || streq (runner->app, app->name)
+        ||  zhashx_size (runner->requests) > 0)
+            continue;
+        s_app_t *owner = (s_app_t *) zhashx_lookup (self->apps, runner->app);
+        int inflight, active;
+        s_app_count (self, runner->app, &inflight, &active);
+        if (owner && owner->manifest && active <= owner->manifest->min_concurrency)
+            continue;
+        int64_t since = runner->last_request_ms > runner->ready_ms?
+                        runner->last_request_ms: runner->ready_ms;
+        if (!victim || since < victim_since) {
+            victim = runner;
+            victim_since = since;
+        }
+    }
+    if (victim) {
+        char *why = zsys_sprintf ("its slot is needed by %s", app->name);
+        s_runner_stop (self, victim, why? why: "its slot is needed");
+        zstr_free (&why);
+    }
+}
+
 //  Starts runners up to the target, or fails the queue when no worker
 //  can ever take it.
 static void
@@ -1184,6 +1260,8 @@ s_app_scale (kiln_broker_t *self, s_app_t *app, int target, long long queued)
         int64_t now = kiln_mono_ms ();
         if (now - self->started_ms <= REGISTRATION_GRACE_MS)
             return;             //  workers may not have re-registered yet
+        if (s_offered_recently (self, types, type_count, now))
+            return;             //  its worker may be back in a moment
         char *error = kiln_scale_no_worker_error (types, type_count);
         if (queued > 0 && error)
             s_fail_queue (self, app->name, 503, error, "runner_scheduling_failure");
@@ -1203,8 +1281,13 @@ s_app_scale (kiln_broker_t *self, s_app_t *app, int target, long long queued)
     while (active < target) {
         size_t type_index = 0;
         int chosen = kiln_scale_place (types, type_count, snap.workers, snap.count, &type_index);
-        if (chosen < 0)
-            break;              //  slots exist but are busy: requests wait
+        if (chosen < 0) {
+            //  Slots exist but are busy: requests wait, and an idle runner
+            //  of another app gives its slot up.
+            if (queued > 0)
+                s_evict_for (self, app, types, type_count);
+            break;
+        }
         kiln_scale_worker_t *entry = &snap.workers [chosen];
         if (s_runner_start (self, app, entry->id, types [type_index]) != 0)
             break;
@@ -1339,6 +1422,7 @@ s_on_worker_hello (kiln_broker_t *self, const char *identity, kiln_msg_t *msg)
          runner; runner = (s_runner_t *) zhashx_next (self->runners))
         if (streq (runner->worker_id, worker->id))
             s_runner_resolve_type (self, runner);
+    s_offered_refresh (self);
     s_dispatch_cached (self);
 }
 
@@ -1429,6 +1513,7 @@ s_on_runner_exited (kiln_broker_t *self, s_worker_t *worker, kiln_msg_t *msg)
         zstr_free (&detail);
     }
     s_dispatch (self, app, false);
+    s_dispatch_cached (self);   //  its slot may be what another app waits for
     free (app);
 }
 
@@ -1747,6 +1832,7 @@ s_on_timer (zloop_t *loop, int timer_id, void *arg)
     s_sub_reconnect (self);
     s_pending_flush (self);
     s_check_liveness (self);
+    s_offered_refresh (self);
     s_send_heartbeats (self);
     s_sweep_apps (self);
     return 0;
@@ -1791,6 +1877,12 @@ kiln_broker_new (const kiln_config_t *cfg)
         kiln_broker_destroy (&self);
         return NULL;
     }
+    self->offered = zhashx_new ();
+    if (!self->offered) {
+        kiln_broker_destroy (&self);
+        return NULL;
+    }
+    zhashx_set_destructor (self->offered, (zhashx_destructor_fn *) zstr_free);
     self->started_ms = kiln_mono_ms ();
     self->redis_backoff_ms = self->sub_backoff_ms = REDIS_BACKOFF_MIN_MS;
     zloop_reader (self->loop, self->router, s_on_router, self);
@@ -1823,6 +1915,7 @@ kiln_broker_destroy (kiln_broker_t **self_p)
     zhashx_destroy (&self->runners);
     zhashx_destroy (&self->workers);
     zhashx_destroy (&self->apps);
+    zhashx_destroy (&self->offered);
     free (self);
     *self_p = NULL;
 }
