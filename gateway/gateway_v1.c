@@ -4,7 +4,7 @@
     | takes                               | sends to Redis                      | answers                   |
     |-------------------------------------|-------------------------------------|---------------------------|
     | PUT /v1/artifacts/{sha256} (bytes)  | SET kiln:artifact:{sha256}          | 201 {artifact, size}      |
-    | POST /v1/apps {name, artifact,      | EVAL DEPLOY (deploy_script.h)       | 201 {name, revision,      |
+    | POST /v1/apps {name, artifact,      | EVAL DEPLOY (kiln_scripts.h)       | 201 {name, revision,      |
     |   manifest}                         |                                     |   sync_url, queue_url}    |
     | GET /v1/apps                        | EVAL LIST_APPS                      | 200 {apps: [...]}         |
     | GET /v1/apps/{owner}/{app}          | HMGET kiln:app:{app}                | 200 {app fields} or 404   |
@@ -15,7 +15,7 @@
     =========================================================================
 */
 #include "gateway_internal.h"
-#include "deploy_script.h"
+#include "kiln_scripts.h"
 #include "kiln_manifest.h"
 
 #include <inttypes.h>

@@ -38,6 +38,28 @@
       ARGV  line (JSON), ...
       →     number of lines appended; 0 when the request is unknown or
             COMPLETED (a late line never resurrects an expired record).
+
+    The app registry changes the same way:
+
+    KILN_SCRIPT_DEPLOY — a new revision of an app
+      KEYS  app, apps, artifact             (kiln_key_app, KILN_KEY_APPS, kiln_key_artifact)
+      ARGV  name, artifact sha256, manifest (compact JSON), now_ms
+      →     -1 if the artifact is not stored (nothing written), else the
+            new revision (1 for a first deploy). Publishes the name on
+            kiln:wake so the broker sees the new revision.
+
+    KILN_SCRIPT_UNDEPLOY — delete an app
+      KEYS  app, apps
+      ARGV  name
+      →     0 if the app was not deployed, else 1. Publishes the name on
+            kiln:wake (the broker retires its runners).
+
+    KILN_SCRIPT_LIST_APPS — every deployed app, read in one step
+      KEYS  apps
+      ARGV  (none)
+      →     a flat array, five entries per app: name, revision, artifact,
+            manifest, updated_ms ("" for a missing field). Names in the set
+            whose hash is gone are skipped.
     =========================================================================
 */
 #ifndef KILN_SCRIPTS_H_INCLUDED
@@ -49,6 +71,12 @@ extern const char *KILN_SCRIPT_SUBMIT;
 extern const char *KILN_SCRIPT_TAKE;
 extern const char *KILN_SCRIPT_COMPLETE;
 extern const char *KILN_SCRIPT_LOG;
+extern const char *KILN_SCRIPT_DEPLOY;
+extern const char *KILN_SCRIPT_UNDEPLOY;
+extern const char *KILN_SCRIPT_LIST_APPS;
+
+//  Fields per app in KILN_SCRIPT_LIST_APPS's answer.
+#define KILN_LIST_APPS_FIELDS 5
 
 //  Queue score of a request: bands keep low priority behind normal; seq
 //  keeps order within a band. 2^52 leaves seq exact in a double.
