@@ -40,9 +40,10 @@ COPY . .
 RUN rm -rf build build-* \
  && cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo \
  && cmake --build build -j "$(nproc)" \
- && mkdir -p /opt/kiln \
- && cp -a build/bin /opt/kiln/bin \
- && cp -a build/examples /opt/kiln/examples \
+ && mkdir -p /opt/kiln/bin /opt/kiln/examples \
+ && cp build/bin/kiln build/bin/kiln-broker build/bin/kiln-gateway \
+       build/bin/kiln-worker build/bin/kiln-runner /opt/kiln/bin/ \
+ && cp build/examples/*.so /opt/kiln/examples/ \
  && cp -a include /opt/kiln/include
 
 #  The programs find each other (kiln-runner next to kiln-worker, the

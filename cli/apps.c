@@ -29,6 +29,20 @@ static const char *s_help_text =
     "  --json               print the gateway's answer as it is (JSON)\n"
     KILN_CLI_COMMON_HELP;
 
+//  The /v1/apps calls are small: a gateway that takes longer than this
+//  is stuck, and the user should hear so.
+#define APPS_TIMEOUT_MS 60000
+
+//  A client for the /v1/apps calls. NULL on failure (reported).
+static kiln_http_t *
+s_http (kiln_cli_t *cli)
+{
+    kiln_http_t *http = kiln_cli_http (cli);
+    if (http)
+        kiln_http_set_timeout_ms (http, APPS_TIMEOUT_MS);
+    return http;
+}
+
 //  The manifest of an app, as an object (new reference) or NULL.
 static json_t *
 s_manifest (json_t *app)
@@ -101,7 +115,7 @@ s_machine_types (json_t *manifest, char *out, size_t size)
 static int
 s_list (kiln_cli_t *cli, bool raw)
 {
-    kiln_http_t *http = kiln_cli_http (cli);
+    kiln_http_t *http = s_http (cli);
     if (!http)
         return KILN_EXIT_FAILURE;
     json_t *answer = NULL;
@@ -178,7 +192,7 @@ s_list (kiln_cli_t *cli, bool raw)
 static int
 s_show (kiln_cli_t *cli, const char *name, bool raw)
 {
-    kiln_http_t *http = kiln_cli_http (cli);
+    kiln_http_t *http = s_http (cli);
     if (!http)
         return KILN_EXIT_FAILURE;
     char *path = NULL;
@@ -262,7 +276,7 @@ s_show (kiln_cli_t *cli, const char *name, bool raw)
 static int
 s_delete (kiln_cli_t *cli, const char *name)
 {
-    kiln_http_t *http = kiln_cli_http (cli);
+    kiln_http_t *http = s_http (cli);
     if (!http)
         return KILN_EXIT_FAILURE;
     char *path = NULL;

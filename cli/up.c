@@ -11,11 +11,20 @@
     | kiln-gateway   | always                       | GET /health is 200      |
     | kiln-worker    | always                       | (registers by itself)   |
 
-    then deploys the example apps and waits. It takes SIGINT and SIGTERM
-    (stop everything, exit 0) and SIGCHLD (a child died on its own: say
-    which, stop the rest, exit 1). Stopping goes in reverse order: SIGTERM,
-    up to STOP_GRACE_MS for each, then SIGKILL for its whole process group
-    (the worker's runners are in the worker's group).
+    then deploys the example apps (kiln deploy's code) and waits.
+
+    | takes            | does                                              |
+    |------------------|---------------------------------------------------|
+    | SIGINT, SIGTERM  | stops everything, exits 0 (a second one while     |
+    |                  | stopping skips the grace period)                  |
+    | SIGCHLD          | a child died on its own: says which, stops the    |
+    |                  | rest, exits 1                                     |
+
+    | sends            | to                                                |
+    |------------------|---------------------------------------------------|
+    | SIGTERM          | each child, last started first, one at a time     |
+    | SIGKILL          | a child's whole process group, after STOP_GRACE_MS|
+    |                  | (the worker's runners are in the worker's group)  |
 
     Signals are blocked and taken with sigtimedwait, so there is no async
     handler to race with. Each child runs in its own process group (Ctrl-C
@@ -225,10 +234,12 @@ s_start (s_up_t *self, const char *name, char *const argv [], const char *stdout
     return 0;
 }
 
-//  Stops every child still running, last started first.
+//  Stops every child still running, last started first. A second
+//  Ctrl-C (or SIGTERM) while stopping skips the grace period.
 static void
 s_stop_all (s_up_t *self)
 {
+    bool hurry = false;
     for (int i = self->child_count - 1; i >= 0; i--) {
         s_child_t *child = &self->children [i];
         if (child->pid <= 0)
@@ -237,14 +248,19 @@ s_stop_all (s_up_t *self)
         int64_t deadline = kiln_mono_ms () + STOP_GRACE_MS;
         int status;
         pid_t pid = 0;
-        while ((pid = waitpid (child->pid, &status, WNOHANG)) == 0
+        while (!hurry && (pid = waitpid (child->pid, &status, WNOHANG)) == 0
         &&     kiln_mono_ms () < deadline) {
             struct timespec pause = { 0, REAP_INTERVAL_MS * 1000000L };
-            nanosleep (&pause, NULL);
+            int signal_number = sigtimedwait (&self->signals, NULL, &pause);
+            if (signal_number == SIGINT || signal_number == SIGTERM) {
+                fprintf (stderr, "kiln: stopping now\n");
+                hurry = true;
+            }
         }
         if (pid == 0) {
-            fprintf (stderr, "kiln: %s did not stop within %d s; killing it\n",
-                     child->name, STOP_GRACE_MS / 1000);
+            if (!hurry)
+                fprintf (stderr, "kiln: %s did not stop within %d s; killing it\n",
+                         child->name, STOP_GRACE_MS / 1000);
             kill (-child->pid, SIGKILL);
             kill (child->pid, SIGKILL);
             while (waitpid (child->pid, &status, 0) < 0 && errno == EINTR)
@@ -605,14 +621,14 @@ s_print_ready (s_up_t *self, char **names, size_t count, bool own_redis)
     printf ("  gateway  %.*s\n", (int) base_length, base);
     printf ("  broker   %s\n", config->broker_endpoint);
     if (own_redis)
-        printf ("  redis    %s\n", config->redis_url);
+        printf ("  redis    %s (log: %s/redis.log)\n", config->redis_url, self->log_dir);
     else {
         //  The URL may hold a password: show where, not how.
         kiln_redis_url_t *url = kiln_redis_url_parse (config->redis_url);
         printf ("  redis    %s:%d (KILN_REDIS_URL)\n", url ? url->host : "?", url ? url->port : 0);
         kiln_redis_url_destroy (&url);
     }
-    printf ("  state    %s (logs in %s)\n", self->state_dir, self->log_dir);
+    printf ("  state    %s\n", self->state_dir);
     const char *sample = NULL;
     for (size_t i = 0; i < count; i++) {
         printf ("  app      %.*s/%s\n", (int) base_length, base, names [i]);
@@ -677,6 +693,18 @@ kiln_up_main (kiln_cli_t *cli, int argc, char *argv [])
     if (optind < argc)
         return kiln_cli_usage ("up", "up takes no argument, got '%s'", argv [optind]);
 
+    //  From here on signals wait for us in sigtimedwait. Blocked signals
+    //  are kept even when their disposition is "ignore" (as a shell's
+    //  `kiln up &` sets it for SIGINT), so a Ctrl-C is never lost. The
+    //  mask stays until the process ends: a late signal must not kill
+    //  kiln between stopping its children and exiting.
+    s_up_t self = { .cli = cli };
+    sigemptyset (&self.signals);
+    sigaddset (&self.signals, SIGINT);
+    sigaddset (&self.signals, SIGTERM);
+    sigaddset (&self.signals, SIGCHLD);
+    sigprocmask (SIG_BLOCK, &self.signals, NULL);
+
     kiln_config_t *config = cli->config;
     if (!dir)
         dir = config->state_dir;
@@ -687,7 +715,6 @@ kiln_up_main (kiln_cli_t *cli, int argc, char *argv [])
     const char *programs [] = { "kiln-broker", "kiln-gateway", "kiln-worker" };
     char *paths [3] = { NULL, NULL, NULL };
     int rc = KILN_EXIT_FAILURE;
-    s_up_t self = { .cli = cli };
     for (int i = 0; i < 3; i++) {
         if (asprintf (&paths [i], "%s/%s", cli->bindir, programs [i]) < 0) {
             paths [i] = NULL;
@@ -749,14 +776,6 @@ kiln_up_main (kiln_cli_t *cli, int argc, char *argv [])
     }
     setenv ("KILN_STATE_DIR", self.state_dir, 1);
 
-    //  From here on signals wait for us in sigtimedwait.
-    sigemptyset (&self.signals);
-    sigaddset (&self.signals, SIGINT);
-    sigaddset (&self.signals, SIGTERM);
-    sigaddset (&self.signals, SIGCHLD);
-    sigset_t saved;
-    sigprocmask (SIG_BLOCK, &self.signals, &saved);
-
     if (own_redis) {
         if (s_start_redis (&self, redis_port) != 0)
             goto stop;
@@ -794,7 +813,6 @@ stop:
     s_stop_all (&self);
     if (rc == KILN_EXIT_OK)
         fprintf (stderr, "kiln: stopped\n");
-    sigprocmask (SIG_SETMASK, &saved, NULL);
 done:
     for (int i = 0; i < 3; i++)
         free (paths [i]);
