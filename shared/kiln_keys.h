@@ -13,6 +13,8 @@
     | kiln:seq                  | string | counter: queue order                     |
     | kiln:queue:{app}          | zset   | queued request ids, score = band·2^52 + seq (band 0 normal, 1 low) |
     | kiln:inflight             | zset   | running request ids, score = lease deadline (ms) |
+    | kiln:deadlines            | zset   | queued ids with a start deadline, score = deadline (ms) |
+    | kiln:webhooks             | zset   | completed ids whose webhook is due, score = when (ms) |
     | kiln:req:{id}             | hash   | the request record (fields below)        |
     | kiln:req:{id}:logs        | list   | log lines, JSON {message, level, source, timestamp} |
     | kiln:file:{id}            | hash   | content_type, file_name, data, request_id |
@@ -21,10 +23,13 @@
     (normal|low), reply_to (the waiting gateway's channel, or ""), webhook,
     state (IN_QUEUE|IN_PROGRESS|COMPLETED), created_ms, started_ms,
     completed_ms, runner, attempts, status (HTTP), result_content_type,
-    result_body, error, error_type, inference_ms.
+    result_body, error, error_type, inference_ms, start_deadline_ms,
+    no_retry, cancel_requested, webhook_state (pending|delivered|failed),
+    webhook_attempts, webhook_last_error.
 
     Channels: kiln:wake (message: app name; a request was queued),
-    kiln:done:{gateway_id} (message: request id; it completed).
+    kiln:done:{gateway_id} (message: request id; it completed),
+    kiln:cancel (message: request id; its client cancelled it while it ran).
     =========================================================================
 */
 #ifndef KILN_KEYS_H_INCLUDED
@@ -36,6 +41,9 @@
 #define KILN_KEY_APPS       "kiln:apps"
 #define KILN_KEY_SEQ        "kiln:seq"
 #define KILN_KEY_INFLIGHT   "kiln:inflight"
+#define KILN_KEY_DEADLINES  "kiln:deadlines"
+#define KILN_KEY_WEBHOOKS   "kiln:webhooks"
+#define KILN_CHANNEL_CANCEL "kiln:cancel"
 #define KILN_CHANNEL_WAKE   "kiln:wake"
 #define KILN_KEY_REQ_PREFIX "kiln:req:"
 #define KILN_KEY_FILE_PREFIX "kiln:file:"

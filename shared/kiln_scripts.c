@@ -17,16 +17,55 @@
 #include <string.h>
 #include <sys/types.h>
 
+//  The one way a request becomes COMPLETED, shared by every script that
+//  can end a request (Lua has no includes: the text is pasted in front).
+//  complete (req, id, status, content_type, body, error, error_type,
+//            now_ms, retention_s, inference_ms) → 1, or 0 when the
+//  request is unknown or completed already. A request with a webhook
+//  enters the kiln:webhooks outbox and its record is kept until the
+//  delivery ends (the deliverer sets the expiry then).
+#define S_LUA_COMPLETE \
+    "local function complete(req, id, status, ctype, body, err, etype, now, retention, inference)\n" \
+    "  local f = redis.call('HMGET', req, 'state', 'app', 'reply_to', 'webhook')\n" \
+    "  if not f[1] or f[1] == 'COMPLETED' then return 0 end\n" \
+    "  redis.call('ZREM', 'kiln:queue:' .. f[2], id)\n" \
+    "  redis.call('ZREM', 'kiln:inflight', id)\n" \
+    "  redis.call('ZREM', 'kiln:deadlines', id)\n" \
+    "  redis.call('HSET', req, 'state', 'COMPLETED',\n" \
+    "    'status', status, 'result_content_type', ctype,\n" \
+    "    'result_body', body, 'error', err, 'error_type', etype,\n" \
+    "    'completed_ms', now, 'inference_ms', inference)\n" \
+    "  redis.call('EXPIRE', req .. ':logs', retention)\n" \
+    "  if f[4] and f[4] ~= '' then\n" \
+    "    redis.call('HSET', req, 'webhook_state', 'pending', 'webhook_attempts', 0)\n" \
+    "    redis.call('ZADD', 'kiln:webhooks', now, id)\n" \
+    "    redis.call('PERSIST', req)\n" \
+    "  else\n" \
+    "    redis.call('EXPIRE', req, retention)\n" \
+    "  end\n" \
+    "  if f[3] and f[3] ~= '' then redis.call('PUBLISH', f[3], id) end\n" \
+    "  return 1\n" \
+    "end\n"
+
+//  The body of a request that never ran: kiln's own JSON error.
+#define S_LUA_ERROR_BODY \
+    "local function error_body(detail, etype)\n" \
+    "  return cjson.encode({detail = detail, error_type = etype})\n" \
+    "end\n"
+
 const char *KILN_SCRIPT_SUBMIT =
     "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end\n"
     "if redis.call('EXISTS', KEYS[2]) == 1 then return -2 end\n"
     "local band = 0\n"
     "if ARGV[6] == 'low' then band = 1 end\n"
+    "local deadline = tonumber(ARGV[10] or '0') or 0\n"
     "redis.call('HSET', KEYS[2],\n"
     "  'id', ARGV[1], 'app', ARGV[2], 'path', ARGV[3],\n"
     "  'content_type', ARGV[4], 'body', ARGV[5], 'priority', ARGV[6],\n"
     "  'reply_to', ARGV[7], 'webhook', ARGV[8], 'created_ms', ARGV[9],\n"
+    "  'start_deadline_ms', deadline, 'no_retry', ARGV[11] or '0',\n"
     "  'state', 'IN_QUEUE', 'attempts', 0)\n"
+    "if deadline > 0 then redis.call('ZADD', 'kiln:deadlines', deadline, ARGV[1]) end\n"
     "local seq = redis.call('INCR', KEYS[4])\n"
     "local score = band * 4503599627370496 + seq\n"
     "redis.call('ZADD', KEYS[3], score, ARGV[1])\n"
@@ -34,33 +73,37 @@ const char *KILN_SCRIPT_SUBMIT =
     "return redis.call('ZRANK', KEYS[3], ARGV[1])\n";
 
 const char *KILN_SCRIPT_TAKE =
+    S_LUA_COMPLETE
+    S_LUA_ERROR_BODY
+    "local now = tonumber(ARGV[2])\n"
     "while true do\n"
     "  local head = redis.call('ZPOPMIN', KEYS[1])\n"
     "  if #head == 0 then return false end\n"
     "  local id = head[1]\n"
     "  local req = 'kiln:req:' .. id\n"
-    "  if redis.call('HGET', req, 'state') == 'IN_QUEUE' then\n"
+    "  local f = redis.call('HMGET', req, 'state', 'start_deadline_ms')\n"
+    "  local deadline = tonumber(f[2] or '0') or 0\n"
+    "  if f[1] == 'IN_QUEUE' and deadline > 0 and now > deadline then\n"
+    "    complete(req, id, 504, 'application/json',\n"
+    "      error_body('Request did not start within its timeout', 'request_timeout'),\n"
+    "      'Request did not start within its timeout', 'request_timeout',\n"
+    "      now, tonumber(ARGV[4] or '3600'), 0)\n"
+    "  elseif f[1] == 'IN_QUEUE' then\n"
+    "    redis.call('ZREM', 'kiln:deadlines', id)\n"
     "    redis.call('HSET', req, 'state', 'IN_PROGRESS',\n"
     "      'started_ms', ARGV[2], 'runner', ARGV[1])\n"
     "    redis.call('HINCRBY', req, 'attempts', 1)\n"
     "    redis.call('ZADD', KEYS[2], ARGV[3], id)\n"
-    "    local f = redis.call('HMGET', req, 'path', 'content_type', 'body')\n"
-    "    return {id, f[1] or '/', f[2] or '', f[3] or ''}\n"
+    "    local r = redis.call('HMGET', req, 'path', 'content_type', 'body')\n"
+    "    return {id, r[1] or '/', r[2] or '', r[3] or ''}\n"
     "  end\n"
     "end\n";
 
 const char *KILN_SCRIPT_COMPLETE =
-    "local state = redis.call('HGET', KEYS[1], 'state')\n"
-    "if not state or state == 'COMPLETED' then return 0 end\n"
-    "redis.call('ZREM', KEYS[3], ARGV[1])\n"
-    "redis.call('ZREM', KEYS[4], ARGV[1])\n"
-    "redis.call('HSET', KEYS[1], 'state', 'COMPLETED',\n"
-    "  'status', ARGV[2], 'result_content_type', ARGV[3],\n"
-    "  'result_body', ARGV[4], 'error', ARGV[5], 'error_type', ARGV[6],\n"
-    "  'completed_ms', ARGV[7], 'inference_ms', ARGV[9])\n"
+    S_LUA_COMPLETE
     "local retention = tonumber(ARGV[8])\n"
-    "redis.call('EXPIRE', KEYS[1], retention)\n"
-    "redis.call('EXPIRE', KEYS[2], retention)\n"
+    "if complete(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],\n"
+    "            ARGV[7], retention, ARGV[9]) == 0 then return 0 end\n"
     "local files = tonumber(ARGV[10])\n"
     "for i = 0, files - 1 do\n"
     "  local at = 11 + i * 4\n"
@@ -70,10 +113,73 @@ const char *KILN_SCRIPT_COMPLETE =
     "    'request_id', ARGV[1])\n"
     "  redis.call('EXPIRE', key, retention)\n"
     "end\n"
-    "local reply_to = redis.call('HGET', KEYS[1], 'reply_to')\n"
-    "if reply_to and reply_to ~= '' then\n"
-    "  redis.call('PUBLISH', reply_to, ARGV[1])\n"
+    "return 1\n";
+
+const char *KILN_SCRIPT_CANCEL =
+    S_LUA_COMPLETE
+    S_LUA_ERROR_BODY
+    "local f = redis.call('HMGET', KEYS[1], 'state', 'app')\n"
+    "if not f[1] or f[2] ~= ARGV[2] then return 'NOT_FOUND' end\n"
+    "if f[1] == 'COMPLETED' then return 'ALREADY_COMPLETED' end\n"
+    "if f[1] == 'IN_QUEUE' then\n"
+    "  complete(KEYS[1], ARGV[1], 499, 'application/json',\n"
+    "    error_body('Request cancelled by the client', 'client_cancelled'),\n"
+    "    'Request cancelled by the client', 'client_cancelled',\n"
+    "    ARGV[3], tonumber(ARGV[4]), 0)\n"
+    "  return 'CANCELLED'\n"
     "end\n"
+    "redis.call('HSET', KEYS[1], 'cancel_requested', 1)\n"
+    "redis.call('PUBLISH', 'kiln:cancel', ARGV[1])\n"
+    "return 'CANCELLATION_REQUESTED'\n";
+
+const char *KILN_SCRIPT_EXPIRE =
+    S_LUA_COMPLETE
+    S_LUA_ERROR_BODY
+    "local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))\n"
+    "local n = 0\n"
+    "for _, id in ipairs(ids) do\n"
+    "  local req = 'kiln:req:' .. id\n"
+    "  if redis.call('HGET', req, 'state') == 'IN_QUEUE' then\n"
+    "    n = n + complete(req, id, 504, 'application/json',\n"
+    "      error_body('Request did not start within its timeout', 'request_timeout'),\n"
+    "      'Request did not start within its timeout', 'request_timeout',\n"
+    "      ARGV[1], tonumber(ARGV[2]), 0)\n"
+    "  end\n"
+    "  redis.call('ZREM', KEYS[1], id)\n"
+    "end\n"
+    "return n\n";
+
+const char *KILN_SCRIPT_WEBHOOK_CLAIM =
+    "local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))\n"
+    "local out = {}\n"
+    "for _, id in ipairs(ids) do\n"
+    "  local f = redis.call('HMGET', 'kiln:req:' .. id, 'webhook', 'webhook_attempts',\n"
+    "    'status', 'result_content_type', 'result_body', 'error', 'error_type')\n"
+    "  if not f[1] or f[1] == '' then\n"
+    "    redis.call('ZREM', KEYS[1], id)\n"
+    "  else\n"
+    "    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)\n"
+    "    table.insert(out, id)\n"
+    "    for i = 1, 7 do table.insert(out, f[i] or '') end\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
+
+const char *KILN_SCRIPT_WEBHOOK_DONE =
+    "if redis.call('EXISTS', KEYS[1]) == 0 then\n"
+    "  redis.call('ZREM', KEYS[2], ARGV[1])\n"
+    "  return 0\n"
+    "end\n"
+    "if ARGV[2] == 'retry' then\n"
+    "  redis.call('HINCRBY', KEYS[1], 'webhook_attempts', 1)\n"
+    "  redis.call('HSET', KEYS[1], 'webhook_last_error', ARGV[5])\n"
+    "  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])\n"
+    "  return 1\n"
+    "end\n"
+    "redis.call('ZREM', KEYS[2], ARGV[1])\n"
+    "redis.call('HINCRBY', KEYS[1], 'webhook_attempts', 1)\n"
+    "redis.call('HSET', KEYS[1], 'webhook_state', ARGV[2], 'webhook_last_error', ARGV[5])\n"
+    "redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))\n"
     "return 1\n";
 
 const char *KILN_SCRIPT_LOG =
@@ -225,7 +331,7 @@ s_submit (redisContext *ctx, const char *app, const char *id, const char *priori
     kiln_key_t queue_key = kiln_key_queue (app);
     const char *keys [] = { app_key.s, req_key.s, queue_key.s, KILN_KEY_SEQ };
     const char *args [] = { id, app, "/sub", "application/json", body, priority,
-                            reply_to, "http://hook.example/x", "1700000000000" };
+                            reply_to, "", "1700000000000" };
     size_t lens [9];
     for (int i = 0; i < 9; i++)
         lens [i] = strlen (args [i]);

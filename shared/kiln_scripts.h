@@ -6,20 +6,32 @@
     together, completed once. Run them with EVAL (Redis caches the compiled
     script by its SHA-1). The contracts:
 
+    Every script that ends a request does it through one Lua function,
+    complete(), pasted in front of it: the record becomes COMPLETED once,
+    leaves its queue, kiln:inflight and kiln:deadlines, its logs get the
+    retention, its reply_to channel hears the id; a request with a
+    webhook enters the kiln:webhooks outbox (score: when to deliver) and
+    its record is kept until the delivery ends; otherwise the record
+    expires after the retention.
+
     KILN_SCRIPT_SUBMIT — record and queue a request
       KEYS  app, req, queue, seq               (kiln_key_app, _request, _queue, KILN_KEY_SEQ)
       ARGV  id, app, path, content_type, body, priority (normal|low),
-            reply_to, webhook, now_ms
+            reply_to, webhook, now_ms, start_deadline_ms (0: none),
+            no_retry (0|1)
       →     -1 if the app is not deployed (nothing written), -2 if the id
             exists already, else the queue position (requests ahead of it).
-            Publishes the app name on kiln:wake.
+            A deadline puts the id in kiln:deadlines. Publishes the app
+            name on kiln:wake.
 
     KILN_SCRIPT_TAKE — give the head of an app's queue to a runner
       KEYS  queue, inflight
-      ARGV  runner_id, now_ms, lease_deadline_ms
+      ARGV  runner_id, now_ms, lease_deadline_ms, retention_s
       →     nil when the queue is empty, else {id, path, content_type, body}.
             The request becomes IN_PROGRESS with a lease in kiln:inflight.
-            Ids whose record is gone or no longer IN_QUEUE are skipped.
+            Ids whose record is gone or no longer IN_QUEUE are skipped;
+            one past its start deadline completes with 504
+            request_timeout instead.
 
     KILN_SCRIPT_COMPLETE — record a result, once
       KEYS  req, logs, queue, inflight         (queue: the request's app queue)
@@ -28,10 +40,40 @@
             then per file: file_id, content_type, file_name, data
       →     1 when recorded; 0 when the request was already COMPLETED or
             is unknown (nothing written). Works from IN_QUEUE too (a
-            scheduling failure, a cancel): the id leaves the queue and the
-            in-flight set either way. The record, its logs and its files
-            expire after retention_s. Publishes the id on the record's
-            reply_to channel, when it has one.
+            scheduling failure): complete() above. Files expire after
+            retention_s.
+
+    KILN_SCRIPT_CANCEL — a client cancels a request
+      KEYS  req
+      ARGV  id, app (as the URL names it), now_ms, retention_s
+      →     "NOT_FOUND" (unknown, or another app's), "ALREADY_COMPLETED",
+            "CANCELLED" (it was queued: completed 499 client_cancelled),
+            or "CANCELLATION_REQUESTED" (it runs: cancel_requested = 1 in
+            the record, the id published on kiln:cancel for the broker to
+            tell the runner).
+
+    KILN_SCRIPT_EXPIRE — end queued requests past their start deadline
+      KEYS  deadlines                          (KILN_KEY_DEADLINES)
+      ARGV  now_ms, retention_s, limit
+      →     how many were completed with 504 request_timeout. Ids no
+            longer queued just leave kiln:deadlines.
+
+    KILN_SCRIPT_WEBHOOK_CLAIM — take due webhook deliveries
+      KEYS  webhooks                           (KILN_KEY_WEBHOOKS)
+      ARGV  now_ms, lease_ms, limit
+      →     a flat array, 8 entries per delivery: id, webhook url,
+            attempts so far, status, result_content_type, result_body,
+            error, error_type. Each claimed id is re-scored to now + lease,
+            so a deliverer that dies mid-delivery hands it on after the
+            lease, and two deliverers never hold the same one.
+
+    KILN_SCRIPT_WEBHOOK_DONE — the outcome of one delivery
+      KEYS  req, webhooks
+      ARGV  id, outcome (delivered|failed|retry), next_ms, retention_s,
+            last_error
+      →     1, or 0 when the record is gone. retry: attempts + 1, due
+            again at next_ms. delivered / failed: leaves the outbox,
+            webhook_state set, the record expires after retention_s.
 
     KILN_SCRIPT_LOG — append log lines to a request
       KEYS  req, logs
@@ -71,6 +113,13 @@ extern const char *KILN_SCRIPT_SUBMIT;
 extern const char *KILN_SCRIPT_TAKE;
 extern const char *KILN_SCRIPT_COMPLETE;
 extern const char *KILN_SCRIPT_LOG;
+extern const char *KILN_SCRIPT_CANCEL;
+extern const char *KILN_SCRIPT_EXPIRE;
+extern const char *KILN_SCRIPT_WEBHOOK_CLAIM;
+extern const char *KILN_SCRIPT_WEBHOOK_DONE;
+
+//  Entries per delivery in KILN_SCRIPT_WEBHOOK_CLAIM's answer.
+#define KILN_WEBHOOK_CLAIM_FIELDS 8
 extern const char *KILN_SCRIPT_DEPLOY;
 extern const char *KILN_SCRIPT_UNDEPLOY;
 extern const char *KILN_SCRIPT_LIST_APPS;
