@@ -22,6 +22,11 @@
 #define DEFAULT_BROKER_ENDPOINT  "tcp://127.0.0.1:5555"
 #define DEFAULT_MAX_BODY_BYTES   ((size_t) 32 << 20)
 #define DEFAULT_RESULT_RETENTION_S 3600
+//  10 tries, the waits doubling from 15 s: the last about two hours after
+//  the first (15 s × (2^9 − 1) ≈ 2.1 h).
+#define DEFAULT_WEBHOOK_TRIES 10
+#define DEFAULT_WEBHOOK_BACKOFF_MS 15000
+#define DEFAULT_WEBHOOK_TIMEOUT_MS 10000
 #define DEFAULT_LOG_LEVEL        "info"
 
 static const char *
@@ -104,25 +109,41 @@ kiln_config_new (char **error)
 
     self->max_body_bytes = DEFAULT_MAX_BODY_BYTES;
     self->result_retention_s = DEFAULT_RESULT_RETENTION_S;
-    unsigned long long n;
-    if ((v = s_env ("KILN_MAX_BODY_BYTES"))) {
-        if (s_parse_number (v, SIZE_MAX, &n)) {
-            if (error && asprintf (error, "KILN_MAX_BODY_BYTES: '%s' is not a positive number of bytes", v) < 0)
+    self->webhook_tries = DEFAULT_WEBHOOK_TRIES;
+    self->webhook_backoff_ms = DEFAULT_WEBHOOK_BACKOFF_MS;
+    self->webhook_timeout_ms = DEFAULT_WEBHOOK_TIMEOUT_MS;
+    //  The numeric settings: each a positive number, capped by its type.
+    size_t max_body = 0;
+    int *ints [] = { &self->result_retention_s, &self->webhook_tries,
+                     &self->webhook_backoff_ms, &self->webhook_timeout_ms };
+    const struct {
+        const char *name, *unit;
+        unsigned long long max;
+    } numbers [] = {
+        { "KILN_MAX_BODY_BYTES", "bytes", SIZE_MAX },
+        { "KILN_RESULT_RETENTION", "seconds", INT_MAX },
+        { "KILN_WEBHOOK_TRIES", "tries", INT_MAX },
+        { "KILN_WEBHOOK_BACKOFF_MS", "milliseconds", INT_MAX },
+        { "KILN_WEBHOOK_TIMEOUT_MS", "milliseconds", INT_MAX },
+    };
+    for (size_t i = 0; i < sizeof numbers / sizeof numbers [0]; i++) {
+        if (!(v = s_env (numbers [i].name)))
+            continue;
+        unsigned long long n;
+        if (s_parse_number (v, numbers [i].max, &n)) {
+            if (error && asprintf (error, "%s: '%s' is not a positive number of %s",
+                                   numbers [i].name, v, numbers [i].unit) < 0)
                 *error = NULL;
             kiln_config_destroy (&self);
             return NULL;
         }
-        self->max_body_bytes = (size_t) n;
+        if (i == 0)
+            max_body = (size_t) n;
+        else
+            *ints [i - 1] = (int) n;
     }
-    if ((v = s_env ("KILN_RESULT_RETENTION"))) {
-        if (s_parse_number (v, INT_MAX, &n)) {
-            if (error && asprintf (error, "KILN_RESULT_RETENTION: '%s' is not a positive number of seconds", v) < 0)
-                *error = NULL;
-            kiln_config_destroy (&self);
-            return NULL;
-        }
-        self->result_retention_s = (int) n;
-    }
+    if (max_body)
+        self->max_body_bytes = max_body;
     return self;
 }
 
@@ -190,7 +211,8 @@ kiln_config_split_addr (const char *addr, char **host, int *port)
 static const char *s_vars [] = {
     "KILN_URL", "KILN_HTTP_ADDR", "KILN_PUBLIC_URL", "KILN_REDIS_URL",
     "KILN_BROKER_ENDPOINT", "KILN_STATE_DIR", "KILN_KEY", "KILN_MAX_BODY_BYTES",
-    "KILN_RESULT_RETENTION", "KILN_LOG_LEVEL", NULL
+    "KILN_RESULT_RETENTION", "KILN_LOG_LEVEL", "KILN_WEBHOOK_TRIES",
+    "KILN_WEBHOOK_BACKOFF_MS", "KILN_WEBHOOK_TIMEOUT_MS", NULL
 };
 
 void
@@ -222,6 +244,9 @@ kiln_config_test (bool verbose)
     assert (cfg->key == NULL);
     assert (cfg->max_body_bytes == 33554432);
     assert (cfg->result_retention_s == 3600);
+    assert (cfg->webhook_tries == 10);
+    assert (cfg->webhook_backoff_ms == 15000);
+    assert (cfg->webhook_timeout_ms == 10000);
     assert (strcmp (cfg->log_level, "info") == 0);
     kiln_config_set (&cfg->url, "http://example:1");
     assert (strcmp (cfg->url, "http://example:1") == 0);
@@ -245,6 +270,8 @@ kiln_config_test (bool verbose)
     setenv ("KILN_KEY", "id:secret", 1);
     setenv ("KILN_MAX_BODY_BYTES", "1024", 1);
     setenv ("KILN_RESULT_RETENTION", "60", 1);
+    setenv ("KILN_WEBHOOK_TRIES", "3", 1);
+    setenv ("KILN_WEBHOOK_BACKOFF_MS", "100", 1);
     setenv ("KILN_LOG_LEVEL", "debug", 1);
     cfg = kiln_config_new (&error);
     assert (cfg && !error);
@@ -257,6 +284,8 @@ kiln_config_test (bool verbose)
     assert (strcmp (cfg->key, "id:secret") == 0);
     assert (cfg->max_body_bytes == 1024);
     assert (cfg->result_retention_s == 60);
+    assert (cfg->webhook_tries == 3);
+    assert (cfg->webhook_backoff_ms == 100);
     assert (strcmp (cfg->log_level, "debug") == 0);
     kiln_config_destroy (&cfg);
 

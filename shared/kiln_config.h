@@ -17,6 +17,9 @@
     | KILN_MAX_BODY_BYTES    | max_body_bytes       | 33554432 (32 MiB)          |
     | KILN_RESULT_RETENTION  | result_retention_s   | 3600                       |
     | KILN_LOG_LEVEL         | log_level            | info                       |
+    | KILN_WEBHOOK_TRIES     | webhook_tries        | 10                         |
+    | KILN_WEBHOOK_BACKOFF_MS| webhook_backoff_ms   | 15000 (doubles each retry) |
+    | KILN_WEBHOOK_TIMEOUT_MS| webhook_timeout_ms   | 10000                      |
 
     public_url is the base of every URL kiln hands out (queue URLs, file
     URLs): set it when the gateway sits behind a proxy.
@@ -39,6 +42,9 @@ typedef struct {
     size_t max_body_bytes;
     int result_retention_s;
     char *log_level;
+    int webhook_tries;              //  deliveries tried before giving up
+    int webhook_backoff_ms;         //  first retry delay; doubles each time
+    int webhook_timeout_ms;         //  one delivery's time limit
 } kiln_config_t;
 
 //  Reads the environment. NULL on failure (out of memory, or a numeric
