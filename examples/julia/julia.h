@@ -54,16 +54,16 @@ julia_pixel (julia_params_t p, int x, int y, unsigned char *rgb)
         rgb [0] = rgb [1] = rgb [2] = 0;    //  inside the set
         return;
     }
-    //  Smooth iteration count, then a cosine palette; the fast-escaping
-    //  outside fades to black so the set's filaments stand out.
+    //  Smooth iteration count, then a cosine palette; what escapes at
+    //  once fades to black so the set's filaments stand out.
     float mu = (float) i + 1.0f - log2f (logf (sqrtf (r2)));
-    float t = mu / (float) JULIA_MAX_ITERATIONS;
-    t = t > 0.0f? sqrtf (t): 0.0f;
+    float u = mu / (float) JULIA_MAX_ITERATIONS;
+    u = u > 0.0f? u: 0.0f;
+    float t = sqrtf (u);
     float r = 0.5f + 0.5f * cosf (JULIA_TWO_PI * (t + p.phase));
     float g = 0.5f + 0.5f * cosf (JULIA_TWO_PI * (t + p.phase + 0.33f));
     float b = 0.5f + 0.5f * cosf (JULIA_TWO_PI * (t + p.phase + 0.67f));
-    float fade = t * 3.0f < 1.0f? t * 3.0f: 1.0f;
-    fade *= fade;
+    float fade = u * 15.0f < 1.0f? u * 15.0f: 1.0f;
     rgb [0] = (unsigned char) (255.0f * r * fade);
     rgb [1] = (unsigned char) (255.0f * g * fade);
     rgb [2] = (unsigned char) (255.0f * b * fade);
