@@ -24,8 +24,10 @@
 #define KILN_GPU_MAX_SLOT_KINDS 16
 #define KILN_GPU_MAX_DEVICES 64
 
-//  Fewest CPU slots a worker offers by default, whatever its core count.
-#define KILN_GPU_MIN_CPU_SLOTS 2
+//  Fewest CPU slots a worker offers by default, whatever its core count:
+//  a CPU runner mostly waits, and a small host should still keep the
+//  example apps of `kiln up` warm side by side.
+#define KILN_GPU_MIN_CPU_SLOTS 4
 
 typedef struct {
     char machine_type [KILN_MACHINE_TYPE_MAX];

@@ -7,7 +7,7 @@
 
     Flags override the environment (KILN_BROKER_ENDPOINT, KILN_REDIS_URL,
     KILN_STATE_DIR; see kiln_config.h). Without --slots the worker offers
-    one slot per GPU the CUDA runtime finds and max(2, cores) CPU slots.
+    one slot per GPU the CUDA runtime finds and max(4, cores) CPU slots.
     =========================================================================
 */
 #include "worker.h"
