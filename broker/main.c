@@ -4,10 +4,14 @@
         kiln-broker [--redis URL] [--endpoint ENDPOINT]
 
     Configuration comes from the environment (kiln_config.h); flags
-    override it. SIGINT or SIGTERM stops the broker cleanly (exit 0).
+    override it. Beside the broker runs the webhook deliverer (webhook.h),
+    a thread of its own: every broker delivers, and the outbox's leases
+    keep two brokers from sending the same delivery. SIGINT or SIGTERM
+    stops both cleanly (exit 0).
     =========================================================================
 */
 #include "broker.h"
+#include "webhook.h"
 
 #include "kiln_config.h"
 #include "kiln_log.h"
@@ -30,7 +34,10 @@ s_usage (FILE *out)
         "                       tcp://127.0.0.1:5555)\n"
         "  --help               this text\n"
         "\n"
-        "Also read: KILN_RESULT_RETENTION (s a result is kept), KILN_LOG_LEVEL.\n");
+        "Also read: KILN_RESULT_RETENTION (s a result is kept), KILN_LOG_LEVEL,\n"
+        "KILN_WEBHOOK_TRIES, KILN_WEBHOOK_BACKOFF_MS, KILN_WEBHOOK_TIMEOUT_MS\n"
+        "(webhook deliveries: tries, first retry delay doubling each time, and\n"
+        "the time limit of one delivery).\n");
 }
 
 int
@@ -73,7 +80,14 @@ main (int argc, char *argv [])
         kiln_config_destroy (&cfg);
         return 1;
     }
+    kiln_webhooks_t *webhooks = kiln_webhooks_new (cfg);
+    if (!webhooks) {
+        kiln_broker_destroy (&broker);
+        kiln_config_destroy (&cfg);
+        return 1;
+    }
     int rc = kiln_broker_run (broker);
+    kiln_webhooks_destroy (&webhooks);
     kiln_broker_destroy (&broker);
     kiln_config_destroy (&cfg);
     return rc;
