@@ -15,6 +15,12 @@ dies). Standard library only.
         def test_echo(self):
             status, headers, body = self.stack.http('POST', '/local/echo', {'a': 1})
 
+For the queue API: Stack.queue_submit / queue_status / wait_state /
+request_ids / record / sse (an EventStream of server-sent events),
+QueueTestCase (helpers bound to one app, by default the slowlog test
+app), and WebhookReceiver (a real HTTP server in a thread that records
+deliveries and answers a planned status to each).
+
 Environment: KILN_BUILD_DIR (programs in bin/, example apps in examples/,
 test apps in test-apps/) and KILN_SOURCE_DIR; ctest sets both.
 """
@@ -342,6 +348,40 @@ class Redis:
             return [self._read() for _ in range(count)]
         raise RedisError('bad reply %r' % line)
 
+    def pipeline(self, commands):
+        """Sends every command at once, then reads all the replies (in
+        order): one round trip for many commands. An error reply comes
+        back as a RedisError in the list rather than being raised."""
+        out = []
+        for args in commands:
+            out.append(b'*%d\r\n' % len(args))
+            for arg in args:
+                if isinstance(arg, str):
+                    arg = arg.encode()
+                elif isinstance(arg, int):
+                    arg = str(arg).encode()
+                out.append(b'$%d\r\n%s\r\n' % (len(arg), arg))
+        self.sock.sendall(b''.join(out))
+        replies = []
+        for _ in commands:
+            try:
+                replies.append(self._read())
+            except RedisError as e:
+                if str(e) == 'connection closed':
+                    raise
+                replies.append(e)
+        return replies
+
+    def scan_keys(self, pattern):
+        """Every key matching pattern, by SCAN (never blocks the server
+        as KEYS would on a big database)."""
+        cursor, keys = b'0', []
+        while True:
+            cursor, batch = self.command('SCAN', cursor, 'MATCH', pattern, 'COUNT', 1000)
+            keys.extend(k.decode() for k in batch)
+            if cursor in (b'0', 0, '0'):
+                return keys
+
     def hgetall(self, key):
         """The hash as {field: str} (values decoded leniently)."""
         items = self.command('HGETALL', key) or []
@@ -579,6 +619,199 @@ class Stack:
                 found.append(pid)
         return found
 
+    # -- the queue API ---------------------------------------------------
+
+    def queue_submit(self, path, payload=None, headers=None, query='', timeout=30.0):
+        """POST /queue{path}{query} (path: "/owner/app[/sub]"): (status,
+        headers, obj). Fails if the answer is not JSON."""
+        status, hdrs, data = self.http('POST', '/queue' + path + query, payload,
+                                       headers=headers, timeout=timeout)
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            raise AssertionError('queue submit to %s answered %d with a body that is not '
+                                 'JSON: %r' % (path, status, data[:300]))
+        return status, hdrs, obj
+
+    def queue_status(self, app, request_id, logs=False, timeout=30.0):
+        """GET /queue/{app}/requests/{id}/status[?logs=1]: (status, obj);
+        obj is None when the body is not JSON."""
+        path = '/queue/%s/requests/%s/status%s' % (app, request_id, '?logs=1' if logs else '')
+        status, _, data = self.http('GET', path, timeout=timeout)
+        try:
+            return status, json.loads(data)
+        except ValueError:
+            return status, None
+
+    def wait_state(self, app, request_id, states, timeout=30.0, logs=False):
+        """Polls the status until its "status" is one of states (a name or
+        a tuple of names); returns the status object."""
+        if isinstance(states, str):
+            states = (states,)
+
+        def reached():
+            status, obj = self.queue_status(app, request_id, logs=logs, timeout=5)
+            if status == 404:
+                raise AssertionError('request %s is not found (404) while waiting for %s'
+                                     % (request_id, '/'.join(states)))
+            return obj if obj and obj.get('status') in states else None
+        return wait_until(reached, timeout, interval=0.02,
+                          what='request %s to be %s' % (request_id, '/'.join(states)))
+
+    def request_ids(self, app):
+        """Ids of every request record of app in Redis (SCAN of kiln:req:*)."""
+        found = []
+        with self.redis() as r:
+            for key in r.scan_keys('kiln:req:*'):
+                if key.count(':') != 2:
+                    continue            # kiln:req:{id}:logs
+                if (r.command('HGET', key, 'app') or b'').decode() == app:
+                    found.append(key[len('kiln:req:'):])
+        return found
+
+    def record(self, request_id):
+        """The request's record in Redis, {} when there is none."""
+        with self.redis() as r:
+            return r.hgetall('kiln:req:' + request_id)
+
+    def sse(self, path, timeout=30.0):
+        """Opens a server-sent event stream; see EventStream."""
+        return EventStream(self.http_port, path, timeout)
+
+
+class EventStream:
+    """A server-sent event stream from 127.0.0.1:port: status and headers
+    at once, then events() yields (monotonic arrival time, data) per
+    event, data decoded as JSON when it is JSON. Ends when the server
+    ends the stream; raises socket.timeout when nothing arrives for
+    `timeout` seconds."""
+
+    def __init__(self, port, path, timeout=30.0):
+        self.conn = http.client.HTTPConnection('127.0.0.1', port, timeout=timeout)
+        self.conn.request('GET', path, headers={'Accept': 'text/event-stream'})
+        self.resp = self.conn.getresponse()
+        self.status = self.resp.status
+        self.headers = {k.lower(): v for k, v in self.resp.getheaders()}
+
+    def body(self):
+        return self.resp.read()
+
+    def events(self):
+        data_lines = []
+        while True:
+            line = self.resp.readline()
+            if not line:
+                return
+            line = line.rstrip(b'\r\n')
+            if line == b'':
+                if data_lines:
+                    text = b'\n'.join(data_lines).decode('utf-8', 'replace')
+                    data_lines = []
+                    try:
+                        yield time.monotonic(), json.loads(text)
+                    except ValueError:
+                        yield time.monotonic(), text
+                continue
+            if line.startswith(b':'):
+                continue                # an SSE comment: a keep-alive
+            field, _, value = line.partition(b':')
+            if value.startswith(b' '):
+                value = value[1:]
+            if field == b'data':
+                data_lines.append(value)
+
+    def close(self):
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+#  ---------------------------------------------------------------------
+#  A webhook receiver: what a kiln user's server would be
+
+class WebhookReceiver:
+    """An HTTP server in a thread on a free loopback port that records
+    every POST it gets: (monotonic time, path, headers, body bytes).
+    Answers with the statuses in `answers`, one per delivery in order,
+    then 200 to every later one (set_answers changes the plan).
+
+        with WebhookReceiver(answers=[500, 500]) as hook:
+            ... submit with ?fal_webhook=hook.url('/done') ...
+            hook.wait_for(3)
+    """
+
+    def __init__(self, answers=()):
+        import http.server
+        receiver = self
+        self.lock = threading.Lock()
+        self.deliveries = []
+        self.answers = list(answers)
+        self.on_delivery = None          # called (in the server thread) after each answer
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1'
+
+            def do_POST(self):
+                size = int(self.headers.get('Content-Length') or 0)
+                body = self.rfile.read(size) if size else b''
+                with receiver.lock:
+                    status = receiver.answers.pop(0) if receiver.answers else 200
+                    receiver.deliveries.append(
+                        (time.monotonic(), self.path,
+                         {k.lower(): v for k, v in self.headers.items()}, body))
+                    count = len(receiver.deliveries)
+                reply = b'{"ok": %s}' % (b'true' if status < 300 else b'false')
+                self.send_response(status)
+                self.send_header('Content-Type', 'application/json')
+                self.send_header('Content-Length', str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+                self.wfile.flush()
+                if receiver.on_delivery:
+                    receiver.on_delivery(count)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path='/hook'):
+        return 'http://127.0.0.1:%d%s' % (self.port, path)
+
+    def set_answers(self, answers):
+        with self.lock:
+            self.answers = list(answers)
+
+    def received(self, path=None):
+        """The deliveries so far (to path, when given)."""
+        with self.lock:
+            return [d for d in self.deliveries if path is None or d[1] == path]
+
+    def wait_for(self, count, path=None, timeout=20.0):
+        """Waits until at least count deliveries (to path) arrived;
+        returns them."""
+        return wait_until(lambda: len(self.received(path)) >= count and self.received(path),
+                          timeout, interval=0.01,
+                          what='%d webhook deliveries to %s' % (count, path or 'the receiver'))
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 class KilnTestCase(unittest.TestCase):
     """A test class with one Stack (cls.stack) for all its tests; prints
@@ -640,6 +873,48 @@ class KilnTestCase(unittest.TestCase):
         if error_type is not None:
             self.assertEqual(obj['error_type'], error_type, obj)
         return obj
+
+
+class QueueTestCase(KilnTestCase):
+    """A KilnTestCase for the queue API with helpers bound to one app
+    (cls.app, by default local/slowlog: tests/apps/slowlog.c, which logs
+    {"lines": M} lines every {"interval_ms": N} and can be cancelled)."""
+
+    app = 'local/slowlog'
+
+    def submit(self, payload=None, sub='', headers=None, query='', app=None):
+        """POST /queue/{app}{sub}{query}; checks 200 and a request id;
+        returns the answer's object."""
+        status, _, obj = self.stack.queue_submit(
+            '/%s%s' % (app or self.app, sub), payload if payload is not None else {},
+            headers=headers, query=query)
+        self.assertEqual(status, 200, obj)
+        self.assertRegex(obj.get('request_id', ''), UUID4_RE)
+        return obj
+
+    def status(self, request_id, logs=False, app=None):
+        """(HTTP status, status object)."""
+        return self.stack.queue_status(app or self.app, request_id, logs=logs)
+
+    def wait_state(self, request_id, states, timeout=30.0, logs=False, app=None):
+        return self.stack.wait_state(app or self.app, request_id, states, timeout, logs=logs)
+
+    def wait_completed(self, *request_ids, timeout=30.0):
+        """Waits for each request to be COMPLETED; their status objects."""
+        return [self.wait_state(i, 'COMPLETED', timeout) for i in request_ids]
+
+    def result(self, request_id, app=None, timeout=30.0):
+        """GET /queue/{app}/requests/{id}: (status, headers, body)."""
+        return self.stack.http('GET', '/queue/%s/requests/%s' % (app or self.app, request_id),
+                               timeout=timeout)
+
+    def hold_the_runner(self, lines, interval_ms=100):
+        """Submits a slowlog run that holds the app's runner for about
+        (lines - 1) * interval_ms, and waits until it runs; its id. With
+        one slot, later requests queue behind it."""
+        request_id = self.submit({'lines': lines, 'interval_ms': interval_ms})['request_id']
+        self.wait_state(request_id, 'IN_PROGRESS')
+        return request_id
 
 
 def main():
