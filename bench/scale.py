@@ -22,7 +22,7 @@ the integration tests do) and measures:
     python3 bench/scale.py [--build-dir build] [--samples 5]
                            [--requests 1000] [--ms 50]
 
-Not part of ctest. Takes about a minute; prints a report in Markdown.
+Not part of ctest. Takes about 20 s; prints a report in Markdown.
 """
 
 import argparse
@@ -128,7 +128,7 @@ def scale_out(stack, app, count, ms):
         'wait_p50_s': waits[len(waits) // 2] / 1000.0,
         'wait_max_s': waits[-1] / 1000.0,
         'max_runners': sampler.max(),
-        #  When the sampler first saw them all (0.1 s resolution).
+        #  When the sampler first saw every runner process (0.1 s resolution).
         'all_up_s': min((t for t, n in sampler.samples if n == sampler.max()),
                         default=started) - started,
     }
@@ -167,7 +167,7 @@ def main():
         print('## Scale-out (%d requests of %d ms, max_concurrency %d; ideal %.2f s)\n'
               % (args.requests, args.ms, MAX_CONCURRENCY, ideal))
         print('| runners at start | ok | submit all | first start | drained in | ratio to ideal '
-              '| queue wait p50 / max | most runners | all of them up after |')
+              '| queue wait p50 / max | most runners | all spawned after |')
         print('|---|---|---|---|---|---|---|---|---|')
         for label in ('none (cold)', '8 (warm)'):
             result = scale_out(stack, 'local/scaleout', args.requests, args.ms)

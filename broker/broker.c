@@ -4,9 +4,11 @@
     One zloop over three inputs:
       - the ROUTER socket every worker and runner connects a DEALER to,
         with its own id as routing identity;
-      - a Redis connection SUBSCRIBEd to kiln:wake, polled by its fd;
+      - a Redis connection SUBSCRIBEd to kiln:wake and kiln:cancel,
+        polled by its fd;
       - a timer every HEARTBEAT_INTERVAL_MS: heartbeats, liveness,
-        startup timeouts, Redis reconnects, and a sweep of every app so
+        startup timeouts, Redis reconnects, expiry of queued requests
+        past their start deadline (EXPIRE), and a sweep of every app so
         that a lost wake costs at most one interval.
     A second Redis connection runs the request scripts (kiln_scripts.h).
 
@@ -35,9 +37,12 @@
     | RUNNER_STOP   | worker           | idle past keep_alive, old revision, startup       |
     |               |                  | timeout, app deleted                              |
     | REQUEST       | runner           | TAKE gave it the head of its app's queue          |
+    | CANCEL        | runner           | kiln:cancel named a request the runner holds      |
     | DISCONNECT    | peer             | an unknown peer spoke; every peer at shutdown     |
 
-    Redis in: kiln:wake (an app name) → dispatch (app).
+    Redis in: kiln:wake (an app name) → dispatch (app); kiln:cancel (a
+    request id, cancelled by its client while it runs) → CANCEL to the
+    runner that holds it (a request nobody here holds is left alone).
 
     Runner states: STARTING (RUNNER_START sent, no hello) → READY (hello)
     → DRAINING (RUNNER_STOP sent) → forgotten (RUNNER_EXITED, silence,
@@ -88,6 +93,7 @@
 #define ROUTER_BATCH            256     //  messages per wake-up, so timers run
 #define DEFAULT_STARTUP_TIMEOUT_S 600
 #define SLOTS_MAX               1024    //  per machine type on one worker
+#define EXPIRE_BATCH            1000    //  queued requests ended per tick, at most
 
 #define ERROR_RUNNER_EXITED "Runner exited while processing the request"
 
@@ -455,15 +461,22 @@ s_sub_lost (kiln_broker_t *self, const char *why)
     self->sub_retry_ms = kiln_mono_ms () + self->sub_backoff_ms;
 }
 
-//  One message from the subscription: ["message", "kiln:wake", app].
+static void s_on_cancel (kiln_broker_t *self, const char *request_id);
+
+//  One message from the subscription: ["message", channel, payload].
 static void
 s_sub_handle (kiln_broker_t *self, redisReply *reply)
 {
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3
     ||  reply->element [0]->type != REDIS_REPLY_STRING
+    ||  reply->element [1]->type != REDIS_REPLY_STRING
     ||  reply->element [2]->type != REDIS_REPLY_STRING
     ||  strcmp (reply->element [0]->str, "message") != 0)
-        return;                 //  the subscribe confirmation, or noise
+        return;                 //  a subscribe confirmation, or noise
+    if (streq (reply->element [1]->str, KILN_CHANNEL_CANCEL)) {
+        s_on_cancel (self, reply->element [2]->str);
+        return;
+    }
     const char *app = reply->element [2]->str;
     if (!kiln_app_name_valid (app)) {
         kiln_log_warn ("wake for an invalid app name, ignored");
@@ -515,13 +528,15 @@ s_sub_reconnect (kiln_broker_t *self)
         return;
     self->sub = kiln_redis_connect (self->cfg->redis_url, REDIS_TIMEOUT_MS);
     if (self->sub) {
-        //  The confirmation is read synchronously; later messages by poll.
-        redisReply *reply = redisCommand (self->sub, "SUBSCRIBE %s", KILN_CHANNEL_WAKE);
+        //  The first confirmation is read synchronously; the second, and
+        //  later messages, by poll.
+        redisReply *reply = redisCommand (self->sub, "SUBSCRIBE %s %s",
+                                          KILN_CHANNEL_WAKE, KILN_CHANNEL_CANCEL);
         bool ok = reply && reply->type == REDIS_REPLY_ARRAY;
         if (reply)
             freeReplyObject (reply);
         if (!ok) {
-            kiln_log_error ("redis: SUBSCRIBE %s failed", KILN_CHANNEL_WAKE);
+            kiln_log_error ("redis: SUBSCRIBE %s %s failed", KILN_CHANNEL_WAKE, KILN_CHANNEL_CANCEL);
             redisFree (self->sub);
             self->sub = NULL;
         }
@@ -541,7 +556,7 @@ s_sub_reconnect (kiln_broker_t *self)
     }
     //  An error on the fd is ours to handle (by reading), not zloop's.
     zloop_poller_set_tolerant (self->loop, &self->sub_item);
-    kiln_log_info ("redis: subscribed to %s", KILN_CHANNEL_WAKE);
+    kiln_log_info ("redis: subscribed to %s and %s", KILN_CHANNEL_WAKE, KILN_CHANNEL_CANCEL);
     //  Wakes that came with the confirmation are in the buffer already,
     //  where poll cannot see them.
     s_sub_drain (self);
@@ -681,6 +696,59 @@ s_send_simple (kiln_broker_t *self, kiln_msg_type_t type, const char *identity)
     kiln_msg_t *msg = kiln_msg_new (type);
     if (msg)
         s_send (self, &msg, identity);
+}
+
+//  Tells the runner that holds the request that its client cancelled it.
+//  The runner decides what that means (its handler may stop early); the
+//  request still ends with the runner's RESULT.
+static void
+s_send_cancel (kiln_broker_t *self, const s_runner_t *runner, const char *request_id)
+{
+    kiln_msg_t *msg = kiln_msg_new (KILN_MSG_CANCEL);
+    if (msg && !(msg->request_id = strdup (request_id)))
+        kiln_msg_destroy (&msg);
+    if (!msg)
+        return;
+    kiln_log_info ("request %s: cancelled by its client; telling runner %s",
+                   request_id, runner->id);
+    s_send (self, &msg, runner->id);
+}
+
+//  A request id from kiln:cancel.
+static void
+s_on_cancel (kiln_broker_t *self, const char *request_id)
+{
+    if (!kiln_id_valid (request_id)) {
+        kiln_log_warn ("cancel for an invalid request id, ignored");
+        return;
+    }
+    s_runner_t *runner = (s_runner_t *) zhashx_lookup (self->inflight, request_id);
+    if (runner)
+        s_send_cancel (self, runner, request_id);
+    else
+        kiln_log_debug ("cancel for %s, which no runner of ours holds", request_id);
+}
+
+//  Ends queued requests whose start deadline passed, so that they end
+//  on time even when no runner of their app ever frees up (TAKE catches
+//  the ones it meets first).
+static void
+s_expire_deadlines (kiln_broker_t *self)
+{
+    if (!self->redis)
+        return;
+    redisReply *reply = s_command (self, "EVAL %s 1 %s %" PRId64 " %d %d",
+                                   KILN_SCRIPT_EXPIRE, KILN_KEY_DEADLINES, kiln_now_ms (),
+                                   self->cfg->result_retention_s, EXPIRE_BATCH);
+    if (!reply)
+        return;
+    if (reply->type == REDIS_REPLY_INTEGER && reply->integer > 0)
+        kiln_log_info ("%lld queued request(s) did not start within their timeout: 504",
+                       reply->integer);
+    else
+    if (reply->type == REDIS_REPLY_ERROR)
+        kiln_log_error ("redis: EXPIRE failed: %s", reply->str);
+    freeReplyObject (reply);
 }
 
 //  -------------------------------------------------------------------------
@@ -939,10 +1007,10 @@ s_runner_adopt_requests (kiln_broker_t *self, s_runner_t *runner)
         ||  zhashx_lookup (self->inflight, id->str))
             continue;
         kiln_key_t req = kiln_key_request (id->str);
-        redisReply *fields = s_command (self, "HMGET %s state runner", req.s);
+        redisReply *fields = s_command (self, "HMGET %s state runner cancel_requested", req.s);
         if (!fields)
             break;
-        if (fields->type == REDIS_REPLY_ARRAY && fields->elements == 2
+        if (fields->type == REDIS_REPLY_ARRAY && fields->elements == 3
         &&  fields->element [0]->type == REDIS_REPLY_STRING
         &&  fields->element [1]->type == REDIS_REPLY_STRING
         &&  streq (fields->element [0]->str, "IN_PROGRESS")
@@ -950,6 +1018,10 @@ s_runner_adopt_requests (kiln_broker_t *self, s_runner_t *runner)
             zhashx_insert (runner->requests, id->str, runner);
             zhashx_insert (self->inflight, id->str, runner);
             kiln_log_info ("runner %s: adopted in-flight request %s", runner->id, id->str);
+            //  A cancel published while no broker listened was lost.
+            if (fields->element [2]->type == REDIS_REPLY_STRING
+            &&  streq (fields->element [2]->str, "1"))
+                s_send_cancel (self, runner, id->str);
         }
         freeReplyObject (fields);
     }
@@ -1083,9 +1155,9 @@ s_app_take (kiln_broker_t *self, s_app_t *app)
         kiln_key_t queue = kiln_key_queue (app->name);
         int64_t now = kiln_now_ms ();
         int64_t lease = now + ((int64_t) app->manifest->request_timeout + LEASE_MARGIN_S) * 1000;
-        redisReply *reply = s_command (self, "EVAL %s 2 %s %s %s %" PRId64 " %" PRId64,
+        redisReply *reply = s_command (self, "EVAL %s 2 %s %s %s %" PRId64 " %" PRId64 " %d",
                                        KILN_SCRIPT_TAKE, queue.s, KILN_KEY_INFLIGHT,
-                                       best->id, now, lease);
+                                       best->id, now, lease, self->cfg->result_retention_s);
         if (!reply)
             return;
         if (reply->type == REDIS_REPLY_NIL) {
@@ -1834,6 +1906,7 @@ s_on_timer (zloop_t *loop, int timer_id, void *arg)
     s_check_liveness (self);
     s_offered_refresh (self);
     s_send_heartbeats (self);
+    s_expire_deadlines (self);
     s_sweep_apps (self);
     return 0;
 }

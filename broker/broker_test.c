@@ -9,8 +9,9 @@
     and submits requests with the SUBMIT script, as a gateway would. Checks
     the broker's side of docs/ARCHITECTURE.md: placement, dispatch,
     results, logs, runner loss, scheduling and start failures, retirement,
-    app deletion, unknown peers, a broker restart (SIGKILL) and a Redis
-    restart with a result in between. Exits 0, or 1 naming the failed
+    app deletion, unknown peers, a broker restart (SIGKILL), a Redis
+    restart with a result in between, a client's cancel reaching the
+    runner, and a queued request ended at its start deadline. Exits 0, or 1 naming the failed
     check and printing the tail of the broker's log. KILN_BROKER_TEST_KEEP
     set keeps the temp dir (logs) for reading.
     =========================================================================
@@ -225,22 +226,59 @@ s_undeploy (const char *app)
     freeReplyObject (s_command ("SREM %s %s", KILN_KEY_APPS, app));
 }
 
-//  Queues a request; returns its id (static buffer per call site use).
+//  Queues a request that must start within timeout_ms (0: no deadline);
+//  fills in its new id.
 static void
-s_submit (const char *app, const char *body, char id [KILN_UUID_LEN + 1])
+s_submit_within (const char *app, const char *body, int64_t timeout_ms,
+                 char id [KILN_UUID_LEN + 1])
 {
     kiln_uuid4 (id);
     kiln_key_t app_key = kiln_key_app (app);
     kiln_key_t req = kiln_key_request (id);
     kiln_key_t queue = kiln_key_queue (app);
-    char now [32];
-    snprintf (now, sizeof now, "%lld", (long long) kiln_now_ms ());
-    redisReply *reply = s_command ("EVAL %s 4 %s %s %s %s %s %s %s %s %s %s %s %s %s",
+    int64_t now_ms = kiln_now_ms ();
+    char now [32], deadline [32];
+    snprintf (now, sizeof now, "%lld", (long long) now_ms);
+    snprintf (deadline, sizeof deadline, "%lld", (long long) (timeout_ms? now_ms + timeout_ms: 0));
+    redisReply *reply = s_command ("EVAL %s 4 %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s",
                                    KILN_SCRIPT_SUBMIT, app_key.s, req.s, queue.s, KILN_KEY_SEQ,
                                    id, app, "/", "application/json", body, "normal",
-                                   "kiln:done:test", "", now);
+                                   "kiln:done:test", "", now, deadline, "0");
     CHECK (reply->type == REDIS_REPLY_INTEGER && reply->integer >= 0);
     freeReplyObject (reply);
+}
+
+//  Queues a request; fills in its new id.
+static void
+s_submit (const char *app, const char *body, char id [KILN_UUID_LEN + 1])
+{
+    s_submit_within (app, body, 0, id);
+}
+
+//  Cancels a request as the gateway does; returns the script's answer
+//  (caller frees).
+static char *
+s_cancel (const char *app, const char *id)
+{
+    kiln_key_t req = kiln_key_request (id);
+    redisReply *reply = s_command ("EVAL %s 1 %s %s %s %lld %s", KILN_SCRIPT_CANCEL, req.s,
+                                   id, app, (long long) kiln_now_ms (), "600");
+    CHECK (reply->type == REDIS_REPLY_STRING);
+    char *answer = strdup (reply->str);
+    freeReplyObject (reply);
+    return answer;
+}
+
+//  Subscribers to a channel (the broker's, once it has subscribed).
+static long long
+s_subscribers (const char *channel)
+{
+    redisReply *reply = s_command ("PUBSUB NUMSUB %s", channel);
+    long long count = reply->type == REDIS_REPLY_ARRAY && reply->elements == 2
+                   && reply->element [1]->type == REDIS_REPLY_INTEGER
+                    ? reply->element [1]->integer: -1;
+    freeReplyObject (reply);
+    return count;
 }
 
 //  A field of a request record; "" when absent. Caller frees.
@@ -745,6 +783,33 @@ main (int argc, char *argv [])
     kiln_msg_destroy (&msg);
     CHECK (s_wait_field (id, "state", "COMPLETED", WAIT_MS));
 
+    s_step ("a cancel of an in-progress request reaches its runner as CANCEL");
+    //  The subscription comes back after the Redis restart with a backoff.
+    for (int i = 0; i < 400 && s_subscribers (KILN_CHANNEL_CANCEL) < 1; i++)
+        s_pump (50);
+    CHECK (s_subscribers (KILN_CHANNEL_CANCEL) == 1);
+    s_submit ("local/echo", "{\"n\":\"cancel me\"}", id);
+    msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, id));
+    kiln_msg_destroy (&msg);
+    char *answer = s_cancel ("local/echo", id);
+    CHECK (streq (answer, "CANCELLATION_REQUESTED"));
+    free (answer);
+    msg = s_expect (runner, KILN_MSG_CANCEL, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, id));
+    kiln_msg_destroy (&msg);
+    //  The request ends with the runner's own answer.
+    CHECK (s_field_is (id, "state", "IN_PROGRESS"));
+    s_result (runner, id, 499, "{\"cancelled\":true}");
+    CHECK (s_wait_field (id, "state", "COMPLETED", WAIT_MS));
+    CHECK (s_field_is (id, "status", "499"));
+    CHECK (s_field_is (id, "cancel_requested", "1"));
+    //  Once it is over, a cancel changes nothing and the runner hears nothing.
+    answer = s_cancel ("local/echo", id);
+    CHECK (streq (answer, "ALREADY_COMPLETED"));
+    free (answer);
+    CHECK (s_quiet (runner, KILN_MSG_CANCEL, NULL, 300));
+
     s_step ("a silent runner is taken for dead");
     s_submit ("local/echo", "{\"n\":7}", id);
     msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
@@ -754,6 +819,27 @@ main (int argc, char *argv [])
     CHECK (s_wait_field (id, "state", "COMPLETED", 6000));
     CHECK (s_field_is (id, "error_type", "runner_disconnected"));
     s_peer_destroy (&runner);
+
+    s_step ("a queued request past its start deadline ends 504 with no runner free");
+    s_deploy ("local/late", 1,
+              "{\"name\":\"late\",\"machine_types\":[\"CPU\"],\"max_concurrency\":1,"
+              "\"endpoints\":[\"/\"]}");
+    s_submit_within ("local/late", "{}", 1000, id);
+    //  Its runner is asked for but never comes up (no hello).
+    msg = s_expect (worker, KILN_MSG_RUNNER_START, "local/late", WAIT_MS);
+    CHECK (msg);
+    char late_runner [64];
+    snprintf (late_runner, sizeof late_runner, "%s", msg->runner_id);
+    kiln_msg_destroy (&msg);
+    CHECK (s_field_is (id, "state", "IN_QUEUE"));
+    CHECK (s_wait_field (id, "state", "COMPLETED", 1000 + 2 * 1000 + 1000));
+    CHECK (s_field_is (id, "status", "504"));
+    CHECK (s_field_is (id, "error_type", "request_timeout"));
+    CHECK (s_field_is (id, "attempts", "0"));
+    reply = s_command ("EXISTS %s %s", KILN_KEY_DEADLINES, kiln_key_queue ("local/late").s);
+    CHECK (reply->type == REDIS_REPLY_INTEGER && reply->integer == 0);
+    freeReplyObject (reply);
+    s_exited (worker, late_runner, 1, "gave up");
 
     s_step ("SIGTERM: DISCONNECT to the peers, exit 0");
     s_pump (200);

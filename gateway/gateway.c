@@ -13,7 +13,10 @@
     |---------------------------------------------|------------------------------------------|
     | HTTP POST /{owner}/{app}[/{path}]           | EVAL SUBMIT (reply_to = kiln:done:{id}); |
     |                                             | the call waits in `pending`              |
-    | HTTP POST /queue/{owner}/{app}[/{path}]     | EVAL SUBMIT (reply_to ""); 200 with URLs |
+    | HTTP POST /queue/{owner}/{app}[/{path}]     | EVAL SUBMIT (reply_to "", ?fal_webhook); |
+    |                                             | 200 with URLs                            |
+    | (either) X-Fal-Queue-Priority, X-Fal-       | SUBMIT's priority, start deadline (now + |
+    | Request-Timeout, X-Fal-No-Retry headers     | S s) and no_retry; a bad value → 400     |
     | HTTP GET /queue/.../requests/{id}[/status…] | see gateway_queue.c                      |
     | HTTP PUT /queue/.../requests/{id}/cancel    | see gateway_queue.c                      |
     | HTTP GET /files/{id}                        | HMGET kiln:file:{id} → the file          |
@@ -22,6 +25,8 @@
     | Redis: SUBMIT's answer                      | -1 → 404; queue submits → 200            |
     | Redis: "subscribe" on kiln:done:{id}        | starts answering HTTP (listener on)      |
     | Redis: "message" id on kiln:done:{id}       | HMGET kiln:req:{id} → the stored answer  |
+    |                                             | (504 request_timeout: + X-Fal-Request-   |
+    |                                             | Timeout-Type: user)                      |
     | Redis: a connection lost or refused         | 503 to waiting calls, answers 503 until  |
     |                                             | both connections are back (backoff)      |
     | client closes while its sync call waits     | forgets the call (it completes in Redis) |
@@ -68,6 +73,9 @@
 #define STOP_FLUSH_MS 200
 //  Longest webhook URL we store.
 #define WEBHOOK_URL_MAX 2048
+//  Longest X-Fal-Request-Timeout we take (a year): beyond it a deadline
+//  means nothing, and the ms must stay exact in a Lua number.
+#define REQUEST_TIMEOUT_MAX_S (366 * 24 * 3600)
 
 static void s_redis_connect (kiln_gateway_t *self);
 static void s_redis_lost (kiln_gateway_t *self, const char *reason);
@@ -969,17 +977,75 @@ s_is_json_type (const char *content_type)
     return size > 5 && strncasecmp (content_type + size - 5, "+json", 5) == 0;
 }
 
-static bool
-s_webhook_valid (const char *url)
+//  An absolute http(s) URL with a host: what the deliverer can POST to.
+//  NULL when it is one, else why not (for the 400's detail).
+static const char *
+s_webhook_invalid (const char *url)
 {
-    size_t size = strlen (url);
-    if (size > WEBHOOK_URL_MAX)
-        return false;
+    if (!*url)
+        return "is empty";
+    if (strlen (url) > WEBHOOK_URL_MAX)
+        return "is too long";
     for (const char *p = url; *p; p++)
         if ((unsigned char) *p <= ' ' || *p == 0x7f)
-            return false;
-    return (strncmp (url, "http://", 7) == 0 && size > 7)
-        || (strncmp (url, "https://", 8) == 0 && size > 8);
+            return "holds a space or a control character";
+    struct evhttp_uri *uri = evhttp_uri_parse_with_flags (url, 0);
+    if (!uri)
+        return "is not a URL";
+    const char *scheme = evhttp_uri_get_scheme (uri);
+    const char *host = evhttp_uri_get_host (uri);
+    const char *why = NULL;
+    if (!scheme || (strcasecmp (scheme, "http") != 0 && strcasecmp (scheme, "https") != 0))
+        why = "is not an http:// or https:// URL";
+    else
+    if (!host || !*host)
+        why = "has no host";
+    evhttp_uri_free (uri);
+    return why;
+}
+
+//  X-Fal-Request-Timeout: a positive number of seconds, fractional
+//  allowed ("30", "2.5", ".5"); no sign, exponent or other text. The
+//  deadline for processing to start, as ms since the epoch. -1 if bad.
+static int64_t
+s_start_deadline (const char *value, int64_t now_ms)
+{
+    while (*value == ' ' || *value == '\t')
+        value++;
+    const char *p = value;
+    size_t digits = 0;
+    while (isdigit ((unsigned char) *p)) {
+        p++;
+        digits++;
+    }
+    if (*p == '.')
+        for (p++; isdigit ((unsigned char) *p); p++)
+            digits++;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (digits == 0 || *p)
+        return -1;
+    double seconds = strtod (value, NULL);
+    if (!(seconds > 0) || seconds > REQUEST_TIMEOUT_MAX_S)
+        return -1;
+    //  Rounded up: a timeout is never shorter than asked, and never 0
+    double exact = seconds * 1000.0;
+    int64_t ms = (int64_t) exact;
+    if ((double) ms < exact)
+        ms++;
+    return now_ms + (ms > 0 ? ms : 1);
+}
+
+//  X-Fal-No-Retry: 1 or true (any case) sets it, 0 or false clears it.
+//  -1 for anything else.
+static int
+s_no_retry (const char *value)
+{
+    if (!value || !*value || strcmp (value, "0") == 0 || strcasecmp (value, "false") == 0)
+        return 0;
+    if (strcmp (value, "1") == 0 || strcasecmp (value, "true") == 0)
+        return 1;
+    return -1;
 }
 
 static void
@@ -1058,10 +1124,29 @@ kiln_gateway_submit (kiln_call_t *call)
         kiln_call_error (call, 400, "bad_request", "X-Fal-Queue-Priority must be normal or low");
         return;
     }
+    int64_t now_ms = kiln_now_ms ();
+    int64_t deadline_ms = 0;
+    const char *timeout = kiln_call_request_header (call, "X-Fal-Request-Timeout");
+    if (timeout && (deadline_ms = s_start_deadline (timeout, now_ms)) < 0) {
+        kiln_call_error (call, 400, "bad_request",
+                         "X-Fal-Request-Timeout must be a positive number of seconds "
+                         "(at most %d), not '%.64s'", REQUEST_TIMEOUT_MAX_S, timeout);
+        return;
+    }
+    const char *no_retry_text = kiln_call_request_header (call, "X-Fal-No-Retry");
+    int no_retry = s_no_retry (no_retry_text);
+    if (no_retry < 0) {
+        kiln_call_error (call, 400, "bad_request",
+                         "X-Fal-No-Retry must be 1, true, 0 or false, not '%.64s'", no_retry_text);
+        return;
+    }
     char *webhook = sync ? NULL : kiln_call_query (call, "fal_webhook");
-    if (webhook && !s_webhook_valid (webhook)) {
+    const char *why = webhook ? s_webhook_invalid (webhook) : NULL;
+    if (why) {
+        kiln_call_error (call, 400, "bad_request",
+                         "fal_webhook must be an absolute http:// or https:// URL; "
+                         "'%.200s%s' %s", webhook, strlen (webhook) > 200 ? "…" : "", why);
         free (webhook);
-        kiln_call_error (call, 400, "bad_request", "fal_webhook must be an http:// or https:// URL");
         return;
     }
     kiln_uuid4 (call->request_id);
@@ -1075,13 +1160,15 @@ kiln_gateway_submit (kiln_call_t *call)
     kiln_key_t app_key = kiln_key_app (call->route.app);
     kiln_key_t req_key = kiln_key_request (call->request_id);
     kiln_key_t queue_key = kiln_key_queue (call->route.app);
-    char now [24];
-    snprintf (now, sizeof now, "%" PRId64, kiln_now_ms ());
+    char now [24], deadline [24];
+    snprintf (now, sizeof now, "%" PRId64, now_ms);
+    snprintf (deadline, sizeof deadline, "%" PRId64, deadline_ms);
     const char *argv [] = {
         "EVAL", KILN_SCRIPT_SUBMIT, "4",
         app_key.s, req_key.s, queue_key.s, KILN_KEY_SEQ,
         call->request_id, call->route.app, call->route.path, content_type, body,
-        priority, sync ? self->channel.s : "", webhook ? webhook : "", now
+        priority, sync ? self->channel.s : "", webhook ? webhook : "", now,
+        deadline, no_retry ? "1" : "0"
     };
     size_t argc = sizeof argv / sizeof argv [0];
     size_t argvlen [sizeof argv / sizeof argv [0]];

@@ -10,12 +10,14 @@
     | GET  .../requests/{id}/status[?logs=1]  | MULTI HMGET, ZRANK, LRANGE EXEC | 202 IN_QUEUE {queue_position}    |
     |                                         |                                 | 202 IN_PROGRESS, 200 COMPLETED   |
     |                                         |                                 | {metrics, error?, error_type?}   |
-    | GET  .../requests/{id}/status/stream    | the same, every STREAM_POLL_MS  | text/event-stream: one event per |
-    |                                         |                                 | change or log lines, to COMPLETED|
+    | GET  .../requests/{id}/status/stream    | the same, every STREAM_POLL_MS  | text/event-stream: the status    |
+    |  [?logs=1]                              | (LRANGE from the first line not | now, then one event per log line |
+    |                                         | sent yet)                       | and per change, to COMPLETED     |
     | GET  .../requests/{id}                  | HMGET kiln:req:{id}             | the stored result, or 400 while  |
     |                                         |                                 | not completed                    |
-    | PUT  .../requests/{id}/cancel           | HMGET; EVAL COMPLETE (499,      | 202 CANCELLATION_REQUESTED,      |
-    |                                         | client_cancelled) when queued   | 400 ALREADY_COMPLETED, 404       |
+    | PUT  .../requests/{id}/cancel           | EVAL CANCEL: queued → 499       | 202 CANCELLATION_REQUESTED,      |
+    |                                         | client_cancelled; running →     | 400 ALREADY_COMPLETED,           |
+    |                                         | kiln:cancel (broker → runner)   | 404 NOT_FOUND                    |
     =========================================================================
 */
 #include "gateway_internal.h"
@@ -32,7 +34,10 @@
 static void s_fetch_status (kiln_call_t *call);
 
 //  Fields read for a status, in order
-enum { F_APP, F_STATE, F_ERROR, F_ERROR_TYPE, F_INFERENCE_MS, F_COUNT };
+enum { F_APP, F_STATE, F_ERROR, F_ERROR_TYPE, F_INFERENCE_MS, F_STARTED_MS, F_COUNT };
+
+//  EXEC's answer, in order: HMGET, ZRANK, LRANGE (when logs are read)
+enum { X_RECORD, X_RANK, X_LOGS };
 
 static bool
 s_same_app (kiln_call_t *call, const redisReply *app)
@@ -49,64 +54,77 @@ s_set_url (kiln_call_t *call, json_t *json, const char *key, const char *suffix)
     free (url);
 }
 
-//  Log lines as stored (JSON text each) into an array of objects.
+//  One stored log line (JSON text) as {message, level, source,
+//  timestamp}, whatever the line held: fal's clients read all four.
 static json_t *
-s_logs_json (const redisReply *lines)
+s_log_json (const redisReply *line)
+{
+    json_t *stored = line->type == REDIS_REPLY_STRING
+                   ? json_loadb (line->str, line->len, 0, NULL) : NULL;
+    json_t *entry = json_object ();
+    if (!entry) {
+        json_decref (stored);
+        return NULL;
+    }
+    json_t *message = json_object_get (stored, "message");
+    json_t *level = json_object_get (stored, "level");
+    json_t *source = json_object_get (stored, "source");
+    json_t *timestamp = json_object_get (stored, "timestamp");
+    if (json_is_string (message))
+        json_object_set (entry, "message", message);
+    else
+    if (!stored && line->type == REDIS_REPLY_STRING)
+        //  Not JSON: the text is the message
+        json_object_set_new (entry, "message", kiln_json_text (line->str, line->len));
+    else
+        json_object_set_new (entry, "message", json_string (""));
+    json_object_set_new (entry, "level", json_is_string (level)
+                         ? json_incref (level) : json_string ("INFO"));
+    json_object_set_new (entry, "source", json_is_string (source)
+                         ? json_incref (source) : json_string ("app"));
+    json_object_set_new (entry, "timestamp", json_is_string (timestamp)
+                         ? json_incref (timestamp) : json_null ());
+    json_decref (stored);
+    return entry;
+}
+
+//  Lines [from, to) of an LRANGE answer as an array.
+static json_t *
+s_logs_json (const redisReply *lines, size_t from, size_t to)
 {
     json_t *logs = json_array ();
     if (!logs || !lines || lines->type != REDIS_REPLY_ARRAY)
         return logs;
-    for (size_t i = 0; i < lines->elements; i++) {
-        const redisReply *line = lines->element [i];
-        if (line->type != REDIS_REPLY_STRING)
-            continue;
-        json_t *entry = json_loadb (line->str, line->len, 0, NULL);
-        if (!json_is_object (entry)) {
-            json_decref (entry);
-            entry = json_pack ("{s:o, s:s}", "message", kiln_json_text (line->str, line->len),
-                               "level", "INFO");
-        }
+    for (size_t i = from; i < to && i < lines->elements; i++) {
+        json_t *entry = s_log_json (lines->element [i]);
         if (entry)
             json_array_append_new (logs, entry);
     }
     return logs;
 }
 
-//  Builds the status object from EXEC's answer: [HMGET, ZRANK, LRANGE?].
-//  NULL when the request is unknown here. *completed says COMPLETED.
+//  The status object of a request in `state` (which may be one it went
+//  through, not the record's), without its logs. NULL when out of memory.
 static json_t *
-s_status_json (kiln_call_t *call, const redisReply *exec, bool *completed, size_t *new_lines)
+s_status_json (kiln_call_t *call, const redisReply *exec, const char *state)
 {
-    *completed = false;
-    *new_lines = 0;
-    const redisReply *record = exec->element [0];
-    if (record->type != REDIS_REPLY_ARRAY || record->elements != F_COUNT
-    ||  !s_same_app (call, record->element [F_APP]))
-        return NULL;
-    const char *state = kiln_reply_str (record->element [F_STATE]);
+    const redisReply *record = exec->element [X_RECORD];
     json_t *json = json_object ();
     if (!json)
         return NULL;
-    json_object_set_new (json, "status", json_string (*state ? state : "IN_QUEUE"));
+    json_object_set_new (json, "status", json_string (state));
     json_object_set_new (json, "request_id", json_string (call->route.id));
     s_set_url (call, json, "response_url", "");
     s_set_url (call, json, "status_url", "/status");
     s_set_url (call, json, "cancel_url", "/cancel");
     if (strcmp (state, "IN_QUEUE") == 0) {
-        const redisReply *rank = exec->element [1];
+        //  ZRANK in the app's queue: the requests that start before this
+        //  one, priority bands included, in O(log n)
+        const redisReply *rank = exec->element [X_RANK];
         json_object_set_new (json, "queue_position",
                              json_integer (rank->type == REDIS_REPLY_INTEGER ? rank->integer : 0));
     }
-    //  fal's clients read "logs" on every status: null unless asked for
-    if (call->want_logs && exec->elements > 2) {
-        json_t *logs = s_logs_json (exec->element [2]);
-        *new_lines = logs ? json_array_size (logs) : 0;
-        json_object_set_new (json, "logs", logs ? logs : json_null ());
-    }
-    else
-        json_object_set_new (json, "logs", json_null ());
     if (strcmp (state, "COMPLETED") == 0) {
-        *completed = true;
         const char *inference_ms = kiln_reply_str (record->element [F_INFERENCE_MS]);
         char *end = NULL;
         double ms = strtod (inference_ms, &end);
@@ -120,6 +138,31 @@ s_status_json (kiln_call_t *call, const redisReply *exec, bool *completed, size_
             json_object_set_new (json, "error_type", json_string (error_type));
     }
     return json;
+}
+
+//  The record's state, or NULL when the request is not known under this
+//  URL's app (unknown, expired, or another app's).
+static const char *
+s_record_state (kiln_call_t *call, const redisReply *exec)
+{
+    const redisReply *record = exec->element [X_RECORD];
+    if (record->type != REDIS_REPLY_ARRAY || record->elements != F_COUNT
+    ||  !s_same_app (call, record->element [F_APP]))
+        return NULL;
+    const char *state = kiln_reply_str (record->element [F_STATE]);
+    return *state ? state : "IN_QUEUE";
+}
+
+static const redisReply *
+s_exec_logs (kiln_call_t *call, const redisReply *exec)
+{
+    return call->want_logs && exec->elements > X_LOGS ? exec->element [X_LOGS] : NULL;
+}
+
+static size_t
+s_line_count (const redisReply *logs)
+{
+    return logs && logs->type == REDIS_REPLY_ARRAY ? logs->elements : 0;
 }
 
 static bool
@@ -137,6 +180,14 @@ s_exec_usable (kiln_call_t *call, redisReply *reply)
 
 //  --------------------------------------------------------------------------
 //  GET .../status and .../status/stream
+//
+//  A stream polls the record every STREAM_POLL_MS. Its first event is the
+//  current status, with every log line so far (what a status poll would
+//  say); after that, one event per new log line (with that line only)
+//  and one per change of state or queue position, until COMPLETED. Lines
+//  are read by their index in the list, which only grows while the
+//  request runs, so none is sent twice or skipped however many arrive
+//  between two polls.
 
 static void
 s_on_stream_tick (evutil_socket_t fd, short what, void *arg)
@@ -146,52 +197,93 @@ s_on_stream_tick (evutil_socket_t fd, short what, void *arg)
     s_fetch_status ((kiln_call_t *) arg);
 }
 
-//  One server-sent event.
+//  What an event says beyond its log lines: "STATE POSITION".
 static void
-s_stream_event (kiln_call_t *call, json_t *json)
+s_event_key (json_t *json, char *key, size_t size)
 {
-    char *text = json_dumps (json, JSON_COMPACT | JSON_REAL_PRECISION (9));
-    if (!text)
+    const char *state = json_string_value (json_object_get (json, "status"));
+    snprintf (key, size, "%s %lld", state ? state : "",
+              (long long) json_integer_value (json_object_get (json, "queue_position")));
+}
+
+//  Sends one server-sent event and remembers its state and position, so
+//  the next poll can tell what changed. Takes the JSON.
+static void
+s_stream_event (kiln_call_t *call, json_t *json, json_t *logs)
+{
+    if (!json) {
+        json_decref (logs);
         return;
-    char *event = NULL;
-    int size = asprintf (&event, "data: %s\n\n", text);
-    if (size > 0)
-        kiln_call_stream_send (call, event, (size_t) size);
-    free (event);
-    free (text);
+    }
+    json_object_set_new (json, "logs", logs ? logs : json_null ());
+    char *text = json_dumps (json, JSON_COMPACT | JSON_REAL_PRECISION (9));
+    if (text) {
+        char *event = NULL;
+        int size = asprintf (&event, "data: %s\n\n", text);
+        if (size > 0)
+            kiln_call_stream_send (call, event, (size_t) size);
+        free (event);
+        free (text);
+    }
+    char key [64];
+    s_event_key (json, key, sizeof key);
+    free (call->last_event);
+    call->last_event = strdup (key);
+    json_decref (json);
+}
+
+static bool
+s_stream_state_was (kiln_call_t *call, const char *state)
+{
+    size_t size = strlen (state);
+    return call->last_event && strncmp (call->last_event, state, size) == 0
+        && call->last_event [size] == ' ';
 }
 
 static void
-s_on_stream_status (kiln_call_t *call, redisReply *reply)
+s_on_stream_status (kiln_call_t *call, redisReply *exec)
 {
-    bool completed;
-    size_t new_lines;
-    json_t *json = s_status_json (call, reply, &completed, &new_lines);
+    const char *state = s_record_state (call, exec);
+    const redisReply *logs = s_exec_logs (call, exec);
+    size_t lines = s_line_count (logs);
+    bool completed = state && strcmp (state, "COMPLETED") == 0;
     if (!call->streaming) {
-        if (!json) {
+        if (!state) {
             kiln_call_error (call, 404, "not_found", "Request %s not found", call->route.id);
             return;
         }
         kiln_call_stream_start (call, "text/event-stream");
         kiln_call_watch_client (call);
+        //  A client that comes late gets where the request stands first
+        s_stream_event (call, s_status_json (call, exec, state),
+                        call->want_logs ? s_logs_json (logs, 0, lines) : NULL);
     }
-    if (!json) {
+    else
+    if (!state) {
         //  Expired or deleted while we watched: nothing more will come
         kiln_call_stream_end (call);
         return;
     }
-    call->number += (int64_t) new_lines;
-    //  One event per change of state or position, or new log lines
-    const char *state = json_string_value (json_object_get (json, "status"));
-    char line [64];
-    snprintf (line, sizeof line, "%s %lld", state ? state : "",
-              (long long) json_integer_value (json_object_get (json, "queue_position")));
-    if (new_lines || !call->last_event || strcmp (line, call->last_event) != 0) {
-        s_stream_event (call, json);
-        free (call->last_event);
-        call->last_event = strdup (line);
+    else {
+        //  Lines are written while the request runs: a poll that finds it
+        //  COMPLETED sends them as IN_PROGRESS, then the end
+        const char *running = completed ? "IN_PROGRESS" : state;
+        for (size_t i = 0; i < lines; i++)
+            s_stream_event (call, s_status_json (call, exec, running), s_logs_json (logs, i, i + 1));
+        //  It ran between two polls without a line: it was IN_PROGRESS
+        const char *started = kiln_reply_str (exec->element [X_RECORD]->element [F_STARTED_MS]);
+        if (completed && lines == 0 && *started && s_stream_state_was (call, "IN_QUEUE"))
+            s_stream_event (call, s_status_json (call, exec, "IN_PROGRESS"),
+                            call->want_logs ? json_array () : NULL);
+        json_t *json = s_status_json (call, exec, state);
+        char key [64];
+        s_event_key (json, key, sizeof key);
+        if (!call->last_event || strcmp (key, call->last_event) != 0)
+            s_stream_event (call, json, call->want_logs ? json_array () : NULL);
+        else
+            json_decref (json);
     }
-    json_decref (json);
+    call->number += (int64_t) lines;
     if (completed) {
         kiln_call_stream_end (call);
         return;
@@ -213,11 +305,18 @@ s_on_status (redisAsyncContext *ctx, void *r, void *privdata)
         if (call->route.kind == KILN_ROUTE_QUEUE_STREAM)
             s_on_stream_status (call, reply);
         else {
-            bool completed;
-            size_t new_lines;
-            json_t *json = s_status_json (call, reply, &completed, &new_lines);
-            if (json)
-                kiln_call_reply_json (call, completed ? 200 : 202, json);
+            const char *state = s_record_state (call, reply);
+            json_t *json = state ? s_status_json (call, reply, state) : NULL;
+            if (json) {
+                //  fal's clients read "logs" on every status: null unless asked for
+                const redisReply *logs = s_exec_logs (call, reply);
+                json_object_set_new (json, "logs", call->want_logs
+                                     ? s_logs_json (logs, 0, s_line_count (logs)) : json_null ());
+                kiln_call_reply_json (call, strcmp (state, "COMPLETED") == 0 ? 200 : 202, json);
+            }
+            else
+            if (state)
+                kiln_call_error (call, 500, "internal_error", "Out of memory");
             else
                 kiln_call_error (call, 404, "not_found", "Request %s not found", call->route.id);
         }
@@ -225,7 +324,8 @@ s_on_status (redisAsyncContext *ctx, void *r, void *privdata)
     kiln_call_unref (&call);
 }
 
-//  One atomic read of everything a status holds.
+//  One atomic read of everything a status holds; a stream reads only the
+//  log lines it has not sent yet.
 static void
 s_fetch_status (kiln_call_t *call)
 {
@@ -233,7 +333,8 @@ s_fetch_status (kiln_call_t *call)
     kiln_key_t queue_key = kiln_key_queue (call->route.app);
     kiln_key_t logs_key = kiln_key_logs (call->route.id);
     if (kiln_call_redisf_quiet (call, "MULTI")
-    ||  kiln_call_redisf_quiet (call, "HMGET %s app state error error_type inference_ms", req_key.s)
+    ||  kiln_call_redisf_quiet (call, "HMGET %s app state error error_type inference_ms started_ms",
+                                req_key.s)
     ||  kiln_call_redisf_quiet (call, "ZRANK %s %s", queue_key.s, call->route.id))
         return;
     if (call->want_logs
@@ -268,8 +369,11 @@ s_on_result (redisAsyncContext *ctx, void *r, void *privdata)
             kiln_call_error (call, 404, "not_found", "Request %s not found", call->route.id);
         else
         if (strcmp (kiln_reply_str (reply->element [1]), "COMPLETED") != 0) {
+            //  Said at once, never waited for: the client polls the status
             snprintf (call->request_id, sizeof call->request_id, "%s", call->route.id);
-            kiln_call_error (call, 400, "request_not_completed", "Request is still in progress");
+            bool queued = strcmp (kiln_reply_str (reply->element [1]), "IN_PROGRESS") != 0;
+            kiln_call_error (call, 400, "request_not_completed", "Request is still %s",
+                             queued ? "in the queue" : "in progress");
         }
         else {
             snprintf (call->request_id, sizeof call->request_id, "%s", call->route.id);
@@ -295,6 +399,8 @@ s_cancel_answer (kiln_call_t *call, int status, const char *state, const char *d
     kiln_call_reply_json (call, status, json);
 }
 
+//  CANCEL's answer: one atomic look and act, so a request that completes
+//  meanwhile is never cancelled after the fact.
 static void
 s_on_cancelled (redisAsyncContext *ctx, void *r, void *privdata)
 {
@@ -302,60 +408,49 @@ s_on_cancelled (redisAsyncContext *ctx, void *r, void *privdata)
     kiln_call_t *call = privdata;
     redisReply *reply = r;
     if (kiln_call_usable (call, reply)) {
-        if (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1) {
-            kiln_log_info ("request %s (%s) cancelled by its client", call->route.id, call->route.app);
+        const char *answer = reply->type == REDIS_REPLY_STRING ? reply->str : "";
+        if (strcmp (answer, "CANCELLED") == 0) {
+            kiln_log_info ("request %s (%s) cancelled by its client while queued",
+                           call->route.id, call->route.app);
             s_cancel_answer (call, 202, "CANCELLATION_REQUESTED", NULL, NULL);
         }
         else
-            //  Completed (or expired) between our read and the script
+        if (strcmp (answer, "CANCELLATION_REQUESTED") == 0) {
+            //  The broker tells its runner; the handler decides when to stop
+            kiln_log_info ("request %s (%s) cancelled by its client while running",
+                           call->route.id, call->route.app);
+            s_cancel_answer (call, 202, "CANCELLATION_REQUESTED", NULL, NULL);
+        }
+        else
+        if (strcmp (answer, "ALREADY_COMPLETED") == 0)
             s_cancel_answer (call, 400, "ALREADY_COMPLETED",
                              "Request is already completed", "already_completed");
+        else
+        if (strcmp (answer, "NOT_FOUND") == 0)
+            s_cancel_answer (call, 404, "NOT_FOUND", "Request not found", "not_found");
+        else
+            kiln_call_error (call, 500, "internal_error", "Unexpected answer from the cancel script");
     }
     kiln_call_unref (&call);
 }
 
 static void
-s_on_cancel_state (redisAsyncContext *ctx, void *r, void *privdata)
+s_cancel (kiln_call_t *call)
 {
-    (void) ctx;
-    kiln_call_t *call = privdata;
-    redisReply *reply = r;
-    if (kiln_call_usable (call, reply)) {
-        const char *state = reply->type == REDIS_REPLY_ARRAY && reply->elements == 2
-            ? kiln_reply_str (reply->element [1]) : "";
-        if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2
-        ||  !s_same_app (call, reply->element [0]) || !*state)
-            s_cancel_answer (call, 404, "NOT_FOUND", "Request not found", "not_found");
-        else
-        if (strcmp (state, "COMPLETED") == 0)
-            s_cancel_answer (call, 400, "ALREADY_COMPLETED",
-                             "Request is already completed", "already_completed");
-        else
-        if (strcmp (state, "IN_QUEUE") != 0)
-            //  Running: a runner cannot be interrupted yet
-            s_cancel_answer (call, 202, "CANCELLATION_REQUESTED", NULL, NULL);
-        else {
-            kiln_key_t req_key = kiln_key_request (call->route.id);
-            kiln_key_t logs_key = kiln_key_logs (call->route.id);
-            kiln_key_t queue_key = kiln_key_queue (call->route.app);
-            char now [24];
-            char retention [24];
-            snprintf (now, sizeof now, "%" PRId64, kiln_now_ms ());
-            snprintf (retention, sizeof retention, "%d", call->gw->cfg->result_retention_s);
-            const char *argv [] = {
-                "EVAL", KILN_SCRIPT_COMPLETE, "4",
-                req_key.s, logs_key.s, queue_key.s, KILN_KEY_INFLIGHT,
-                call->route.id, "499", "", "", "Request cancelled by the client",
-                "client_cancelled", now, retention, "0", "0"
-            };
-            size_t argc = sizeof argv / sizeof argv [0];
-            size_t argvlen [sizeof argv / sizeof argv [0]];
-            for (size_t i = 0; i < argc; i++)
-                argvlen [i] = strlen (argv [i]);
-            kiln_call_redis (call, s_on_cancelled, (int) argc, argv, argvlen);
-        }
-    }
-    kiln_call_unref (&call);
+    kiln_key_t req_key = kiln_key_request (call->route.id);
+    char now [24];
+    char retention [24];
+    snprintf (now, sizeof now, "%" PRId64, kiln_now_ms ());
+    snprintf (retention, sizeof retention, "%d", call->gw->cfg->result_retention_s);
+    const char *argv [] = {
+        "EVAL", KILN_SCRIPT_CANCEL, "1", req_key.s,
+        call->route.id, call->route.app, now, retention
+    };
+    size_t argc = sizeof argv / sizeof argv [0];
+    size_t argvlen [sizeof argv / sizeof argv [0]];
+    for (size_t i = 0; i < argc; i++)
+        argvlen [i] = strlen (argv [i]);
+    kiln_call_redis (call, s_on_cancelled, (int) argc, argv, argvlen);
 }
 
 void
@@ -378,7 +473,7 @@ kiln_gateway_queue (kiln_call_t *call)
                               req_key.s);
             break;
         case KILN_ROUTE_QUEUE_CANCEL:
-            kiln_call_redisf (call, s_on_cancel_state, "HMGET %s app state", req_key.s);
+            s_cancel (call);
             break;
         default:
             kiln_call_error (call, 404, "not_found", "Not found");

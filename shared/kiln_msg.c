@@ -129,12 +129,15 @@ static const s_type_t s_types [] = {
         BIT (F_REQUEST_ID) | BIT (F_LOGS),
         BIT (F_REQUEST_ID) | BIT (F_LOGS) },
     [KILN_MSG_DISCONNECT] = { "DISCONNECT", 0, 0 },
+    [KILN_MSG_CANCEL] = { "CANCEL",
+        BIT (F_REQUEST_ID),
+        BIT (F_REQUEST_ID) },
 };
 
 static bool
 s_type_known (int type)
 {
-    return type >= KILN_MSG_WORKER_HELLO && type <= KILN_MSG_DISCONNECT;
+    return type >= KILN_MSG_WORKER_HELLO && type <= KILN_MSG_TYPE_LAST;
 }
 
 #define AT(self, offset, type) ((type *) ((char *) (self) + (offset)))
@@ -1078,7 +1081,9 @@ s_test_hostile (void)
     assert (strstr (s_test_raw ("\x02\x03\x80", 3), "version"));
     assert (strstr (s_test_raw ("\x00\x03\x80", 3), "version"));
     assert (strstr (s_test_raw ("\x01\x00\x80", 3), "unknown"));
-    assert (strstr (s_test_raw ("\x01\x0b\x80", 3), "unknown"));
+    assert (strstr (s_test_raw ("\x01\x0c\x80", 3), "unknown"));
+    //  CANCEL (the last type) needs its request id.
+    assert (strstr (s_test_raw ("\x01\x0b\x80", 3), "request_id"));
     assert (strstr (s_test_raw ("\x01\xff\x80", 3), "unknown"));
     assert (kiln_msg_decode (NULL, 0, NULL) == NULL);       //  reason optional
 
@@ -1402,6 +1407,17 @@ s_test_transport (bool verbose)
     kiln_msg_destroy (&got);
     kiln_msg_destroy (&copy);
 
+    //  A CANCEL carries only its request id.
+    m = kiln_msg_new (KILN_MSG_CANCEL);
+    m->request_id = strdup ("0f8fad5b-d9cb-469f-a165-70867728950e");
+    m->path = strdup ("/not/sent");
+    assert (kiln_msg_send (&m, router, "worker-1") == 0);
+    got = kiln_msg_recv (dealer, NULL);
+    assert (got && got->type == KILN_MSG_CANCEL);
+    assert (streq (got->request_id, "0f8fad5b-d9cb-469f-a165-70867728950e"));
+    assert (got->path == NULL);
+    kiln_msg_destroy (&got);
+
     //  To a peer that is not there: -1, and the message is still freed.
     m = kiln_msg_new (KILN_MSG_HEARTBEAT);
     assert (kiln_msg_send (&m, router, "nobody") == -1);
@@ -1497,7 +1513,7 @@ kiln_msg_test (bool verbose)
         printf (" * kiln_msg: ");
 
     //  Every type round-trips with every field filled; names are right.
-    for (int type = KILN_MSG_WORKER_HELLO; type <= KILN_MSG_DISCONNECT; type++) {
+    for (int type = KILN_MSG_WORKER_HELLO; type <= KILN_MSG_TYPE_LAST; type++) {
         kiln_msg_t *m = s_test_full (type);
         size_t size = 0;
         uint8_t *data = kiln_msg_encode (m, &size);
@@ -1530,6 +1546,8 @@ kiln_msg_test (bool verbose)
         assert (strcmp (kiln_msg_type_name (type), s_types [type].name) == 0);
     }
     assert (strcmp (kiln_msg_type_name (KILN_MSG_REQUEST), "REQUEST") == 0);
+    assert (strcmp (kiln_msg_type_name (KILN_MSG_CANCEL), "CANCEL") == 0);
+    assert (KILN_MSG_CANCEL == 11);                 //  on the wire: never renumber
     assert (strcmp (kiln_msg_type_name (0), "UNKNOWN") == 0);
     assert (strcmp (kiln_msg_type_name (99), "UNKNOWN") == 0);
 

@@ -31,6 +31,7 @@
     |                |                  | file_name, data}]                                   |
     | LOG            | runner → broker  | request_id*, logs* [{level, message, source, timestamp}] |
     | DISCONNECT     | any ↔ broker     | (none): the sender is going away                    |
+    | CANCEL         | broker → runner  | request_id*: its client cancelled it while it runs  |
 
     A decoded message is checked: version, known type, every field of the
     right msgpack type, every required field present, sizes within
@@ -64,7 +65,11 @@ typedef enum {
     KILN_MSG_RESULT        = 8,
     KILN_MSG_LOG           = 9,
     KILN_MSG_DISCONNECT    = 10,
+    KILN_MSG_CANCEL        = 11,
 } kiln_msg_type_t;
+
+//  The highest type this codec knows.
+#define KILN_MSG_TYPE_LAST KILN_MSG_CANCEL
 
 typedef struct {
     char *machine_type;             //  "CPU", "GPU-H100", ...

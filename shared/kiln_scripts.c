@@ -180,6 +180,9 @@ const char *KILN_SCRIPT_WEBHOOK_DONE =
     "redis.call('HINCRBY', KEYS[1], 'webhook_attempts', 1)\n"
     "redis.call('HSET', KEYS[1], 'webhook_state', ARGV[2], 'webhook_last_error', ARGV[5])\n"
     "redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))\n"
+    //  The logs go with the record, not before it (a long delivery can
+    //  outlast the retention they got at completion).
+    "redis.call('EXPIRE', KEYS[1] .. ':logs', tonumber(ARGV[4]))\n"
     "return 1\n";
 
 const char *KILN_SCRIPT_LOG =
@@ -322,35 +325,119 @@ s_str_is (redisContext *ctx, const char *expect, const char *format, const char 
 
 #define HGET_IS(key, field, expect) CHECK (s_str_is (ctx, expect, "HGET %s %s", key, field))
 
+//  SUBMIT as the gateway runs it. deadline NULL: the short form (ARGV
+//  up to now_ms), as a gateway from before start deadlines sends it.
 static long long
-s_submit (redisContext *ctx, const char *app, const char *id, const char *priority,
-          const char *reply_to, const char *body, size_t body_size)
+s_submit_full (redisContext *ctx, const char *app, const char *id, const char *priority,
+               const char *reply_to, const char *webhook, const char *deadline,
+               const char *no_retry, const char *body, size_t body_size)
 {
     kiln_key_t app_key = kiln_key_app (app);
     kiln_key_t req_key = kiln_key_request (id);
     kiln_key_t queue_key = kiln_key_queue (app);
     const char *keys [] = { app_key.s, req_key.s, queue_key.s, KILN_KEY_SEQ };
     const char *args [] = { id, app, "/sub", "application/json", body, priority,
-                            reply_to, "", "1700000000000" };
-    size_t lens [9];
-    for (int i = 0; i < 9; i++)
+                            reply_to, webhook, "1700000000000",
+                            deadline? deadline: "0", no_retry? no_retry: "0" };
+    int nargs = deadline? 11: 9;
+    size_t lens [11];
+    for (int i = 0; i < nargs; i++)
         lens [i] = strlen (args [i]);
     lens [4] = body_size;
-    redisReply *reply = s_eval (ctx, KILN_SCRIPT_SUBMIT, 4, keys, 9, args, lens);
+    redisReply *reply = s_eval (ctx, KILN_SCRIPT_SUBMIT, 4, keys, nargs, args, lens);
     CHECK (reply->type == REDIS_REPLY_INTEGER);
     long long n = reply->integer;
     freeReplyObject (reply);
     return n;
 }
 
-//  Runs TAKE; returns the reply (caller frees), nil or {id, path, ct, body}.
+static long long
+s_submit (redisContext *ctx, const char *app, const char *id, const char *priority,
+          const char *reply_to, const char *body, size_t body_size)
+{
+    return s_submit_full (ctx, app, id, priority, reply_to, "", NULL, NULL, body, body_size);
+}
+
+//  Runs TAKE at now_ms; returns the reply (caller frees), nil or
+//  {id, path, ct, body}.
 static redisReply *
-s_take (redisContext *ctx, const char *app, const char *runner, const char *lease)
+s_take_at (redisContext *ctx, const char *app, const char *runner, const char *now_ms,
+           const char *lease, const char *retention)
 {
     kiln_key_t queue_key = kiln_key_queue (app);
     const char *keys [] = { queue_key.s, KILN_KEY_INFLIGHT };
-    const char *args [] = { runner, "1700000001000", lease };
-    return s_eval (ctx, KILN_SCRIPT_TAKE, 2, keys, 3, args, NULL);
+    const char *args [] = { runner, now_ms, lease, retention };
+    return s_eval (ctx, KILN_SCRIPT_TAKE, 2, keys, 4, args, NULL);
+}
+
+static redisReply *
+s_take (redisContext *ctx, const char *app, const char *runner, const char *lease)
+{
+    return s_take_at (ctx, app, runner, "1700000001000", lease, "600");
+}
+
+//  TAKE that must give this id.
+static void
+s_take_expect (redisContext *ctx, const char *app, const char *now_ms, const char *id)
+{
+    redisReply *reply = s_take_at (ctx, app, "runner-9", now_ms, "1800000000000", "700");
+    CHECK (reply->type == REDIS_REPLY_ARRAY && reply->elements == 4);
+    CHECK (strcmp (reply->element [0]->str, id) == 0);
+    freeReplyObject (reply);
+}
+
+//  CANCEL; returns its answer (static strings compared by the caller).
+static bool
+s_cancel_is (redisContext *ctx, const char *app, const char *id, const char *expect)
+{
+    kiln_key_t req_key = kiln_key_request (id);
+    const char *keys [] = { req_key.s };
+    const char *args [] = { id, app, "1700000003000", "600" };
+    redisReply *reply = s_eval (ctx, KILN_SCRIPT_CANCEL, 1, keys, 4, args, NULL);
+    CHECK (reply->type == REDIS_REPLY_STRING);
+    bool same = strcmp (reply->str, expect) == 0;
+    if (!same)
+        fprintf (stderr, "kiln_scripts_test: CANCEL %s gave %s, expected %s\n", id, reply->str, expect);
+    freeReplyObject (reply);
+    return same;
+}
+
+static long long
+s_expire (redisContext *ctx, const char *now_ms, const char *limit)
+{
+    const char *keys [] = { KILN_KEY_DEADLINES };
+    const char *args [] = { now_ms, "600", limit };
+    redisReply *reply = s_eval (ctx, KILN_SCRIPT_EXPIRE, 1, keys, 3, args, NULL);
+    CHECK (reply->type == REDIS_REPLY_INTEGER);
+    long long n = reply->integer;
+    freeReplyObject (reply);
+    return n;
+}
+
+//  WEBHOOK_CLAIM; returns the flat array (caller frees).
+static redisReply *
+s_claim (redisContext *ctx, const char *now_ms, const char *lease_ms, const char *limit)
+{
+    const char *keys [] = { KILN_KEY_WEBHOOKS };
+    const char *args [] = { now_ms, lease_ms, limit };
+    redisReply *reply = s_eval (ctx, KILN_SCRIPT_WEBHOOK_CLAIM, 1, keys, 3, args, NULL);
+    CHECK (reply->type == REDIS_REPLY_ARRAY);
+    CHECK (reply->elements % KILN_WEBHOOK_CLAIM_FIELDS == 0);
+    return reply;
+}
+
+static long long
+s_webhook_done (redisContext *ctx, const char *id, const char *outcome, const char *next_ms,
+                const char *retention, const char *last_error)
+{
+    kiln_key_t req_key = kiln_key_request (id);
+    const char *keys [] = { req_key.s, KILN_KEY_WEBHOOKS };
+    const char *args [] = { id, outcome, next_ms, retention, last_error };
+    redisReply *reply = s_eval (ctx, KILN_SCRIPT_WEBHOOK_DONE, 2, keys, 5, args, NULL);
+    CHECK (reply->type == REDIS_REPLY_INTEGER);
+    long long n = reply->integer;
+    freeReplyObject (reply);
+    return n;
 }
 
 static long long
@@ -413,6 +500,283 @@ s_expect_message (redisContext *sub, const char *channel, const char *payload)
     return false;
 }
 
+//  Start deadlines: SUBMIT records them, TAKE ends a request past its
+//  deadline instead of running it, EXPIRE ends the queued ones.
+static void
+s_test_deadlines (redisContext *ctx, redisContext *sub, const char *app)
+{
+    const char *e = "00000000-0000-4000-8000-0000000000e0";
+    const char *f = "00000000-0000-4000-8000-0000000000e1";
+    const char *g = "00000000-0000-4000-8000-0000000000e2";
+    const char *h = "00000000-0000-4000-8000-0000000000e3";
+    const char *i = "00000000-0000-4000-8000-0000000000e4";
+    const char *j = "00000000-0000-4000-8000-0000000000e5";
+    kiln_key_t queue = kiln_key_queue (app);
+    kiln_key_t req_e = kiln_key_request (e);
+
+    //  SUBMIT: a deadline goes into kiln:deadlines; no_retry is kept.
+    CHECK (s_int (ctx, "ZCARD %s", queue.s) == 0);
+    CHECK (s_submit_full (ctx, app, e, "normal", "kiln:done:gw1", "", "1700000005000", "1", "{}", 2) == 0);
+    CHECK (s_submit_full (ctx, app, f, "normal", "", "", "0", "0", "{}", 2) == 1);
+    HGET_IS (req_e.s, "start_deadline_ms", "1700000005000");
+    HGET_IS (req_e.s, "no_retry", "1");
+    HGET_IS (kiln_key_request (f).s, "start_deadline_ms", "0");
+    CHECK (s_str_is (ctx, "1700000005000", "ZSCORE %s %s", KILN_KEY_DEADLINES, e));
+    CHECK (s_str_is (ctx, NULL, "ZSCORE %s %s", KILN_KEY_DEADLINES, f));
+
+    //  TAKE past e's deadline: e completes 504 request_timeout (its
+    //  waiting gateway hears it) and f, next in line, is taken instead.
+    s_take_expect (ctx, app, "1700000006000", f);
+    HGET_IS (req_e.s, "state", "COMPLETED");
+    HGET_IS (req_e.s, "status", "504");
+    HGET_IS (req_e.s, "error_type", "request_timeout");
+    HGET_IS (req_e.s, "result_content_type", "application/json");
+    HGET_IS (req_e.s, "completed_ms", "1700000006000");
+    HGET_IS (req_e.s, "attempts", "0");               //  never ran
+    char *result = s_str (ctx, "HGET %s %s", req_e.s, "result_body");
+    CHECK (result && strstr (result, "\"error_type\":\"request_timeout\"")
+                  && strstr (result, "\"detail\":"));
+    free (result);
+    CHECK (s_str_is (ctx, NULL, "ZSCORE %s %s", KILN_KEY_DEADLINES, e));
+    CHECK (s_str_is (ctx, NULL, "ZSCORE %s %s", KILN_KEY_INFLIGHT, e));
+    long long ttl = s_int (ctx, "TTL %s", req_e.s);
+    CHECK (ttl > 600 && ttl <= 700);                  //  TAKE's retention_s
+    CHECK (s_expect_message (sub, "kiln:done:gw1", e));
+    HGET_IS (kiln_key_request (f).s, "state", "IN_PROGRESS");
+
+    //  TAKE before the deadline: it runs, and leaves kiln:deadlines.
+    CHECK (s_submit_full (ctx, app, g, "normal", "", "", "1700000009000", "0", "{}", 2) == 0);
+    s_take_expect (ctx, app, "1700000006000", g);
+    CHECK (s_str_is (ctx, NULL, "ZSCORE %s %s", KILN_KEY_DEADLINES, g));
+    HGET_IS (kiln_key_request (g).s, "state", "IN_PROGRESS");
+
+    //  TAKE with only expired requests queued: nil, and they are ended.
+    CHECK (s_submit_full (ctx, app, h, "normal", "", "", "1700000007000", "0", "{}", 2) == 0);
+    redisReply *reply = s_take_at (ctx, app, "runner-9", "1700000008000", "1", "600");
+    CHECK (reply->type == REDIS_REPLY_NIL);
+    freeReplyObject (reply);
+    HGET_IS (kiln_key_request (h).s, "status", "504");
+
+    //  EXPIRE: ends queued requests past their deadline, in deadline
+    //  order and up to its limit; an id no longer queued just leaves.
+    CHECK (s_submit_full (ctx, app, i, "normal", "", "", "1700000010000", "0", "{}", 2) == 0);
+    CHECK (s_submit_full (ctx, app, j, "low", "", "", "1700000011000", "0", "{}", 2) == 1);
+    const char *later = "00000000-0000-4000-8000-0000000000e6";
+    CHECK (s_submit_full (ctx, app, later, "normal", "", "", "1700000020000", "0", "{}", 2) == 1);
+    CHECK (s_int (ctx, "ZADD %s 1 %s", KILN_KEY_DEADLINES, g) == 1);    //  running: not ended
+    CHECK (s_expire (ctx, "1700000000000", "10") == 0);                 //  g only, left alone
+    CHECK (s_str_is (ctx, NULL, "ZSCORE %s %s", KILN_KEY_DEADLINES, g));
+    HGET_IS (kiln_key_request (g).s, "state", "IN_PROGRESS");
+    CHECK (s_expire (ctx, "1700000012000", "1") == 1);                  //  the limit
+    HGET_IS (kiln_key_request (i).s, "state", "COMPLETED");
+    HGET_IS (kiln_key_request (j).s, "state", "IN_QUEUE");
+    CHECK (s_expire (ctx, "1700000012000", "10") == 1);
+    kiln_key_t req_j = kiln_key_request (j);
+    HGET_IS (req_j.s, "state", "COMPLETED");
+    HGET_IS (req_j.s, "status", "504");
+    HGET_IS (req_j.s, "error_type", "request_timeout");
+    HGET_IS (req_j.s, "completed_ms", "1700000012000");
+    ttl = s_int (ctx, "TTL %s", req_j.s);
+    CHECK (ttl > 0 && ttl <= 600);
+    CHECK (s_expire (ctx, "1700000012000", "10") == 0);                 //  nothing left due
+    CHECK (s_int (ctx, "ZCARD %s", KILN_KEY_DEADLINES) == 1);          //  later
+    CHECK (s_int (ctx, "ZCARD %s", queue.s) == 1);
+    CHECK (s_int (ctx, "ZRANK %s %s", queue.s, later) == 0);
+
+    //  Clean up for the next test: later runs, the runners finish.
+    s_take_expect (ctx, app, "1700000013000", later);
+    CHECK (s_complete (ctx, app, later, "200", "", 0, 0, NULL) == 1);
+    CHECK (s_complete (ctx, app, f, "200", "", 0, 0, NULL) == 1);
+    CHECK (s_complete (ctx, app, g, "200", "", 0, 0, NULL) == 1);
+    CHECK (s_int (ctx, "EXISTS %s %s %s", queue.s, KILN_KEY_INFLIGHT, KILN_KEY_DEADLINES) == 0);
+}
+
+//  CANCEL in each state of a request.
+static void
+s_test_cancel (redisContext *ctx, redisContext *sub, const char *app)
+{
+    const char *queued = "00000000-0000-4000-8000-0000000000c0";
+    const char *running = "00000000-0000-4000-8000-0000000000c1";
+    kiln_key_t queue = kiln_key_queue (app);
+    kiln_key_t req_q = kiln_key_request (queued);
+    kiln_key_t req_r = kiln_key_request (running);
+
+    CHECK (s_submit_full (ctx, app, running, "normal", "", "", "0", "0", "{}", 2) == 0);
+    s_take_expect (ctx, app, "1700000001000", running);
+    CHECK (s_submit_full (ctx, app, queued, "normal", "kiln:done:gw1", "", "1700000009000", "0", "{}", 2) == 0);
+
+    //  Unknown, or named under another app: not found, nothing written.
+    CHECK (s_cancel_is (ctx, app, "00000000-0000-4000-8000-000000000999", "NOT_FOUND"));
+    CHECK (s_int (ctx, "EXISTS %s", kiln_key_request ("00000000-0000-4000-8000-000000000999").s) == 0);
+    CHECK (s_cancel_is (ctx, "local/other", queued, "NOT_FOUND"));
+    HGET_IS (req_q.s, "state", "IN_QUEUE");
+    CHECK (s_cancel_is (ctx, "local/other", running, "NOT_FOUND"));
+    HGET_IS (req_r.s, "cancel_requested", NULL);
+
+    //  Queued: ended at once with 499 client_cancelled, out of the queue
+    //  and kiln:deadlines, its waiting gateway told.
+    CHECK (s_cancel_is (ctx, app, queued, "CANCELLED"));
+    HGET_IS (req_q.s, "state", "COMPLETED");
+    HGET_IS (req_q.s, "status", "499");
+    HGET_IS (req_q.s, "error_type", "client_cancelled");
+    HGET_IS (req_q.s, "result_content_type", "application/json");
+    HGET_IS (req_q.s, "completed_ms", "1700000003000");
+    char *result = s_str (ctx, "HGET %s %s", req_q.s, "result_body");
+    CHECK (result && strstr (result, "\"error_type\":\"client_cancelled\""));
+    free (result);
+    CHECK (s_int (ctx, "ZCARD %s", queue.s) == 0);
+    CHECK (s_str_is (ctx, NULL, "ZSCORE %s %s", KILN_KEY_DEADLINES, queued));
+    long long ttl = s_int (ctx, "TTL %s", req_q.s);
+    CHECK (ttl > 0 && ttl <= 600);
+    CHECK (s_expect_message (sub, "kiln:done:gw1", queued));
+
+    //  Running: flagged and announced on kiln:cancel; it keeps running
+    //  (its runner ends it), and asking again is harmless.
+    CHECK (s_cancel_is (ctx, app, running, "CANCELLATION_REQUESTED"));
+    HGET_IS (req_r.s, "state", "IN_PROGRESS");
+    HGET_IS (req_r.s, "cancel_requested", "1");
+    CHECK (s_expect_message (sub, KILN_CHANNEL_CANCEL, running));
+    CHECK (s_str_is (ctx, "1800000000000", "ZSCORE %s %s", KILN_KEY_INFLIGHT, running));
+    CHECK (s_cancel_is (ctx, app, running, "CANCELLATION_REQUESTED"));
+    CHECK (s_expect_message (sub, KILN_CHANNEL_CANCEL, running));
+
+    //  Completed, by its runner or by the cancel: already completed.
+    CHECK (s_complete (ctx, app, running, "200", "", 0, 0, NULL) == 1);
+    CHECK (s_cancel_is (ctx, app, running, "ALREADY_COMPLETED"));
+    CHECK (s_cancel_is (ctx, app, queued, "ALREADY_COMPLETED"));
+    HGET_IS (req_q.s, "status", "499");
+}
+
+//  The webhook outbox: a completion enters it and keeps the record; CLAIM
+//  leases due deliveries; DONE retries or ends them.
+static void
+s_test_webhooks (redisContext *ctx, const char *app)
+{
+    const char *w = "00000000-0000-4000-8000-0000000000b0";
+    const char *w2 = "00000000-0000-4000-8000-0000000000b1";
+    const char *plain = "00000000-0000-4000-8000-0000000000b2";
+    const char *url = "http://127.0.0.1:9/hook?x=1";
+    kiln_key_t req_w = kiln_key_request (w);
+    kiln_key_t req_w2 = kiln_key_request (w2);
+    kiln_key_t logs_w = kiln_key_logs (w);
+
+    CHECK (s_submit_full (ctx, app, w, "normal", "", url, "0", "0", "{}", 2) == 0);
+    CHECK (s_submit_full (ctx, app, w2, "normal", "", url, "0", "0", "{}", 2) == 1);
+    CHECK (s_submit_full (ctx, app, plain, "normal", "", "", "0", "0", "{}", 2) == 2);
+    HGET_IS (req_w.s, "webhook", url);
+
+    //  A run to completion (COMPLETE at 1700000002000): into the outbox,
+    //  due at once; the record stays without a TTL, the logs get one.
+    s_take_expect (ctx, app, "1700000001000", w);
+    const char *lines [] = { "{\"message\":\"hi\"}" };
+    CHECK (s_log (ctx, w, 1, lines) == 1);
+    const char result [] = "{\"out\":1}";
+    CHECK (s_complete (ctx, app, w, "200", result, strlen (result), 0, NULL) == 1);
+    HGET_IS (req_w.s, "state", "COMPLETED");
+    HGET_IS (req_w.s, "webhook_state", "pending");
+    HGET_IS (req_w.s, "webhook_attempts", "0");
+    CHECK (s_str_is (ctx, "1700000002000", "ZSCORE %s %s", KILN_KEY_WEBHOOKS, w));
+    CHECK (s_int (ctx, "TTL %s", req_w.s) == -1);
+    long long ttl = s_int (ctx, "TTL %s", logs_w.s);
+    CHECK (ttl > 0 && ttl <= 600);
+
+    //  A cancel while queued (at 1700000003000) is a completion too.
+    CHECK (s_cancel_is (ctx, app, w2, "CANCELLED"));
+    CHECK (s_str_is (ctx, "1700000003000", "ZSCORE %s %s", KILN_KEY_WEBHOOKS, w2));
+    CHECK (s_int (ctx, "TTL %s", req_w2.s) == -1);
+    HGET_IS (req_w2.s, "webhook_state", "pending");
+
+    //  Without a webhook: not in the outbox, expires as usual.
+    s_take_expect (ctx, app, "1700000001000", plain);
+    CHECK (s_complete (ctx, app, plain, "200", "", 0, 0, NULL) == 1);
+    CHECK (s_str_is (ctx, NULL, "ZSCORE %s %s", KILN_KEY_WEBHOOKS, plain));
+    CHECK (s_int (ctx, "TTL %s", kiln_key_request (plain).s) > 0);
+    HGET_IS (kiln_key_request (plain).s, "webhook_state", NULL);
+
+    //  CLAIM drops ids whose record is gone or has no webhook, and gives
+    //  nothing before it is due.
+    CHECK (s_int (ctx, "ZADD %s 0 ghost 0 %s", KILN_KEY_WEBHOOKS, plain) == 2);
+    redisReply *reply = s_claim (ctx, "1700000001999", "1000", "10");
+    CHECK (reply->elements == 0);
+    freeReplyObject (reply);
+    CHECK (s_int (ctx, "ZCARD %s", KILN_KEY_WEBHOOKS) == 2);
+
+    //  Due: the oldest first, up to the limit, with what a delivery
+    //  needs; each claimed id is leased (re-scored to now + lease).
+    reply = s_claim (ctx, "1700000003000", "1000", "1");
+    CHECK (reply->elements == KILN_WEBHOOK_CLAIM_FIELDS);
+    const char *expect [KILN_WEBHOOK_CLAIM_FIELDS] = {
+        w, url, "0", "200", "image/png", result, "", ""
+    };
+    for (int k = 0; k < KILN_WEBHOOK_CLAIM_FIELDS; k++) {
+        CHECK (reply->element [k]->type == REDIS_REPLY_STRING);
+        CHECK (strcmp (reply->element [k]->str, expect [k]) == 0);
+    }
+    freeReplyObject (reply);
+    CHECK (s_str_is (ctx, "1700000004000", "ZSCORE %s %s", KILN_KEY_WEBHOOKS, w));
+    //  A second deliverer at the same moment gets only the other one.
+    reply = s_claim (ctx, "1700000003000", "1000", "10");
+    CHECK (reply->elements == KILN_WEBHOOK_CLAIM_FIELDS);
+    CHECK (strcmp (reply->element [0]->str, w2) == 0);
+    CHECK (strcmp (reply->element [3]->str, "499") == 0);
+    CHECK (strcmp (reply->element [7]->str, "client_cancelled") == 0);
+    CHECK (strlen (reply->element [6]->str) > 0);    //  the error text
+    freeReplyObject (reply);
+    reply = s_claim (ctx, "1700000003999", "1000", "10");
+    CHECK (reply->elements == 0);
+    freeReplyObject (reply);
+    //  A lease that runs out (the deliverer died) hands it on.
+    reply = s_claim (ctx, "1700000004000", "1000", "10");
+    CHECK (reply->elements == 2 * KILN_WEBHOOK_CLAIM_FIELDS);
+    freeReplyObject (reply);
+
+    //  DONE retry: one attempt more, due again at next_ms, still kept.
+    CHECK (s_webhook_done (ctx, w, "retry", "1700000010000", "900", "HTTP 500") == 1);
+    HGET_IS (req_w.s, "webhook_attempts", "1");
+    HGET_IS (req_w.s, "webhook_last_error", "HTTP 500");
+    HGET_IS (req_w.s, "webhook_state", "pending");
+    CHECK (s_str_is (ctx, "1700000010000", "ZSCORE %s %s", KILN_KEY_WEBHOOKS, w));
+    CHECK (s_int (ctx, "TTL %s", req_w.s) == -1);
+    reply = s_claim (ctx, "1700000009999", "1000", "10");
+    CHECK (reply->elements == KILN_WEBHOOK_CLAIM_FIELDS);  //  w2, its lease out again
+    CHECK (strcmp (reply->element [0]->str, w2) == 0);
+    freeReplyObject (reply);
+    reply = s_claim (ctx, "1700000010000", "1000", "10");
+    CHECK (reply->elements == KILN_WEBHOOK_CLAIM_FIELDS);
+    CHECK (strcmp (reply->element [0]->str, w) == 0);
+    CHECK (strcmp (reply->element [2]->str, "1") == 0);   //  attempts so far
+    freeReplyObject (reply);
+
+    //  DONE delivered: out of the outbox; record and logs expire after
+    //  the retention from now.
+    CHECK (s_webhook_done (ctx, w, "delivered", "0", "900", "") == 1);
+    HGET_IS (req_w.s, "webhook_state", "delivered");
+    HGET_IS (req_w.s, "webhook_attempts", "2");
+    HGET_IS (req_w.s, "webhook_last_error", "");
+    CHECK (s_str_is (ctx, NULL, "ZSCORE %s %s", KILN_KEY_WEBHOOKS, w));
+    ttl = s_int (ctx, "TTL %s", req_w.s);
+    CHECK (ttl > 600 && ttl <= 900);
+    ttl = s_int (ctx, "TTL %s", logs_w.s);
+    CHECK (ttl > 600 && ttl <= 900);
+
+    //  DONE failed: the same, marked failed.
+    CHECK (s_webhook_done (ctx, w2, "failed", "0", "900", "connection refused") == 1);
+    HGET_IS (req_w2.s, "webhook_state", "failed");
+    HGET_IS (req_w2.s, "webhook_last_error", "connection refused");
+    ttl = s_int (ctx, "TTL %s", req_w2.s);
+    CHECK (ttl > 600 && ttl <= 900);
+    CHECK (s_int (ctx, "ZCARD %s", KILN_KEY_WEBHOOKS) == 0);
+    reply = s_claim (ctx, "1800000000000", "1000", "10");
+    CHECK (reply->elements == 0);
+    freeReplyObject (reply);
+
+    //  DONE for a record that is gone: 0, and it leaves the outbox.
+    CHECK (s_int (ctx, "ZADD %s 5 ghost", KILN_KEY_WEBHOOKS) == 1);
+    CHECK (s_webhook_done (ctx, "ghost", "retry", "1700000020000", "900", "x") == 0);
+    CHECK (s_int (ctx, "ZCARD %s", KILN_KEY_WEBHOOKS) == 0);
+    CHECK (s_int (ctx, "EXISTS %s", kiln_key_request ("ghost").s) == 0);
+}
+
 void
 kiln_scripts_test (bool verbose)
 {
@@ -439,12 +803,15 @@ kiln_scripts_test (bool verbose)
     CHECK (ctx);
     redisContext *sub = kiln_redis_connect (url, 5000);
     CHECK (sub);
-    redisReply *reply = redisCommand (sub, "SUBSCRIBE %s kiln:done:gw1", KILN_CHANNEL_WAKE);
+    redisReply *reply = redisCommand (sub, "SUBSCRIBE %s kiln:done:gw1 %s",
+                                      KILN_CHANNEL_WAKE, KILN_CHANNEL_CANCEL);
     CHECK (reply);
     freeReplyObject (reply);
-    reply = NULL;
-    CHECK (redisGetReply (sub, (void **) &reply) == REDIS_OK && reply);   //  second confirmation
-    freeReplyObject (reply);
+    for (int i = 0; i < 2; i++) {           //  the other confirmations
+        reply = NULL;
+        CHECK (redisGetReply (sub, (void **) &reply) == REDIS_OK && reply);
+        freeReplyObject (reply);
+    }
 
     const char *app = "local/echo";
     const char *a = "00000000-0000-4000-8000-00000000000a";
@@ -481,6 +848,10 @@ kiln_scripts_test (bool verbose)
     HGET_IS (req_a.s, "priority", "normal");
     HGET_IS (req_a.s, "reply_to", "kiln:done:gw1");
     HGET_IS (req_a.s, "attempts", "0");
+    HGET_IS (req_a.s, "webhook", "");
+    HGET_IS (req_a.s, "start_deadline_ms", "0");    //  the short form: none
+    HGET_IS (req_a.s, "no_retry", "0");
+    CHECK (s_int (ctx, "EXISTS %s", KILN_KEY_DEADLINES) == 0);
     HGET_IS (kiln_key_request (low).s, "priority", "low");
     reply = redisCommand (ctx, "HGET %s body", req_a.s);
     CHECK (reply && reply->type == REDIS_REPLY_STRING && reply->len == sizeof body);
@@ -588,6 +959,10 @@ kiln_scripts_test (bool verbose)
     CHECK (s_complete (ctx, app, c, "200", "", 0, 0, NULL) == 1);
     CHECK (s_complete (ctx, app, d, "200", "", 0, 0, NULL) == 1);
     CHECK (s_int (ctx, "ZCARD %s", KILN_KEY_INFLIGHT) == 0);
+
+    s_test_deadlines (ctx, sub, app);
+    s_test_cancel (ctx, sub, app);
+    s_test_webhooks (ctx, app);
 
     redisFree (sub);
     redisFree (ctx);

@@ -73,7 +73,8 @@
             last_error
       →     1, or 0 when the record is gone. retry: attempts + 1, due
             again at next_ms. delivered / failed: leaves the outbox,
-            webhook_state set, the record expires after retention_s.
+            webhook_state set, the record and its logs expire after
+            retention_s.
 
     KILN_SCRIPT_LOG — append log lines to a request
       KEYS  req, logs

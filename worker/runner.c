@@ -23,6 +23,9 @@
     | LOG          | →   | at once, for each kiln_request_log() line                 |
     | RESULT       | →   | when a handler returns (404 for an unknown path, 500 for  |
     |              |     | a handler that returned -1)                               |
+    | CANCEL       | ←   | its client cancelled a request we hold: marked, so that   |
+    |              |     | kiln_request_cancelled() says so to its handler (now, or  |
+    |              |     | when it starts); one we do not hold is ignored            |
     | HEARTBEAT    | ←   | any message from the broker proves it alive               |
     | DISCONNECT   | ←   | the broker lost us (it restarted): say hello again        |
     | DISCONNECT   | →   | on SIGTERM, after the busy handlers finished and          |
@@ -84,6 +87,7 @@ typedef struct {
 typedef struct {
     zactor_t *actor;
     bool busy;
+    char *request_id;               //  what it runs, while busy
 } s_executor_t;
 
 typedef struct {
@@ -306,12 +310,18 @@ s_dispatch (s_runner_t *self)
         if (executor->busy)
             continue;
         kiln_msg_t *request = (kiln_msg_t *) zlist_pop (self->pending);
-        if (zsock_send (zactor_sock (executor->actor), "sp", "REQUEST", request) == -1) {
+        //  Copied first: the request is the executor's once sent
+        char *request_id = strdup (request->request_id);
+        if (!request_id
+        ||  zsock_send (zactor_sock (executor->actor), "sp", "REQUEST", request) == -1) {
             kiln_log_error ("request %s: cannot reach an executor", request->request_id);
+            kiln_sdk_cancel_set (request->request_id, false);
             kiln_msg_destroy (&request);
+            free (request_id);
             continue;
         }
         executor->busy = true;
+        executor->request_id = request_id;
         self->busy_count++;
     }
 }
@@ -325,14 +335,38 @@ s_check_stop (s_runner_t *self)
         size_t dropped = zlist_size (self->pending);
         //  Not answered: the broker re-queues them when we are gone.
         kiln_msg_t *request;
-        while ((request = (kiln_msg_t *) zlist_pop (self->pending)))
+        while ((request = (kiln_msg_t *) zlist_pop (self->pending))) {
+            kiln_sdk_cancel_set (request->request_id, false);
             kiln_msg_destroy (&request);
+        }
         kiln_log_info ("stopping: %zu request(s) running, %zu queued dropped",
                        self->busy_count, dropped);
     }
     if (self->stopping && self->busy_count == 0)
         self->done = true;
     return self->done;
+}
+
+//  The broker says the client of a request cancelled it. Handlers see it
+//  through kiln_request_cancelled(); a request still waiting for an
+//  executor is marked too, so its handler sees it from the start.
+static void
+s_on_cancel (s_runner_t *self, const char *request_id)
+{
+    bool held = false;
+    for (size_t i = 0; i < self->executor_count && !held; i++)
+        held = self->executors [i].busy && self->executors [i].request_id
+            && streq (self->executors [i].request_id, request_id);
+    for (kiln_msg_t *request = (kiln_msg_t *) zlist_first (self->pending);
+         request && !held; request = (kiln_msg_t *) zlist_next (self->pending))
+        held = streq (request->request_id, request_id);
+    if (held) {
+        kiln_log_info ("request %s: cancelled by its client", request_id);
+        kiln_sdk_cancel_set (request_id, true);
+    }
+    else
+        //  Finished already (its RESULT crossed the CANCEL), or never ours
+        kiln_log_debug ("CANCEL for request %s, which we do not hold; ignored", request_id);
 }
 
 static int
@@ -355,6 +389,9 @@ s_on_broker (zloop_t *loop, zsock_t *sock, void *arg)
                     msg = NULL;
                 s_dispatch (self);
             }
+            break;
+        case KILN_MSG_CANCEL:
+            s_on_cancel (self, msg->request_id);
             break;
         case KILN_MSG_HEARTBEAT:
             break;
@@ -392,11 +429,16 @@ s_on_executor (zloop_t *loop, zsock_t *sock, void *arg)
     if (msg)
         s_send (self, &msg);
     if (result) {
-        for (size_t i = 0; i < self->executor_count; i++)
-            if (zactor_sock (self->executors [i].actor) == sock && self->executors [i].busy) {
-                self->executors [i].busy = false;
+        for (size_t i = 0; i < self->executor_count; i++) {
+            s_executor_t *executor = &self->executors [i];
+            if (zactor_sock (executor->actor) == sock && executor->busy) {
+                executor->busy = false;
                 self->busy_count--;
+                //  Its handler is done: a late CANCEL finds nothing to mark
+                kiln_sdk_cancel_set (executor->request_id, false);
+                zstr_free (&executor->request_id);
             }
+        }
         if (!self->stopping)
             s_dispatch (self);
         return s_check_stop (self)? -1: 0;
@@ -448,14 +490,19 @@ s_env (const char *name, const char *fallback)
 static void
 s_runner_free (s_runner_t *self)
 {
-    for (size_t i = 0; i < self->executor_count; i++)
+    for (size_t i = 0; i < self->executor_count; i++) {
         zactor_destroy (&self->executors [i].actor);
+        kiln_sdk_cancel_set (self->executors [i].request_id, false);
+        zstr_free (&self->executors [i].request_id);
+    }
     zloop_destroy (&self->loop);
     zsock_destroy (&self->broker);
     if (self->pending) {
         kiln_msg_t *request;
-        while ((request = (kiln_msg_t *) zlist_pop (self->pending)))
+        while ((request = (kiln_msg_t *) zlist_pop (self->pending))) {
+            kiln_sdk_cancel_set (request->request_id, false);
             kiln_msg_destroy (&request);
+        }
         zlist_destroy (&self->pending);
     }
     kiln_manifest_destroy (&self->manifest);

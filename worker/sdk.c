@@ -33,6 +33,13 @@
 static char s_setup_failure [STRING_MAX_BYTES + 1];
 static bool s_setup_failed = false;
 
+//  Ids of the requests whose client cancelled them while this runner
+//  holds them. The runner's main thread marks and clears them (CANCEL
+//  from the broker, then the RESULT); handlers on executor threads ask,
+//  any number at once. Few entries: at most what the runner holds.
+static pthread_mutex_t s_cancel_lock = PTHREAD_MUTEX_INITIALIZER;
+static zhashx_t *s_cancelled = NULL;
+
 //  A copy of s cut to at most max bytes, never inside a UTF-8 sequence,
 //  so the line stays valid text for the JSON it ends up in.
 static char *
@@ -261,13 +268,37 @@ kiln_request_body (const kiln_request_t *req, size_t *size)
     return req->body;
 }
 
+void
+kiln_sdk_cancel_set (const char *request_id, bool cancelled)
+{
+    if (!request_id)
+        return;
+    pthread_mutex_lock (&s_cancel_lock);
+    if (cancelled) {
+        if (!s_cancelled)
+            s_cancelled = zhashx_new ();
+        //  Out of memory: the handler just runs to its end
+        if (s_cancelled)
+            zhashx_insert (s_cancelled, request_id, (void *) "");
+    }
+    else
+    if (s_cancelled) {
+        zhashx_delete (s_cancelled, request_id);
+        if (zhashx_size (s_cancelled) == 0)
+            zhashx_destroy (&s_cancelled);
+    }
+    pthread_mutex_unlock (&s_cancel_lock);
+}
+
 bool
 kiln_request_cancelled (const kiln_request_t *req)
 {
-    //  The broker does not yet tell a runner that its request was
-    //  cancelled; a queued request is cancelled before it gets here.
-    (void) req;
-    return false;
+    if (!req || !req->id)
+        return false;
+    pthread_mutex_lock (&s_cancel_lock);
+    bool cancelled = s_cancelled && zhashx_lookup (s_cancelled, req->id) != NULL;
+    pthread_mutex_unlock (&s_cancel_lock);
+    return cancelled;
 }
 
 static const char *
@@ -532,7 +563,22 @@ kiln_sdk_test (bool verbose)
     size_t size = 0;
     const char *body = kiln_request_body (req, &size);
     assert (size == 7 && strcmp (body, "{\"a\":1}") == 0);
+
+    //  Cancelled once the runner marks it, until it clears the mark;
+    //  another request's mark is not ours.
     assert (!kiln_request_cancelled (req));
+    assert (!kiln_request_cancelled (NULL));
+    kiln_sdk_cancel_set ("0b9d6c1e-0000-4000-8000-000000000002", true);
+    assert (!kiln_request_cancelled (req));
+    kiln_sdk_cancel_set (msg->request_id, true);
+    kiln_sdk_cancel_set (msg->request_id, true);        //  twice: harmless
+    assert (kiln_request_cancelled (req));
+    kiln_sdk_cancel_set (msg->request_id, false);
+    assert (!kiln_request_cancelled (req));
+    kiln_sdk_cancel_set ("0b9d6c1e-0000-4000-8000-000000000002", false);
+    kiln_sdk_cancel_set ("never-marked", false);
+    kiln_sdk_cancel_set (NULL, true);
+    assert (!s_cancelled);                              //  freed when empty
 
     kiln_request_log (req, KILN_LOG_WARN, "step %d of %d", 1, 2);
     kiln_request_log (req, "bogus", "x");

@@ -80,6 +80,11 @@ char *kiln_sdk_error_json (const char *error_type, const char *detail);
 const char *kiln_sdk_setup_failure (void);
 void kiln_sdk_setup_reset (void);
 
+//  Marks a request cancelled for kiln_request_cancelled(), or clears the
+//  mark. Thread-safe: the runner's main thread sets it while a handler
+//  thread reads it.
+void kiln_sdk_cancel_set (const char *request_id, bool cancelled);
+
 void kiln_sdk_test (bool verbose);
 
 #endif
