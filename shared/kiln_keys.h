@@ -18,6 +18,9 @@
     | kiln:req:{id}             | hash   | the request record (fields below)        |
     | kiln:req:{id}:logs        | list   | log lines, JSON {message, level, source, timestamp} |
     | kiln:file:{id}            | hash   | content_type, file_name, data, request_id |
+    | kiln:stats:{app}          | hash   | completions by status, latency histogram (kiln_scripts.h) |
+    | kiln:runners              | hash   | runner id → JSON, the broker's view, rewritten every second |
+    | kiln:workers              | hash   | worker id → JSON, the broker's view, rewritten every second |
 
     Request record fields: id, app, path, content_type, body, priority
     (normal|low), reply_to (the waiting gateway's channel, or ""), webhook,
@@ -41,6 +44,9 @@
 #define KILN_KEY_APPS       "kiln:apps"
 #define KILN_KEY_SEQ        "kiln:seq"
 #define KILN_KEY_INFLIGHT   "kiln:inflight"
+#define KILN_KEY_RUNNERS    "kiln:runners"
+#define KILN_KEY_WORKERS    "kiln:workers"
+#define KILN_KEY_STATS_PREFIX "kiln:stats:"
 #define KILN_KEY_DEADLINES  "kiln:deadlines"
 #define KILN_KEY_WEBHOOKS   "kiln:webhooks"
 #define KILN_CHANNEL_CANCEL "kiln:cancel"

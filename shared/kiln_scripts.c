@@ -26,8 +26,16 @@
 //  delivery ends (the deliverer sets the expiry then).
 #define S_LUA_COMPLETE \
     "local function complete(req, id, status, ctype, body, err, etype, now, retention, inference)\n" \
-    "  local f = redis.call('HMGET', req, 'state', 'app', 'reply_to', 'webhook')\n" \
+    "  local f = redis.call('HMGET', req, 'state', 'app', 'reply_to', 'webhook', 'created_ms')\n" \
     "  if not f[1] or f[1] == 'COMPLETED' then return 0 end\n" \
+    "  local stats = 'kiln:stats:' .. f[2]\n" \
+    "  local latency = math.max(0, tonumber(now) - (tonumber(f[5] or now) or tonumber(now)))\n" \
+    "  redis.call('HINCRBY', stats, 'status:' .. status, 1)\n" \
+    "  redis.call('HINCRBY', stats, 'latency_count', 1)\n" \
+    "  redis.call('HINCRBY', stats, 'latency_sum_ms', latency)\n" \
+    "  for _, le in ipairs({" KILN_STATS_BUCKETS_MS "}) do\n" \
+    "    if latency <= le then redis.call('HINCRBY', stats, 'le:' .. le, 1) end\n" \
+    "  end\n" \
     "  redis.call('ZREM', 'kiln:queue:' .. f[2], id)\n" \
     "  redis.call('ZREM', 'kiln:inflight', id)\n" \
     "  redis.call('ZREM', 'kiln:deadlines', id)\n" \
@@ -920,6 +928,15 @@ kiln_scripts_test (bool verbose)
     };
     const char result [] = "\x89PNG\0\x01";
     CHECK (s_complete (ctx, app, a, "200", result, sizeof result, 2, files) == 1);
+    //  Counted in the app's stats: created at ...000, completed at
+    //  ...2000, so 2000 ms: in the 2500 bucket, not the 1000 one.
+    char stats_key [128];
+    snprintf (stats_key, sizeof stats_key, "%s%s", KILN_KEY_STATS_PREFIX, app);
+    HGET_IS (stats_key, "status:200", "1");
+    long long counted = s_int (ctx, "HINCRBY %s %s 0", stats_key, "latency_count");
+    CHECK (counted >= 1);
+    CHECK (s_int (ctx, "HINCRBY %s %s 0", stats_key, "le:2500") == counted);
+    CHECK (s_int (ctx, "HINCRBY %s %s 0", stats_key, "le:60000") == counted);
     CHECK (s_expect_message (sub, "kiln:done:gw1", a));
     HGET_IS (req_a.s, "state", "COMPLETED");
     HGET_IS (req_a.s, "status", "200");
@@ -946,6 +963,7 @@ kiln_scripts_test (bool verbose)
 
     //  Once only: a second COMPLETE changes nothing; unknown ids too.
     CHECK (s_complete (ctx, app, a, "500", "x", 1, 0, NULL) == 0);
+    CHECK (s_int (ctx, "HINCRBY %s %s 0", stats_key, "latency_count") == counted);
     HGET_IS (req_a.s, "status", "200");
     CHECK (s_complete (ctx, app, "00000000-0000-4000-8000-000000000999", "200", "", 0, 0, NULL) == 0);
     CHECK (s_int (ctx, "EXISTS %s", kiln_key_request ("00000000-0000-4000-8000-000000000999").s) == 0);

@@ -12,7 +12,10 @@
     retention, its reply_to channel hears the id; a request with a
     webhook enters the kiln:webhooks outbox (score: when to deliver) and
     its record is kept until the delivery ends; otherwise the record
-    expires after the retention.
+    expires after the retention. complete() also counts the request in
+    kiln:stats:{app}: status:{code}, latency_count, latency_sum_ms and,
+    for each bucket b of KILN_STATS_BUCKETS_MS, le:{b} (requests whose
+    latency, creation to completion, was at most b ms).
 
     KILN_SCRIPT_SUBMIT — record and queue a request
       KEYS  app, req, queue, seq               (kiln_key_app, _request, _queue, KILN_KEY_SEQ)
@@ -118,6 +121,9 @@ extern const char *KILN_SCRIPT_CANCEL;
 extern const char *KILN_SCRIPT_EXPIRE;
 extern const char *KILN_SCRIPT_WEBHOOK_CLAIM;
 extern const char *KILN_SCRIPT_WEBHOOK_DONE;
+
+//  Latency histogram buckets (ms) of kiln:stats:{app}, as Lua list text.
+#define KILN_STATS_BUCKETS_MS "5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000"
 
 //  Entries per delivery in KILN_SCRIPT_WEBHOOK_CLAIM's answer.
 #define KILN_WEBHOOK_CLAIM_FIELDS 8
