@@ -16,15 +16,25 @@
 
     | message       | from             | what the broker does                              |
     |---------------|------------------|---------------------------------------------------|
-    | WORKER_HELLO  | worker           | registers it (again: replaces its slots); scales  |
+    | WORKER_HELLO  | worker           | registers it (again: replaces its slots); scales. |
+    |               |                  | draining: no new runner goes there, and its       |
+    |               |                  | runners are DRAINING (the worker stops them)      |
     | RUNNER_HELLO  | runner           | marks it READY (adopts one it does not know, with |
     |               |                  | its in-flight requests from Redis); dispatches    |
     | HEARTBEAT     | worker, runner   | refreshes last_seen (any message does)            |
-    | RUNNER_EXITED | worker           | forgets the runner; its requests end 503          |
-    |               |                  | runner_disconnected; before hello: failed start   |
-    | RESULT        | runner           | COMPLETE; frees the slot; dispatches              |
+    | RUNNER_EXITED | worker           | forgets the runner, frees its slot; its requests  |
+    |               |                  | are re-queued (REQUEUE). Before hello: a failed   |
+    |               |                  | start, except status 127 "no free … slot" (the    |
+    |               |                  | worker refused: placement is tried again later)   |
+    | RESULT        | runner           | COMPLETE; frees its place; dispatches. 503 from a |
+    |               |                  | handler: re-queued like a crash. 503 with         |
+    |               |                  | runner_draining: handed back unstarted, re-queued |
+    |               |                  | without counting an attempt                       |
     | LOG           | runner           | LOG script, one JSON line per entry               |
-    | DISCONNECT    | worker, runner   | forgets the peer (and a worker's runners)         |
+    | DISCONNECT    | worker           | forgets it and its runners (requests re-queued)   |
+    | DISCONNECT    | runner           | DRAINING: what it still holds never reached a     |
+    |               |                  | handler, re-queued uncounted; its slot stays      |
+    |               |                  | taken until RUNNER_EXITED                         |
     | any other     | unknown peer     | answered DISCONNECT, so the peer says hello again |
 
     Messages sent:
@@ -35,7 +45,8 @@
     |               | runners          |                                                   |
     | RUNNER_START  | worker           | scale() places a runner                           |
     | RUNNER_STOP   | worker           | idle past keep_alive, old revision, startup       |
-    |               |                  | timeout, app deleted                              |
+    |               |                  | timeout, app deleted, slot needed by another app, |
+    |               |                  | a READY runner silent or unreachable              |
     | REQUEST       | runner           | TAKE gave it the head of its app's queue          |
     | CANCEL        | runner           | kiln:cancel named a request the runner holds      |
     | DISCONNECT    | peer             | an unknown peer spoke; every peer at shutdown     |
@@ -43,10 +54,17 @@
     Redis in: kiln:wake (an app name) → dispatch (app); kiln:cancel (a
     request id, cancelled by its client while it runs) → CANCEL to the
     runner that holds it (a request nobody here holds is left alone).
+    Redis out, every tick: kiln:runners and kiln:workers (the view below,
+    for operators); on a failed start: failed_starts, last_error and
+    last_error_ms on kiln:app:{app}.
 
-    Runner states: STARTING (RUNNER_START sent, no hello) → READY (hello)
-    → DRAINING (RUNNER_STOP sent) → forgotten (RUNNER_EXITED, silence,
-    DISCONNECT).
+    Runner states (kiln:runners shows them in lower case; "busy" is READY
+    with a request in flight): STARTING (RUNNER_START sent, no hello) →
+    READY (hello) → DRAINING (RUNNER_STOP sent, its worker draining, or it
+    said DISCONNECT; it takes no request and keeps its slot) → gone
+    (RUNNER_EXITED, its worker gone, or DRAIN_TIMEOUT_MS). A runner lost
+    while it holds requests (exit, silence, its worker gone) has them
+    re-queued at the head of their queue, up to RETRY_LIMIT runs.
     =========================================================================
 */
 #include "broker.h"
@@ -94,8 +112,21 @@
 #define DEFAULT_STARTUP_TIMEOUT_S 600
 #define SLOTS_MAX               1024    //  per machine type on one worker
 #define EXPIRE_BATCH            1000    //  queued requests ended per tick, at most
-
-#define ERROR_RUNNER_EXITED "Runner exited while processing the request"
+//  Runs of a request, the first included, before a lost runner (or a
+//  handler's 503) ends it with 503 runner_disconnected. fal uses 10 for
+//  queue requests; a handler that kills its runner every time should
+//  not take down ten runners before its caller hears.
+#define RETRY_LIMIT             3
+//  A worker refused a start for want of a free slot: our view of it was
+//  behind (a runner it still reaps). Placement waits this long.
+#define REFUSED_RETRY_MS        1000
+//  The operators' view expires when no broker rewrites it.
+#define VIEW_TTL_MS             10000
+//  The worker's text for a start it refused for want of a slot.
+#define REFUSED_NO_SLOT_PREFIX  "no free "
+//  The worker's status for a runner it could not start at all
+//  (worker/runner.h: KILN_RUNNER_EXIT_NOT_STARTED).
+#define NOT_STARTED_STATUS      127
 
 typedef enum {
     RUNNER_STARTING = 0,        //  RUNNER_START sent, no hello yet
@@ -111,6 +142,7 @@ typedef struct {
     kiln_msg_slot_t *slots;     //  owned copies
     size_t slot_count;
     int64_t last_seen_ms;       //  monotonic
+    bool draining;              //  leaving: takes no runner
 } s_worker_t;
 
 typedef struct {
@@ -128,6 +160,8 @@ typedef struct {
     int64_t last_request_ms;
     int64_t last_seen_ms;
     int64_t draining_ms;
+    int64_t started_wall_ms;    //  wall clock, for the operators' view
+    int gpu;                    //  its CUDA device (from its hello), or -1
     bool start_failed;          //  counted as a failed start already
     uint64_t served;
 } s_runner_t;
@@ -137,11 +171,15 @@ typedef struct {
     uint64_t revision;
     char *artifact;
     char *manifest_json;
-    kiln_manifest_t *manifest;
-    uint64_t bad_revision;      //  the last refused revision, logged once
+    char *scale_json;           //  the scale override as last read, or NULL
+    kiln_manifest_t *manifest;  //  the manifest with the override applied
+    uint64_t bad_revision;      //  the last refused record, logged once
+    char *bad_manifest_json;
     bool bad_logged;
+    char *scale_refused;        //  the last refused override, logged once
     int failed_starts;          //  in a row; reset by a hello and by failing the queue
     int fail_streak;            //  in a row; reset only by a hello (start backoff)
+    int shown_failed_starts;    //  what kiln:app:{app} says, as last read or written
     int64_t start_after_ms;     //  monotonic: no new runner before this
     int64_t no_worker_logged_ms;
 } s_app_t;
@@ -174,6 +212,7 @@ struct _kiln_broker_t {
 
 static void s_dispatch (kiln_broker_t *self, const char *name, bool reload);
 static void s_runner_forget (kiln_broker_t *self, s_runner_t *runner, const char *why);
+static void s_runner_lost (kiln_broker_t *self, s_runner_t *runner, const char *why);
 
 //  -------------------------------------------------------------------------
 //  Small owned things
@@ -222,6 +261,8 @@ s_runner_new (const char *id, const char *worker_id, const char *app, uint64_t r
     self->startup_timeout_ms = DEFAULT_STARTUP_TIMEOUT_S * 1000LL;
     int64_t now = kiln_mono_ms ();
     self->started_ms = self->ready_ms = self->last_request_ms = self->last_seen_ms = now;
+    self->started_wall_ms = kiln_now_ms ();
+    self->gpu = -1;
     return self;
 }
 
@@ -256,6 +297,9 @@ s_app_destroy (s_app_t **self_p)
     free (self->name);
     free (self->artifact);
     free (self->manifest_json);
+    free (self->scale_json);
+    free (self->bad_manifest_json);
+    free (self->scale_refused);
     free (self);
     *self_p = NULL;
 }
@@ -370,12 +414,16 @@ s_command (kiln_broker_t *self, const char *format, ...)
 //  Runs a call. An error reply is logged. When Redis is away and `keep`
 //  is set, the call is kept and replayed after the reconnect, so that a
 //  result is not lost to an outage; otherwise it is dropped. Takes
-//  ownership of the call. Returns the reply's integer, or -1.
+//  ownership of the call. Returns the reply's integer, or -1; *answered
+//  (if given) says whether Redis answered at all.
 static long long
-s_call_run (kiln_broker_t *self, s_call_t **call_p, bool keep, const char *what)
+s_call_run_answered (kiln_broker_t *self, s_call_t **call_p, bool keep, const char *what,
+                     bool *answered)
 {
     s_call_t *call = *call_p;
     *call_p = NULL;
+    if (answered)
+        *answered = false;
     if (!call)
         return -1;
     long long result = -1;
@@ -390,8 +438,11 @@ s_call_run (kiln_broker_t *self, s_call_t **call_p, bool keep, const char *what)
         if (reply->type == REDIS_REPLY_ERROR)
             kiln_log_error ("redis: %s failed: %s", what, reply->str);
         else
-        if (reply->type == REDIS_REPLY_INTEGER)
+        if (reply->type == REDIS_REPLY_INTEGER) {
             result = reply->integer;
+            if (answered)
+                *answered = true;
+        }
         freeReplyObject (reply);
         s_call_destroy (&call);
     }
@@ -405,6 +456,12 @@ s_call_run (kiln_broker_t *self, s_call_t **call_p, bool keep, const char *what)
         s_call_destroy (&call);
     }
     return result;
+}
+
+static long long
+s_call_run (kiln_broker_t *self, s_call_t **call_p, bool keep, const char *what)
+{
+    return s_call_run_answered (self, call_p, keep, what, NULL);
 }
 
 //  Replays kept calls in order; stops at the first connection loss.
@@ -676,6 +733,54 @@ s_fail_queue (kiln_broker_t *self, const char *app, int status,
     freeReplyObject (reply);
 }
 
+//  What REQUEUE answers (kiln_scripts.h), and our own "no answer".
+#define REQUEUE_REQUEUED     1
+#define REQUEUE_COMPLETED    0
+#define REQUEUE_NOT_RUNNING  -1
+#define REQUEUE_OUT_OF_TRIES -2
+#define REQUEUE_NO_ANSWER    -3
+
+//  Puts a request whose runner lost it back at the head of its queue
+//  (counted: it ran, or may have), or one a runner handed back before a
+//  handler started it (not counted). keep_result: out of retries, leave
+//  it to the caller, who records the runner's own answer; such a call is
+//  not kept through an outage either, since the caller completes it.
+static long long
+s_requeue (kiln_broker_t *self, const char *request_id, const char *app,
+           bool counted, bool keep_result, const char *why)
+{
+    s_call_t *call = s_call_new (10);
+    if (!call)
+        return REQUEUE_NO_ANSWER;
+    kiln_key_t req = kiln_key_request (request_id);
+    int rc = s_call_add_str (call, "EVAL")
+           | s_call_add_str (call, KILN_SCRIPT_REQUEUE)
+           | s_call_add_str (call, "1")
+           | s_call_add_str (call, req.s)
+           | s_call_add_str (call, request_id)
+           | s_call_add_int (call, kiln_now_ms ())
+           | s_call_add_int (call, RETRY_LIMIT)
+           | s_call_add_str (call, counted? "1": "0")
+           | s_call_add_int (call, self->cfg->result_retention_s)
+           | s_call_add_str (call, keep_result? "keep": "fail");
+    if (rc != 0) {
+        s_call_destroy (&call);
+        return REQUEUE_NO_ANSWER;
+    }
+    bool answered = false;
+    long long result = s_call_run_answered (self, &call, !keep_result, "REQUEUE", &answered);
+    if (!answered)
+        return REQUEUE_NO_ANSWER;
+    if (result == REQUEUE_REQUEUED)
+        kiln_log_info ("request %s (%s) back at the head of its queue%s (%s)",
+                       request_id, app, counted? "": ", attempt not counted", why);
+    else
+    if (result == REQUEUE_COMPLETED)
+        kiln_log_info ("request %s (%s) not retried (%s): out of tries, "
+                       "X-Fal-No-Retry, or cancelled", request_id, app, why);
+    return result;
+}
+
 //  -------------------------------------------------------------------------
 //  Sending
 
@@ -766,7 +871,7 @@ s_parse_u64 (const char *text, uint64_t *value)
 }
 
 //  Stops every runner of the app that is not stopping yet.
-static void s_runner_stop (kiln_broker_t *self, s_runner_t *runner, const char *why);
+static bool s_runner_stop (kiln_broker_t *self, s_runner_t *runner, const char *why);
 
 static void
 s_app_stop_runners (kiln_broker_t *self, const char *name, const char *why)
@@ -780,9 +885,51 @@ s_app_stop_runners (kiln_broker_t *self, const char *name, const char *why)
     zlistx_destroy (&ids);
 }
 
+static void s_app_status_write (kiln_broker_t *self, s_app_t *app, const char *last_error);
+
+static bool
+s_same (const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && streq (a, b));
+}
+
+//  Applies the app record's live scale override over the manifest's
+//  bounds. An override that makes no sense is ignored (logged once).
+static void
+s_app_apply_scale (s_app_t *app, kiln_manifest_t *manifest, const char *scale)
+{
+    if (!scale)
+        return;
+    kiln_scale_bounds_t bounds = {
+        manifest->min_concurrency, manifest->max_concurrency,
+        manifest->concurrency_buffer, manifest->keep_alive
+    };
+    char *why = NULL;
+    if (kiln_scale_override (scale, &bounds, &why) == 0) {
+        manifest->min_concurrency = bounds.min_concurrency;
+        manifest->max_concurrency = bounds.max_concurrency;
+        manifest->concurrency_buffer = bounds.concurrency_buffer;
+        manifest->keep_alive = bounds.keep_alive;
+        if (!s_same (app->scale_json, scale))
+            kiln_log_info ("%s: scale override: min %d, max %d, buffer %d, keep_alive %d s",
+                           app->name, bounds.min_concurrency, bounds.max_concurrency,
+                           bounds.concurrency_buffer, bounds.keep_alive);
+        zstr_free (&app->scale_refused);
+    }
+    else
+    if (!s_same (app->scale_refused, scale)) {
+        kiln_log_warn ("%s: scale override %.200s ignored: %s", app->name, scale,
+                       why? why: "invalid");
+        free (app->scale_refused);
+        app->scale_refused = strdup (scale);
+    }
+    free (why);
+}
+
 //  Reads the app's record from Redis into the cache. Returns the cached
 //  app, or NULL when it is not deployed (then its runners are stopped).
-//  When Redis cannot answer, the cache stands.
+//  When Redis cannot answer, the cache stands. A changed manifest or
+//  scale override takes effect even under the same revision.
 static s_app_t *
 s_app_reload (kiln_broker_t *self, const char *name)
 {
@@ -806,7 +953,8 @@ s_app_reload (kiln_broker_t *self, const char *name)
         s_app_stop_runners (self, name, "app deleted");
         return NULL;
     }
-    const char *revision_text = NULL, *artifact = NULL, *manifest = NULL;
+    const char *revision_text = NULL, *artifact = NULL, *manifest = NULL, *scale = NULL;
+    const char *failed_text = NULL;
     size_t manifest_size = 0;
     for (size_t i = 0; i + 1 < reply->elements; i += 2) {
         redisReply *field = reply->element [i], *value = reply->element [i + 1];
@@ -822,68 +970,87 @@ s_app_reload (kiln_broker_t *self, const char *name)
             manifest = value->str;
             manifest_size = value->len;
         }
+        else
+        if (streq (field->str, "scale") && value->len > 0)
+            scale = value->str;
+        else
+        if (streq (field->str, "failed_starts"))
+            failed_text = value->str;
     }
     uint64_t revision = 0;
     bool complete = revision_text && s_parse_u64 (revision_text, &revision) == 0
                  && artifact && kiln_id_valid (artifact) && manifest;
     if (complete && app && app->manifest && app->revision == revision
-    &&  streq (app->artifact, artifact) && streq (app->manifest_json, manifest)) {
-        freeReplyObject (reply);
-        return app;             //  nothing changed: the usual case
-    }
+    &&  streq (app->artifact, artifact) && streq (app->manifest_json, manifest)
+    &&  s_same (app->scale_json, scale))
+        goto done;              //  nothing changed: the usual case
     if (!app) {
         //  Cached even when refused, so that the refusal is logged once.
         app = calloc (1, sizeof *app);
         if (app && !(app->name = strdup (name)))
             s_app_destroy (&app);
-        if (!app) {
-            freeReplyObject (reply);
-            return NULL;
-        }
+        if (!app)
+            goto done;
+        uint64_t shown = 0;
+        app->shown_failed_starts = failed_text && s_parse_u64 (failed_text, &shown) == 0
+                                 ? (int) (shown > 1000000? 1000000: shown): 0;
         zhashx_insert (self->apps, name, app);
     }
-    if (app->bad_logged && app->bad_revision == revision) {
-        freeReplyObject (reply);
-        return app;             //  refused before, logged before
-    }
+    if (app->bad_logged && app->bad_revision == revision
+    &&  s_same (app->bad_manifest_json, manifest))
+        goto done;              //  refused before, logged before
+
     char *error = NULL;
     kiln_manifest_t *parsed = complete?
         kiln_manifest_from_json (manifest, manifest_size, &error): NULL;
     if (!parsed) {
-        if (!app->bad_logged || app->bad_revision != revision)
-            kiln_log_error ("%s: revision %" PRIu64 " refused: %s", name, revision,
-                            !complete? "the app record is incomplete or invalid"
-                                     : error? error: "invalid manifest");
+        kiln_log_error ("%s: revision %" PRIu64 " refused: %s", name, revision,
+                        !complete? "the app record is incomplete or invalid"
+                                 : error? error: "invalid manifest");
         free (error);
         app->bad_revision = revision;
+        free (app->bad_manifest_json);
+        app->bad_manifest_json = manifest? strdup (manifest): NULL;
         app->bad_logged = true;
-        freeReplyObject (reply);
-        return app;             //  the last good revision, if any, stands
+        goto done;              //  the last good revision, if any, stands
     }
+    s_app_apply_scale (app, parsed, scale);
     char *artifact_copy = strdup (artifact);
     char *manifest_copy = strdup (manifest);
-    freeReplyObject (reply);
-    if (!artifact_copy || !manifest_copy) {
+    char *scale_copy = scale? strdup (scale): NULL;
+    if (!artifact_copy || !manifest_copy || (scale && !scale_copy)) {
         kiln_log_error ("%s: out of memory loading the app", name);
         kiln_manifest_destroy (&parsed);
         free (artifact_copy);
         free (manifest_copy);
-        return app;
+        free (scale_copy);
+        goto done;
     }
-    if (app->revision != revision) {
+    bool new_revision = app->revision != revision;
+    if (new_revision)
         kiln_log_info ("%s: revision %" PRIu64 " (artifact %.12s…)", name, revision, artifact_copy);
-        //  A new revision deserves a fresh count of start failures.
-        app->failed_starts = app->fail_streak = 0;
-        app->start_after_ms = 0;
-    }
+    else
+    if (app->manifest && !streq (app->manifest_json, manifest_copy))
+        kiln_log_info ("%s: manifest of revision %" PRIu64 " changed", name, revision);
     kiln_manifest_destroy (&app->manifest);
     free (app->artifact);
     free (app->manifest_json);
+    free (app->scale_json);
     app->manifest = parsed;
     app->artifact = artifact_copy;
     app->manifest_json = manifest_copy;
+    app->scale_json = scale_copy;
     app->revision = revision;
     app->bad_logged = false;
+    if (new_revision) {
+        //  A new revision deserves a fresh count of start failures.
+        app->failed_starts = app->fail_streak = 0;
+        app->start_after_ms = 0;
+        if (app->shown_failed_starts != 0)
+            s_app_status_write (self, app, NULL);
+    }
+done:
+    freeReplyObject (reply);
     return app;
 }
 
@@ -901,11 +1068,44 @@ s_app_count (kiln_broker_t *self, const char *name, int *inflight, int *active)
         }
 }
 
-//  A failed start (an exit before hello, or a startup timeout). After
-//  FAILED_STARTS_MAX in a row the queued requests fail: waiting longer
-//  would only let them time out on an app that cannot come up.
+//  Writes the app's start notes (failed starts in a row, the last
+//  failure's reason and time) on its record, for `kiln apps show`. Never
+//  creates the record: a deleted app stays deleted. last_error NULL:
+//  only failed_starts.
 static void
-s_app_start_failed (kiln_broker_t *self, const char *name, bool timeout, const char *detail)
+s_app_status_write (kiln_broker_t *self, s_app_t *app, const char *last_error)
+{
+    s_call_t *call = s_call_new (10);
+    if (!call)
+        return;
+    kiln_key_t key = kiln_key_app (app->name);
+    int rc = s_call_add_str (call, "EVAL")
+           | s_call_add_str (call, KILN_SCRIPT_APP_STATUS)
+           | s_call_add_str (call, "1")
+           | s_call_add_str (call, key.s)
+           | s_call_add_str (call, "failed_starts")
+           | s_call_add_int (call, app->fail_streak);
+    if (last_error)
+        rc |= s_call_add_str (call, "last_error")
+            | s_call_add_str (call, last_error)
+            | s_call_add_str (call, "last_error_ms")
+            | s_call_add_int (call, kiln_now_ms ());
+    if (rc != 0) {
+        s_call_destroy (&call);
+        return;
+    }
+    //  A note, not a result: not kept through an outage.
+    if (s_call_run (self, &call, false, "APP_STATUS") >= 0)
+        app->shown_failed_starts = app->fail_streak;
+}
+
+//  A failed start (an exit before hello, or a startup timeout); reason
+//  says why, for the app's status. After FAILED_STARTS_MAX in a row the
+//  queued requests fail: waiting longer would only let them time out on
+//  an app that cannot come up.
+static void
+s_app_start_failed (kiln_broker_t *self, const char *name, bool timeout, const char *detail,
+                    const char *reason)
 {
     s_app_t *app = (s_app_t *) zhashx_lookup (self->apps, name);
     if (!app)
@@ -914,6 +1114,7 @@ s_app_start_failed (kiln_broker_t *self, const char *name, bool timeout, const c
     app->fail_streak++;
     int64_t backoff = (int64_t) app->fail_streak * START_BACKOFF_MS;
     app->start_after_ms = kiln_mono_ms () + (backoff > START_BACKOFF_MAX_MS? START_BACKOFF_MAX_MS: backoff);
+    s_app_status_write (self, app, reason);
     if (app->failed_starts < FAILED_STARTS_MAX)
         return;
     app->failed_starts = 0;
@@ -931,7 +1132,10 @@ s_app_start_failed (kiln_broker_t *self, const char *name, bool timeout, const c
 //  -------------------------------------------------------------------------
 //  Runners
 
-static void
+//  Asks the runner's worker to stop it; the runner is DRAINING from now
+//  on and keeps its slot until the worker reports its exit. False when
+//  its worker is not registered (then nothing changed).
+static bool
 s_runner_stop (kiln_broker_t *self, s_runner_t *runner, const char *why)
 {
     //  Only its worker can stop it. A runner adopted after a restart may
@@ -940,11 +1144,12 @@ s_runner_stop (kiln_broker_t *self, s_runner_t *runner, const char *why)
     if (!zhashx_lookup (self->workers, runner->worker_id)) {
         kiln_log_debug ("runner %s: cannot stop it (%s) before worker %s registers",
                         runner->id, why, runner->worker_id);
-        return;
+        return false;
     }
     kiln_log_info ("stopping runner %s of %s (%s)", runner->id, runner->app, why);
+    if (runner->state != RUNNER_DRAINING)
+        runner->draining_ms = kiln_mono_ms ();
     runner->state = RUNNER_DRAINING;
-    runner->draining_ms = kiln_mono_ms ();
     kiln_msg_t *msg = kiln_msg_new (KILN_MSG_RUNNER_STOP);
     if (msg && !(msg->runner_id = strdup (runner->id)))
         kiln_msg_destroy (&msg);
@@ -952,25 +1157,53 @@ s_runner_stop (kiln_broker_t *self, s_runner_t *runner, const char *why)
     //  its runners with it.
     if (msg)
         s_send (self, &msg, runner->worker_id);
+    return true;
 }
 
-//  Forgets a runner; each request it held ends 503 runner_disconnected.
-//  The pointer is invalid afterwards.
+//  Gives back every request the runner holds: re-queued, counted as an
+//  attempt or not (see REQUEUE).
+static void
+s_runner_release (kiln_broker_t *self, s_runner_t *runner, bool counted, const char *why)
+{
+    if (zhashx_size (runner->requests) == 0)
+        return;
+    char *reason = zsys_sprintf ("runner %s %s", runner->id, why);
+    zlistx_t *ids = zhashx_keys (runner->requests);
+    for (const char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
+        zhashx_delete (self->inflight, id);
+        s_requeue (self, id, runner->app, counted, false, reason? reason: why);
+    }
+    zlistx_destroy (&ids);
+    zhashx_purge (runner->requests);
+    zstr_free (&reason);
+}
+
+//  Forgets a runner whose process is gone (or whose worker is); each
+//  request it held is re-queued. The pointer is invalid afterwards.
 static void
 s_runner_forget (kiln_broker_t *self, s_runner_t *runner, const char *why)
 {
     kiln_log_info ("runner %s of %s gone (%s, %s, served %" PRIu64 ")",
                    runner->id, runner->app, why, s_state_names [runner->state], runner->served);
-    zlistx_t *ids = zhashx_keys (runner->requests);
-    for (const char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
-        zhashx_delete (self->inflight, id);
-        s_fail_request (self, id, runner->app, 503, ERROR_RUNNER_EXITED, "runner_disconnected");
-    }
-    zlistx_destroy (&ids);
+    s_runner_release (self, runner, true, why);
     char *id = strdup (runner->id);
     if (id)
         zhashx_delete (self->runners, id);
     free (id);
+}
+
+//  A READY runner we lost touch with (silent, unreachable) may still be
+//  alive and on its slot: its requests are re-queued at once, and its
+//  worker is asked to stop it, so that its slot is free only once the
+//  worker reports it gone. Forgotten at once when its worker is not
+//  registered. The pointer may be invalid afterwards.
+static void
+s_runner_lost (kiln_broker_t *self, s_runner_t *runner, const char *why)
+{
+    kiln_log_warn ("runner %s of %s lost (%s)", runner->id, runner->app, why);
+    s_runner_release (self, runner, true, why);
+    if (!s_runner_stop (self, runner, why))
+        s_runner_forget (self, runner, why);
 }
 
 //  The machine type of a runner we adopted: the first of its app's types
@@ -1069,9 +1302,10 @@ s_snapshot_build (kiln_broker_t *self, s_snapshot_t *snap)
         entry->id = worker->id;
         entry->slots = &snap->slots [slot_at];
         entry->slot_count = worker->slot_count;
+        //  A draining worker is leaving: its slots are no place for a runner.
         for (size_t s = 0; s < worker->slot_count; s++) {
             snap->slots [slot_at + s].machine_type = worker->slots [s].machine_type;
-            snap->slots [slot_at + s].slots = (int) worker->slots [s].count;
+            snap->slots [slot_at + s].slots = worker->draining? 0: (int) worker->slots [s].count;
         }
         slot_at += worker->slot_count;
     }
@@ -1210,7 +1444,7 @@ s_app_take (kiln_broker_t *self, s_app_t *app)
         else {
             kiln_log_debug ("request %s → runner %s", id, best->id);
             if (s_send (self, &msg, best->id) != 0)
-                s_runner_forget (self, best, "unreachable");
+                s_runner_lost (self, best, "unreachable");
         }
         freeReplyObject (reply);
     }
@@ -1232,8 +1466,11 @@ s_app_retire (kiln_broker_t *self, s_app_t *app, int target)
         int64_t since = runner->last_request_ms > runner->ready_ms?
                         runner->last_request_ms: runner->ready_ms;
         bool current = runner->revision == app->revision;
-        if (kiln_scale_retire (now - since, app->manifest->keep_alive, current, active, target)) {
-            s_runner_stop (self, runner, current? "idle past keep_alive": "old revision");
+        if (kiln_scale_retire (now - since, app->manifest->keep_alive, current, active, target,
+                               app->manifest->max_concurrency)) {
+            s_runner_stop (self, runner, !current? "old revision"
+                                       : active > app->manifest->max_concurrency?
+                                         "above max_concurrency": "idle past keep_alive");
             if (runner->state == RUNNER_DRAINING)
                 active--;
         }
@@ -1248,7 +1485,7 @@ s_offered_refresh (kiln_broker_t *self)
     int64_t now = kiln_mono_ms ();
     for (s_worker_t *worker = (s_worker_t *) zhashx_first (self->workers);
          worker; worker = (s_worker_t *) zhashx_next (self->workers))
-        for (size_t i = 0; i < worker->slot_count; i++) {
+        for (size_t i = 0; i < worker->slot_count && !worker->draining; i++) {
             int64_t *seen = (int64_t *) zhashx_lookup (self->offered, worker->slots [i].machine_type);
             if (!seen) {
                 seen = malloc (sizeof *seen);
@@ -1479,6 +1716,8 @@ s_on_worker_hello (kiln_broker_t *self, const char *identity, kiln_msg_t *msg)
     msg->slots = NULL;
     msg->slot_count = 0;
     worker->last_seen_ms = kiln_mono_ms ();
+    bool was_draining = worker->draining;
+    worker->draining = msg->draining;
 
     char summary [512] = "";
     size_t used = 0;
@@ -1486,14 +1725,30 @@ s_on_worker_hello (kiln_broker_t *self, const char *identity, kiln_msg_t *msg)
         used += (size_t) snprintf (summary + used, sizeof summary - used, "%s%s×%u",
                                    i? ", ": "", worker->slots [i].machine_type,
                                    worker->slots [i].count);
-    kiln_log_info ("worker %s (%s) %s: %s", worker->id, worker->host? worker->host: "?",
-                   known? "registered again": "registered",
-                   worker->slot_count? summary: "no slots");
+    if (!worker->draining || !was_draining)
+        kiln_log_info ("worker %s (%s) %s: %s%s", worker->id, worker->host? worker->host: "?",
+                       known? "registered again": "registered",
+                       worker->slot_count? summary: "no slots",
+                       worker->draining? " (draining: takes no runners)": "");
 
+    //  A draining worker stops its runners itself; they finish what they
+    //  run, hand back what they have not started, and are gone when it
+    //  reports their exits. Until then they hold their slots.
+    size_t draining = 0;
     for (s_runner_t *runner = (s_runner_t *) zhashx_first (self->runners);
-         runner; runner = (s_runner_t *) zhashx_next (self->runners))
-        if (streq (runner->worker_id, worker->id))
-            s_runner_resolve_type (self, runner);
+         runner; runner = (s_runner_t *) zhashx_next (self->runners)) {
+        if (!streq (runner->worker_id, worker->id))
+            continue;
+        s_runner_resolve_type (self, runner);
+        if (worker->draining && runner->state != RUNNER_DRAINING) {
+            runner->state = RUNNER_DRAINING;
+            runner->draining_ms = kiln_mono_ms ();
+            draining++;
+        }
+    }
+    if (draining)
+        kiln_log_info ("worker %s is draining: %zu runner(s) finish their requests",
+                       worker->id, draining);
     s_offered_refresh (self);
     s_dispatch_cached (self);
 }
@@ -1551,9 +1806,14 @@ s_on_runner_hello (kiln_broker_t *self, const char *identity, kiln_msg_t *msg)
         }
         runner->state = RUNNER_READY;
     }
+    if (msg->gpu >= 0)
+        runner->gpu = msg->gpu;
     s_app_t *app = (s_app_t *) zhashx_lookup (self->apps, runner->app);
-    if (app)
+    if (app) {
         app->failed_starts = app->fail_streak = 0;
+        if (app->shown_failed_starts != 0)
+            s_app_status_write (self, app, NULL);
+    }
     s_dispatch (self, runner->app, true);
 }
 
@@ -1574,15 +1834,34 @@ s_on_runner_exited (kiln_broker_t *self, s_worker_t *worker, kiln_msg_t *msg)
     if (!app)
         return;
     bool failed_start = runner->state == RUNNER_STARTING && !runner->start_failed;
+    bool refused = failed_start && msg->status == NOT_STARTED_STATUS
+                && msg->error && strncmp (msg->error, REFUSED_NO_SLOT_PREFIX,
+                                          strlen (REFUSED_NO_SLOT_PREFIX)) == 0;
+    if (refused) {
+        //  Its worker still held the slot (a runner it had not reaped, or
+        //  one we did not know of): nothing is wrong with the app.
+        kiln_log_info ("worker %s refused runner %s of %s (%s); placing it again in %d ms",
+                       worker->id, runner->id, app, msg->error, REFUSED_RETRY_MS);
+        s_app_t *cached = (s_app_t *) zhashx_lookup (self->apps, app);
+        int64_t retry_at = kiln_mono_ms () + REFUSED_RETRY_MS;
+        if (cached && cached->start_after_ms < retry_at)
+            cached->start_after_ms = retry_at;
+        failed_start = false;
+    }
+    else
     if (msg->status != 0 || runner->state != RUNNER_DRAINING)
         kiln_log_warn ("runner %s of %s exited with status %d%s%s", runner->id, app,
                        msg->status, msg->error? ": ": "", msg->error? msg->error: "");
-    s_runner_forget (self, runner, "exited");
+    s_runner_forget (self, runner, refused? "refused by its worker": "exited");
     if (failed_start) {
         char *detail = msg->error? zsys_sprintf ("%s (exit status %d)", msg->error, msg->status)
                                  : zsys_sprintf ("exit status %d", msg->status);
-        s_app_start_failed (self, app, false, detail);
+        char *reason = msg->error? strdup (msg->error)
+                                 : zsys_sprintf ("exited with status %d before it was ready",
+                                                 msg->status);
+        s_app_start_failed (self, app, false, detail, reason);
         zstr_free (&detail);
+        zstr_free (&reason);
     }
     s_dispatch (self, app, false);
     s_dispatch_cached (self);   //  its slot may be what another app waits for
@@ -1644,16 +1923,38 @@ s_on_result (kiln_broker_t *self, const char *runner_id, s_runner_t *runner, kil
         error = "The runner returned an invalid HTTP status";
         error_type = "runner_server_error";
     }
-    long long recorded = s_complete (self, msg->request_id, app, msg, status,
-                                     error? error: "", error_type? error_type: "");
-    kiln_log_debug ("request %s ← runner %s: %d%s", msg->request_id, runner_id, status,
-                    recorded == 0? " (already complete)": "");
-    if (runner) {
+    if (runner)
         zhashx_delete (runner->requests, msg->request_id);
-        runner->served++;
-        runner->last_request_ms = kiln_mono_ms ();
-    }
     zhashx_delete (self->inflight, msg->request_id);
+
+    if (status == 503 && error_type && streq (error_type, KILN_ERROR_TYPE_RUNNER_DRAINING)) {
+        //  A stopping runner hands back what no handler of its started.
+        s_requeue (self, msg->request_id, app, false, false, "handed back by a stopping runner");
+        if (runner && runner->state == RUNNER_READY) {
+            kiln_log_info ("runner %s of %s is stopping: it takes no more requests",
+                           runner->id, runner->app);
+            runner->state = RUNNER_DRAINING;
+            runner->draining_ms = kiln_mono_ms ();
+        }
+    }
+    else {
+        //  A handler's 503 is retried like a crash, as fal does; out of
+        //  tries (or with X-Fal-No-Retry), its own answer is recorded.
+        long long requeued = REQUEUE_OUT_OF_TRIES;
+        if (status == 503)
+            requeued = s_requeue (self, msg->request_id, app, true, true,
+                                  "its handler answered 503");
+        if (requeued == REQUEUE_OUT_OF_TRIES || requeued == REQUEUE_NO_ANSWER) {
+            long long recorded = s_complete (self, msg->request_id, app, msg, status,
+                                             error? error: "", error_type? error_type: "");
+            kiln_log_debug ("request %s ← runner %s: %d%s", msg->request_id, runner_id, status,
+                            recorded == 0? " (already complete)": "");
+        }
+        if (runner) {
+            runner->served++;
+            runner->last_request_ms = kiln_mono_ms ();
+        }
+    }
     s_dispatch (self, app, false);
     free (app);
 }
@@ -1693,6 +1994,27 @@ s_on_log (kiln_broker_t *self, const char *runner_id, kiln_msg_t *msg)
     s_call_run (self, &call, false, "LOG");
 }
 
+//  A runner said DISCONNECT: it retires (or was stopped), and says so
+//  only once no handler of its runs. A request it still holds never
+//  reached a handler (a REQUEST that crossed its goodbye): re-queued
+//  without counting. The runner keeps its slot until its worker reports
+//  the process gone, so that no start is sent to a slot not yet free.
+static void
+s_on_runner_bye (kiln_broker_t *self, s_runner_t *runner)
+{
+    s_runner_release (self, runner, false, "said DISCONNECT");
+    if (!zhashx_lookup (self->workers, runner->worker_id)) {
+        s_runner_forget (self, runner, "said DISCONNECT; its worker is not registered");
+        return;
+    }
+    if (runner->state != RUNNER_DRAINING) {
+        runner->state = RUNNER_DRAINING;
+        runner->draining_ms = kiln_mono_ms ();
+    }
+    kiln_log_info ("runner %s of %s said DISCONNECT; its slot is free once %s reports its exit",
+                   runner->id, runner->app, runner->worker_id);
+}
+
 static void
 s_on_message (kiln_broker_t *self, const char *identity, kiln_msg_t *msg)
 {
@@ -1722,7 +2044,7 @@ s_on_message (kiln_broker_t *self, const char *identity, kiln_msg_t *msg)
             else
             if (runner && runner->state != RUNNER_STARTING) {
                 char *app = strdup (runner->app);
-                s_runner_forget (self, runner, "said DISCONNECT");
+                s_on_runner_bye (self, runner);
                 if (app)
                     s_dispatch (self, app, false);
                 free (app);
@@ -1813,7 +2135,7 @@ s_check_liveness (kiln_broker_t *self)
             continue;
         if (runner->state == RUNNER_READY && now - runner->last_seen_ms > silence_ms) {
             char *app = strdup (runner->app);
-            s_runner_forget (self, runner, "silent");
+            s_runner_lost (self, runner, "silent");
             if (app)
                 s_dispatch (self, app, false);
             free (app);
@@ -1825,9 +2147,12 @@ s_check_liveness (kiln_broker_t *self)
                            runner->id, runner->app, runner->startup_timeout_ms / 1000);
             runner->start_failed = true;
             char *app = strdup (runner->app);
+            char *reason = zsys_sprintf ("startup_timeout: setup did not finish within %" PRId64 " s",
+                                         runner->startup_timeout_ms / 1000);
             s_runner_stop (self, runner, "startup timeout");
             if (app)
-                s_app_start_failed (self, app, true, NULL);
+                s_app_start_failed (self, app, true, NULL, reason);
+            zstr_free (&reason);
             free (app);
         }
         else
@@ -1894,6 +2219,164 @@ s_sweep_apps (kiln_broker_t *self)
     zhashx_destroy (&seen);
 }
 
+//  -------------------------------------------------------------------------
+//  The operators' view: kiln:runners and kiln:workers
+
+//  A runner's state as kiln:runners shows it.
+static const char *
+s_runner_view_state (const s_runner_t *runner)
+{
+    if (runner->state == RUNNER_STARTING)
+        return "starting";
+    if (runner->state == RUNNER_READY)
+        return zhashx_size (runner->requests) > 0? "busy": "ready";
+    return "draining";
+}
+
+//  A peer's text is not checked for UTF-8 on the wire; JSON needs it.
+static json_t *
+s_json_string_or_null (const char *text)
+{
+    if (!text)
+        return json_null ();
+    json_t *string = json_string (text);
+    return string? string: json_string ("?");
+}
+
+//  {"id", "app", "revision", "worker", "host", "machine_type", "gpu",
+//   "state", "inflight", "served", "idle_s", "started_ms"}, compact.
+static char *
+s_runner_view (kiln_broker_t *self, const s_runner_t *runner, int64_t now)
+{
+    const s_worker_t *worker = (s_worker_t *) zhashx_lookup (self->workers, runner->worker_id);
+    size_t inflight = zhashx_size (runner->requests);
+    int64_t idle_ms = 0;
+    if (runner->state != RUNNER_STARTING && inflight == 0) {
+        int64_t since = runner->last_request_ms > runner->ready_ms?
+                        runner->last_request_ms: runner->ready_ms;
+        idle_ms = now > since? now - since: 0;
+    }
+    json_t *gpu = runner->gpu >= 0? json_sprintf ("%d", runner->gpu): json_null ();
+    json_t *view = json_pack ("{s:s, s:s, s:I, s:o, s:o, s:o, s:o, s:s, s:I, s:I, s:I, s:I}",
+                              "id", runner->id,
+                              "app", runner->app,
+                              "revision", (json_int_t) runner->revision,
+                              "worker", s_json_string_or_null (runner->worker_id),
+                              "host", s_json_string_or_null (worker? worker->host: NULL),
+                              "machine_type", s_json_string_or_null (runner->machine_type),
+                              "gpu", gpu? gpu: json_null (),
+                              "state", s_runner_view_state (runner),
+                              "inflight", (json_int_t) inflight,
+                              "served", (json_int_t) runner->served,
+                              "idle_s", (json_int_t) (idle_ms / 1000),
+                              "started_ms", (json_int_t) runner->started_wall_ms);
+    if (!view)
+        return NULL;
+    char *text = json_dumps (view, JSON_COMPACT);
+    json_decref (view);
+    return text;
+}
+
+//  {"id", "host", "slots": {type: n}, "used": {type: n}, "draining"}.
+static char *
+s_worker_view (kiln_broker_t *self, const s_worker_t *worker)
+{
+    json_t *slots = json_object ();
+    json_t *used = json_object ();
+    for (size_t i = 0; slots && used && i < worker->slot_count; i++) {
+        json_object_set_new (slots, worker->slots [i].machine_type,
+                             json_integer (worker->slots [i].count));
+        json_object_set_new (used, worker->slots [i].machine_type, json_integer (0));
+    }
+    //  A runner of any state holds its slot until its exit is reported.
+    for (s_runner_t *runner = (s_runner_t *) zhashx_first (self->runners);
+         runner && used; runner = (s_runner_t *) zhashx_next (self->runners)) {
+        if (!runner->machine_type || !streq (runner->worker_id, worker->id))
+            continue;
+        json_t *count = json_object_get (used, runner->machine_type);
+        json_object_set_new (used, runner->machine_type,
+                             json_integer ((count? json_integer_value (count): 0) + 1));
+    }
+    json_t *view = slots && used?
+        json_pack ("{s:o, s:o, s:O, s:O, s:b}", "id", s_json_string_or_null (worker->id),
+                   "host", s_json_string_or_null (worker->host),
+                   "slots", slots, "used", used, "draining", worker->draining): NULL;
+    json_decref (slots);
+    json_decref (used);
+    if (!view)
+        return NULL;
+    char *text = json_dumps (view, JSON_COMPACT);
+    json_decref (view);
+    return text;
+}
+
+//  HSET key id view ... for every runner (or worker); NULL when there is
+//  none, or out of memory.
+static s_call_t *
+s_view_call (kiln_broker_t *self, bool runners)
+{
+    zhashx_t *table = runners? self->runners: self->workers;
+    size_t count = zhashx_size (table);
+    if (count == 0 || count > INT32_MAX / 4)
+        return NULL;
+    s_call_t *call = s_call_new (2 + 2 * (int) count);
+    if (!call)
+        return NULL;
+    int rc = s_call_add_str (call, "HSET")
+           | s_call_add_str (call, runners? KILN_KEY_RUNNERS: KILN_KEY_WORKERS);
+    int64_t now = kiln_mono_ms ();
+    for (void *item = zhashx_first (table); item && rc == 0; item = zhashx_next (table)) {
+        const char *id = runners? ((s_runner_t *) item)->id: ((s_worker_t *) item)->id;
+        char *view = runners? s_runner_view (self, (s_runner_t *) item, now)
+                            : s_worker_view (self, (s_worker_t *) item);
+        if (view)
+            rc = s_call_add_str (call, id) | s_call_add_str (call, view);
+        free (view);
+    }
+    if (rc != 0 || call->argc == 2)
+        s_call_destroy (&call);
+    return call;
+}
+
+//  Replaces kiln:runners and kiln:workers with what we know now, in one
+//  MULTI (pipelined: one round trip), so that a reader never sees half
+//  of it. Both expire when no broker rewrites them.
+static void
+s_publish_view (kiln_broker_t *self)
+{
+    if (!self->redis)
+        return;
+    s_call_t *runners = s_view_call (self, true);
+    s_call_t *workers = s_view_call (self, false);
+    int replies = 0;
+    redisAppendCommand (self->redis, "MULTI");
+    redisAppendCommand (self->redis, "DEL %s %s", KILN_KEY_RUNNERS, KILN_KEY_WORKERS);
+    replies += 2;
+    s_call_t *calls [] = { runners, workers };
+    for (int i = 0; i < 2; i++)
+        if (calls [i]) {
+            redisAppendCommandArgv (self->redis, calls [i]->argc,
+                                    (const char **) calls [i]->argv, calls [i]->argvlen);
+            replies++;
+        }
+    redisAppendCommand (self->redis, "PEXPIRE %s %d", KILN_KEY_RUNNERS, VIEW_TTL_MS);
+    redisAppendCommand (self->redis, "PEXPIRE %s %d", KILN_KEY_WORKERS, VIEW_TTL_MS);
+    redisAppendCommand (self->redis, "EXEC");
+    replies += 3;
+    s_call_destroy (&runners);
+    s_call_destroy (&workers);
+    for (int i = 0; i < replies; i++) {
+        redisReply *reply = NULL;
+        if (redisGetReply (self->redis, (void **) &reply) != REDIS_OK || !reply) {
+            s_redis_lost (self, "the runners' view");
+            return;
+        }
+        if (reply->type == REDIS_REPLY_ERROR)
+            kiln_log_error ("redis: writing the runners' view: %s", reply->str);
+        freeReplyObject (reply);
+    }
+}
+
 static int
 s_on_timer (zloop_t *loop, int timer_id, void *arg)
 {
@@ -1908,6 +2391,7 @@ s_on_timer (zloop_t *loop, int timer_id, void *arg)
     s_send_heartbeats (self);
     s_expire_deadlines (self);
     s_sweep_apps (self);
+    s_publish_view (self);
     return 0;
 }
 

@@ -11,9 +11,14 @@
     results, logs, runner loss, scheduling and start failures, retirement,
     app deletion, unknown peers, a broker restart (SIGKILL), a Redis
     restart with a result in between, a client's cancel reaching the
-    runner, and a queued request ended at its start deadline. Exits 0, or 1 naming the failed
-    check and printing the tail of the broker's log. KILN_BROKER_TEST_KEEP
-    set keeps the temp dir (logs) for reading.
+    runner, a queued request ended at its start deadline; re-queueing
+    (at the head, the retry limit, X-Fal-No-Retry, a handler's 503, a
+    stopping runner's hand-back), a slot held until its runner's exit is
+    reported, a worker's refusal, failed starts in the app's status, the
+    operators' view (kiln:runners, kiln:workers), live scale overrides
+    and a draining worker. Exits 0, or 1 naming the failed check and
+    printing the tail of the broker's log. KILN_BROKER_TEST_KEEP set
+    keeps the temp dir (logs) for reading.
     =========================================================================
 */
 #include "kiln_keys.h"
@@ -27,6 +32,7 @@
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -226,11 +232,11 @@ s_undeploy (const char *app)
     freeReplyObject (s_command ("SREM %s %s", KILN_KEY_APPS, app));
 }
 
-//  Queues a request that must start within timeout_ms (0: no deadline);
-//  fills in its new id.
+//  Queues a request that must start within timeout_ms (0: no deadline),
+//  with X-Fal-No-Retry or not; fills in its new id.
 static void
-s_submit_within (const char *app, const char *body, int64_t timeout_ms,
-                 char id [KILN_UUID_LEN + 1])
+s_submit_opts (const char *app, const char *body, int64_t timeout_ms, bool no_retry,
+               char id [KILN_UUID_LEN + 1])
 {
     kiln_uuid4 (id);
     kiln_key_t app_key = kiln_key_app (app);
@@ -243,9 +249,16 @@ s_submit_within (const char *app, const char *body, int64_t timeout_ms,
     redisReply *reply = s_command ("EVAL %s 4 %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s",
                                    KILN_SCRIPT_SUBMIT, app_key.s, req.s, queue.s, KILN_KEY_SEQ,
                                    id, app, "/", "application/json", body, "normal",
-                                   "kiln:done:test", "", now, deadline, "0");
+                                   "kiln:done:test", "", now, deadline, no_retry? "1": "0");
     CHECK (reply->type == REDIS_REPLY_INTEGER && reply->integer >= 0);
     freeReplyObject (reply);
+}
+
+static void
+s_submit_within (const char *app, const char *body, int64_t timeout_ms,
+                 char id [KILN_UUID_LEN + 1])
+{
+    s_submit_opts (app, body, timeout_ms, false, id);
 }
 
 //  Queues a request; fills in its new id.
@@ -290,6 +303,42 @@ s_field (const char *id, const char *field)
     char *value = strdup (reply->type == REDIS_REPLY_STRING? reply->str: "");
     freeReplyObject (reply);
     return value;
+}
+
+//  A field of an app's record; "" when absent. Caller frees.
+static char *
+s_app_field (const char *app, const char *field)
+{
+    kiln_key_t key = kiln_key_app (app);
+    redisReply *reply = s_command ("HGET %s %s", key.s, field);
+    char *value = strdup (reply->type == REDIS_REPLY_STRING? reply->str: "");
+    freeReplyObject (reply);
+    return value;
+}
+
+static bool
+s_app_field_is (const char *app, const char *field, const char *expected)
+{
+    char *value = s_app_field (app, field);
+    bool same = streq (value, expected);
+    if (!same)
+        fprintf (stderr, "kiln-broker-test: %s %s is '%s', expected '%s'\n",
+                 app, field, value, expected);
+    free (value);
+    return same;
+}
+
+//  Sets (or, with NULL, removes) the app's live scale override and wakes
+//  the broker, as the gateway's PATCH does.
+static void
+s_scale (const char *app, const char *json)
+{
+    kiln_key_t key = kiln_key_app (app);
+    if (json)
+        freeReplyObject (s_command ("HSET %s scale %s", key.s, json));
+    else
+        freeReplyObject (s_command ("HDEL %s scale", key.s));
+    freeReplyObject (s_command ("PUBLISH %s %s", KILN_CHANNEL_WAKE, app));
 }
 
 static bool
@@ -460,8 +509,24 @@ s_worker (const char *id, const char *machine_type, uint32_t count)
     return worker;
 }
 
+//  Says the worker's hello again: its slots of one type, draining or not.
 static void
-s_runner_hello (s_peer_t *runner, const char *worker_id, const char *app, uint64_t revision)
+s_worker_hello (s_peer_t *worker, const char *machine_type, uint32_t count, bool draining)
+{
+    kiln_msg_t *hello = kiln_msg_new (KILN_MSG_WORKER_HELLO);
+    hello->worker_id = strdup (worker->id);
+    hello->host = strdup ("testhost");
+    hello->slots = calloc (1, sizeof (kiln_msg_slot_t));
+    hello->slots [0].machine_type = strdup (machine_type);
+    hello->slots [0].count = count;
+    hello->slot_count = 1;
+    hello->draining = draining;
+    s_peer_send (worker, hello);
+}
+
+static void
+s_runner_hello_gpu (s_peer_t *runner, const char *worker_id, const char *app, uint64_t revision,
+                    int gpu)
 {
     kiln_msg_t *hello = kiln_msg_new (KILN_MSG_RUNNER_HELLO);
     hello->runner_id = strdup (runner->id);
@@ -469,7 +534,14 @@ s_runner_hello (s_peer_t *runner, const char *worker_id, const char *app, uint64
     hello->app = strdup (app);
     hello->revision = revision;
     hello->max_multiplexing = 1;
+    hello->gpu = gpu;
     s_peer_send (runner, hello);
+}
+
+static void
+s_runner_hello (s_peer_t *runner, const char *worker_id, const char *app, uint64_t revision)
+{
+    s_runner_hello_gpu (runner, worker_id, app, revision, -1);
 }
 
 //  Waits for RUNNER_START of the app on the worker, connects that runner
@@ -500,6 +572,67 @@ s_result (s_peer_t *runner, const char *request_id, int status, const char *body
     s_peer_send (runner, result);
 }
 
+//  A RESULT that is an error of the given type (kiln's JSON body).
+static void
+s_result_error (s_peer_t *runner, const char *request_id, int status, const char *error_type)
+{
+    kiln_msg_t *result = kiln_msg_new (KILN_MSG_RESULT);
+    result->request_id = strdup (request_id);
+    result->status = status;
+    result->content_type = strdup ("application/json");
+    char body [256];
+    snprintf (body, sizeof body, "{\"detail\":\"x\",\"error_type\":\"%s\"}", error_type);
+    result->body = (uint8_t *) strdup (body);
+    result->body_size = strlen (body);
+    result->error = strdup ("x");
+    result->error_type = strdup (error_type);
+    s_peer_send (runner, result);
+}
+
+//  Waits until the broker's view (kiln:runners or kiln:workers) of id
+//  holds every one of the NULL-ended needles.
+static bool
+s_wait_view (const char *key, const char *id, int ms, ...)
+{
+    int64_t deadline = kiln_mono_ms () + ms;
+    while (true) {
+        redisReply *reply = s_command ("HGET %s %s", key, id);
+        bool all = reply->type == REDIS_REPLY_STRING;
+        va_list args;
+        va_start (args, ms);
+        for (const char *needle = va_arg (args, const char *); needle && all;
+             needle = va_arg (args, const char *))
+            all = strstr (reply->str, needle) != NULL;
+        va_end (args);
+        if (!all && kiln_mono_ms () >= deadline)
+            fprintf (stderr, "kiln-broker-test: %s %s is %s\n", key, id,
+                     reply->type == REDIS_REPLY_STRING? reply->str: "(nil)");
+        freeReplyObject (reply);
+        if (all)
+            return true;
+        if (kiln_mono_ms () >= deadline)
+            return false;
+        s_pump (50);
+    }
+}
+
+//  Waits until the broker's view no longer lists id.
+static bool
+s_wait_view_gone (const char *key, const char *id, int ms)
+{
+    int64_t deadline = kiln_mono_ms () + ms;
+    while (true) {
+        redisReply *reply = s_command ("HEXISTS %s %s", key, id);
+        bool gone = reply->type == REDIS_REPLY_INTEGER && reply->integer == 0;
+        freeReplyObject (reply);
+        if (gone)
+            return true;
+        if (kiln_mono_ms () >= deadline)
+            return false;
+        s_pump (50);
+    }
+}
+
 static void
 s_exited (s_peer_t *worker, const char *runner_id, int status, const char *error)
 {
@@ -517,6 +650,259 @@ s_exited (s_peer_t *worker, const char *runner_id, int status, const char *error
 #define ECHO_MANIFEST \
     "{\"name\":\"echo\",\"machine_types\":[\"CPU\"],\"keep_alive\":300," \
     "\"max_concurrency\":2,\"endpoints\":[\"/\"]}"
+
+//  The scenarios below use a worker of their own, w-one, with one slot of
+//  a machine type nobody else offers, so that what it places is theirs.
+#define T4_MANIFEST(name, extra) \
+    "{\"name\":\"" name "\",\"machine_types\":[\"GPU-T4\"],\"endpoints\":[\"/\"]" extra "}"
+
+static s_peer_t *s_one;
+
+//  Re-queue (issue 6): at the head, the retry limit, a handler's 503,
+//  a hand-back by a stopping runner, X-Fal-No-Retry.
+static void
+s_scenarios_requeue (void)
+{
+    char a [KILN_UUID_LEN + 1], b [KILN_UUID_LEN + 1], c [KILN_UUID_LEN + 1];
+    s_step ("a lost request goes back to the head of its queue, ahead of what waited");
+    //  Registered before anything is queued for it: a type nobody offers
+    //  fails its requests at once.
+    s_one = s_worker ("w-one", "GPU-T4", 1);
+    CHECK (s_wait_view (KILN_KEY_WORKERS, "w-one", 5000, "\"id\":\"w-one\"", NULL));
+    s_deploy ("local/one", 1, T4_MANIFEST ("one", ",\"max_concurrency\":1,\"keep_alive\":300"));
+    s_submit ("local/one", "{\"n\":\"a\"}", a);
+    s_peer_t *r1 = s_start_runner (s_one, "local/one");
+    kiln_msg_t *msg = s_expect (r1, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, a));
+    kiln_msg_destroy (&msg);
+    s_submit ("local/one", "{\"n\":\"b\"}", b);
+    s_pump (100);
+    s_exited (s_one, r1->id, -9, "killed by signal 9");
+    s_peer_destroy (&r1);
+    s_peer_t *r2 = s_start_runner (s_one, "local/one");
+    msg = s_expect (r2, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, a));
+    kiln_msg_destroy (&msg);
+    CHECK (s_field_is (a, "attempts", "2"));
+    CHECK (s_field_is (b, "state", "IN_QUEUE"));
+
+    s_step ("a handler's 503 is retried like a crash; out of tries, its own answer stands");
+    s_result (r2, a, 503, "{\"busy\":1}");
+    msg = s_expect (r2, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, a));
+    kiln_msg_destroy (&msg);
+    CHECK (s_field_is (a, "attempts", "3"));
+    s_result (r2, a, 503, "{\"busy\":2}");
+    CHECK (s_wait_field (a, "state", "COMPLETED", WAIT_MS));
+    CHECK (s_field_is (a, "status", "503"));
+    CHECK (s_field_is (a, "result_body", "{\"busy\":2}"));
+
+    s_step ("a stopping runner's hand-back is re-queued uncounted; its slot is "
+            "free only when its worker reports its exit");
+    msg = s_expect (r2, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, b));
+    kiln_msg_destroy (&msg);
+    CHECK (s_field_is (b, "attempts", "1"));
+    s_result_error (r2, b, 503, KILN_ERROR_TYPE_RUNNER_DRAINING);
+    CHECK (s_wait_field (b, "state", "IN_QUEUE", WAIT_MS));
+    CHECK (s_field_is (b, "attempts", "0"));
+    CHECK (s_quiet (r2, KILN_MSG_REQUEST, NULL, 500));
+    CHECK (s_quiet (s_one, KILN_MSG_RUNNER_START, NULL, 1000));
+    s_peer_send_simple (r2, KILN_MSG_DISCONNECT);
+    CHECK (s_quiet (s_one, KILN_MSG_RUNNER_START, NULL, 1500));
+    CHECK (s_field_is (b, "state", "IN_QUEUE"));
+    s_exited (s_one, r2->id, 0, NULL);
+    s_peer_destroy (&r2);
+    s_peer_t *r3 = s_start_runner (s_one, "local/one");
+    msg = s_expect (r3, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, b));
+    kiln_msg_destroy (&msg);
+    CHECK (s_field_is (b, "attempts", "1"));
+    s_result (r3, b, 200, "{}");
+    CHECK (s_wait_field (b, "state", "COMPLETED", WAIT_MS));
+    CHECK (s_field_is (b, "status", "200"));
+
+    s_step ("X-Fal-No-Retry: a lost run is final");
+    s_submit_opts ("local/one", "{}", 0, true, c);
+    msg = s_expect (r3, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, c));
+    kiln_msg_destroy (&msg);
+    s_exited (s_one, r3->id, -9, "killed by signal 9");
+    s_peer_destroy (&r3);
+    CHECK (s_wait_field (c, "state", "COMPLETED", WAIT_MS));
+    CHECK (s_field_is (c, "status", "503"));
+    CHECK (s_field_is (c, "error_type", "runner_disconnected"));
+    CHECK (s_field_is (c, "attempts", "1"));
+
+    s_step ("the retry limit: a request whose runner dies on each of its 3 runs ends "
+            "503 runner_disconnected");
+    s_submit ("local/one", "{}", a);
+    for (int run = 1; run <= 3; run++) {
+        s_peer_t *runner = s_start_runner (s_one, "local/one");
+        msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+        CHECK (msg && streq (msg->request_id, a));
+        kiln_msg_destroy (&msg);
+        s_exited (s_one, runner->id, -11, "killed by signal 11");
+        s_peer_destroy (&runner);
+    }
+    CHECK (s_wait_field (a, "state", "COMPLETED", WAIT_MS));
+    CHECK (s_field_is (a, "status", "503"));
+    CHECK (s_field_is (a, "error_type", "runner_disconnected"));
+    CHECK (s_field_is (a, "attempts", "3"));
+    char *error = s_field (a, "error");
+    CHECK (strstr (error, "tried 3 times"));
+    free (error);
+    CHECK (s_quiet (s_one, KILN_MSG_RUNNER_START, NULL, 500));
+    s_undeploy ("local/one");
+}
+
+//  Failed starts in the app's status; a worker's refusal for want of a
+//  slot is no failed start; the operators' view of a busy runner.
+static void
+s_scenarios_slots (void)
+{
+    char d [KILN_UUID_LEN + 1];
+    s_step ("a failed start is in the app's status; a worker's refusal is not one; "
+            "a hello clears the count");
+    s_deploy ("local/flaky", 1, T4_MANIFEST ("flaky", ",\"max_concurrency\":1,\"keep_alive\":0"));
+    s_submit ("local/flaky", "{}", d);
+    kiln_msg_t *msg = s_expect (s_one, KILN_MSG_RUNNER_START, "local/flaky", WAIT_MS);
+    CHECK (msg);
+    s_exited (s_one, msg->runner_id, 3, "setup failed (exit 3): weights missing");
+    kiln_msg_destroy (&msg);
+    msg = s_expect (s_one, KILN_MSG_RUNNER_START, "local/flaky", WAIT_MS);
+    CHECK (msg);
+    CHECK (s_app_field_is ("local/flaky", "failed_starts", "1"));
+    CHECK (s_app_field_is ("local/flaky", "last_error", "setup failed (exit 3): weights missing"));
+    s_exited (s_one, msg->runner_id, 127, "no free GPU-T4 slot on worker w-one");
+    kiln_msg_destroy (&msg);
+    msg = s_expect (s_one, KILN_MSG_RUNNER_START, "local/flaky", WAIT_MS);
+    CHECK (msg);
+    CHECK (s_app_field_is ("local/flaky", "failed_starts", "1"));
+    CHECK (s_field_is (d, "state", "IN_QUEUE"));
+    s_peer_t *runner = s_peer_new (msg->runner_id);
+    s_runner_hello_gpu (runner, s_one->id, "local/flaky", 1, 0);
+    kiln_msg_destroy (&msg);
+    msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, d));
+    kiln_msg_destroy (&msg);
+    CHECK (s_app_field_is ("local/flaky", "failed_starts", "0"));
+    CHECK (s_app_field_is ("local/flaky", "last_error", "setup failed (exit 3): weights missing"));
+
+    s_step ("kiln:runners and kiln:workers show the broker's view");
+    char needle [128];
+    snprintf (needle, sizeof needle, "\"id\":\"%s\"", runner->id);
+    CHECK (s_wait_view (KILN_KEY_RUNNERS, runner->id, 5000, needle,
+                        "\"app\":\"local/flaky\"", "\"revision\":1", "\"worker\":\"w-one\"",
+                        "\"host\":\"testhost\"", "\"machine_type\":\"GPU-T4\"", "\"gpu\":\"0\"",
+                        "\"state\":\"busy\"", "\"inflight\":1", "\"served\":0",
+                        "\"idle_s\":0", "\"started_ms\":1", NULL));
+    CHECK (s_wait_view (KILN_KEY_WORKERS, "w-one", 5000, "\"id\":\"w-one\"",
+                        "\"host\":\"testhost\"", "\"slots\":{\"GPU-T4\":1}",
+                        "\"used\":{\"GPU-T4\":1}", "\"draining\":false", NULL));
+    s_result (runner, d, 200, "{}");
+    CHECK (s_wait_field (d, "state", "COMPLETED", WAIT_MS));
+    //  keep_alive 0: it retires at once
+    msg = s_expect (s_one, KILN_MSG_RUNNER_STOP, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->runner_id, runner->id));
+    kiln_msg_destroy (&msg);
+    CHECK (s_wait_view (KILN_KEY_RUNNERS, runner->id, 5000, "\"state\":\"draining\"",
+                        "\"served\":1", NULL));
+    s_exited (s_one, runner->id, 0, NULL);
+    s_peer_destroy (&runner);
+    s_undeploy ("local/flaky");
+}
+
+//  Live scale overrides: applied at once on a wake, an invalid one
+//  ignored, the revision untouched.
+static void
+s_scenarios_scale (void)
+{
+    s_step ("a live scale override takes effect at once; an invalid one is ignored");
+    s_deploy ("local/scaled", 1, T4_MANIFEST ("scaled", ",\"max_concurrency\":1,\"keep_alive\":300"));
+    CHECK (s_quiet (s_one, KILN_MSG_RUNNER_START, "local/scaled", 1200));
+    s_scale ("local/scaled", "{\"min_concurrency\":1}");
+    s_peer_t *runner = s_start_runner (s_one, "local/scaled");
+    CHECK (s_app_field_is ("local/scaled", "revision", "1"));
+    //  min above max: ignored; the manifest's bounds stand (keep_alive 300)
+    s_scale ("local/scaled", "{\"min_concurrency\":2}");
+    CHECK (s_quiet (s_one, KILN_MSG_RUNNER_STOP, NULL, 1200));
+    CHECK (s_quiet (s_one, KILN_MSG_RUNNER_START, NULL, 10));
+    //  min 0 and keep_alive 0: the idle runner retires at once
+    s_scale ("local/scaled", "{\"min_concurrency\":0,\"keep_alive\":0}");
+    kiln_msg_t *msg = s_expect (s_one, KILN_MSG_RUNNER_STOP, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->runner_id, runner->id));
+    kiln_msg_destroy (&msg);
+    s_exited (s_one, runner->id, 0, NULL);
+    s_peer_destroy (&runner);
+    //  a buffer keeps a spare runner with no traffic at all
+    s_scale ("local/scaled", "{\"concurrency_buffer\":1}");
+    runner = s_start_runner (s_one, "local/scaled");
+    CHECK (s_quiet (s_one, KILN_MSG_RUNNER_STOP, NULL, 1200));
+    s_undeploy ("local/scaled");
+    freeReplyObject (s_command ("PUBLISH %s %s", KILN_CHANNEL_WAKE, "local/scaled"));
+    msg = s_expect (s_one, KILN_MSG_RUNNER_STOP, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->runner_id, runner->id));
+    kiln_msg_destroy (&msg);
+    s_exited (s_one, runner->id, 0, NULL);
+    s_peer_destroy (&runner);
+}
+
+//  A worker that drains (its SIGTERM): no runner placed there, its
+//  runners' results still count, and a worker that joins takes over.
+static void
+s_scenarios_drain (s_peer_t *echo_runner)
+{
+    char e [KILN_UUID_LEN + 1], f [KILN_UUID_LEN + 1];
+    s_step ("a draining worker takes no runner; its runners finish and their results count");
+    CHECK (s_wait_view (KILN_KEY_RUNNERS, echo_runner->id, 5000, "\"state\":\"ready\"",
+                        "\"worker\":\"w-test\"", "\"gpu\":null", "\"machine_type\":\"CPU\"", NULL));
+    s_deploy ("local/t4", 1, T4_MANIFEST ("t4", ",\"max_concurrency\":2,\"keep_alive\":300"));
+    s_submit ("local/t4", "{\"n\":\"e\"}", e);
+    s_peer_t *runner = s_start_runner (s_one, "local/t4");
+    kiln_msg_t *msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, e));
+    kiln_msg_destroy (&msg);
+    s_worker_hello (s_one, "GPU-T4", 1, true);
+    CHECK (s_wait_view (KILN_KEY_WORKERS, "w-one", 5000, "\"draining\":true", NULL));
+    CHECK (s_wait_view (KILN_KEY_RUNNERS, runner->id, 5000, "\"state\":\"draining\"", NULL));
+    s_submit ("local/t4", "{\"n\":\"f\"}", f);
+    CHECK (s_quiet (s_one, KILN_MSG_RUNNER_START, NULL, 1000));
+    CHECK (s_quiet (runner, KILN_MSG_REQUEST, NULL, 10));
+    s_result (runner, e, 200, "{\"drained\":true}");
+    CHECK (s_wait_field (e, "state", "COMPLETED", WAIT_MS));
+    CHECK (s_field_is (e, "status", "200"));
+    CHECK (s_field_is (f, "state", "IN_QUEUE"));
+
+    s_step ("a worker that joins takes what waits; the draining one leaves");
+    s_peer_t *two = s_worker ("w-two", "GPU-T4", 1);
+    s_peer_t *taker = s_start_runner (two, "local/t4");
+    msg = s_expect (taker, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, f));
+    kiln_msg_destroy (&msg);
+    CHECK (s_field_is (f, "attempts", "1"));
+    s_result (taker, f, 200, "{}");
+    CHECK (s_wait_field (f, "state", "COMPLETED", WAIT_MS));
+    s_peer_send_simple (runner, KILN_MSG_DISCONNECT);
+    s_pump (100);
+    s_exited (s_one, runner->id, 0, NULL);
+    s_peer_destroy (&runner);
+    s_peer_send_simple (s_one, KILN_MSG_DISCONNECT);
+    s_pump (200);
+    s_peer_destroy (&s_one);
+    runner = taker;
+    CHECK (s_wait_view_gone (KILN_KEY_WORKERS, "w-one", 5000));
+    s_undeploy ("local/t4");
+    freeReplyObject (s_command ("PUBLISH %s %s", KILN_CHANNEL_WAKE, "local/t4"));
+    msg = s_expect (two, KILN_MSG_RUNNER_STOP, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->runner_id, runner->id));
+    kiln_msg_destroy (&msg);
+    s_exited (two, runner->id, 0, NULL);
+    s_peer_destroy (&runner);
+    s_peer_send_simple (two, KILN_MSG_DISCONNECT);
+    s_pump (100);
+    s_peer_destroy (&two);
+}
 
 int
 main (int argc, char *argv [])
@@ -637,12 +1023,20 @@ main (int argc, char *argv [])
     CHECK (s_field_is (id, "state", "IN_PROGRESS"));
     s_peer_destroy (&impostor);
 
-    s_step ("a runner that exits mid-request ends it with 503 runner_disconnected");
+    s_step ("a runner that exits mid-request has it re-queued and run again");
     s_exited (worker, runner->id, -11, "killed by signal 11");
+    s_peer_destroy (&runner);
+    runner = s_start_runner (worker, "local/echo");
+    msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, id));
+    kiln_msg_destroy (&msg);
+    CHECK (s_field_is (id, "attempts", "2"));
+    CHECK (s_field_is (id, "runner", runner->id));
+    s_result (runner, id, 200, "{\"second\":\"try\"}");
     CHECK (s_wait_field (id, "state", "COMPLETED", WAIT_MS));
-    CHECK (s_field_is (id, "status", "503"));
-    CHECK (s_field_is (id, "error_type", "runner_disconnected"));
-    CHECK (s_field_is (id, "error", "Runner exited while processing the request"));
+    CHECK (s_field_is (id, "status", "200"));
+    //  It leaves, cleanly: the steps below start runners of their own.
+    s_exited (worker, runner->id, 0, NULL);
     s_peer_destroy (&runner);
 
     s_step ("no worker offers the machine type: 503 runner_scheduling_failure");
@@ -661,7 +1055,7 @@ main (int argc, char *argv [])
     CHECK (strstr (body, "\"error_type\":\"runner_scheduling_failure\""));
     free (body);
 
-    s_step ("three failed starts in a row: 503 runner_server_error");
+    s_step ("three failed starts in a row: 503 runner_server_error, in the app's status");
     s_deploy ("local/bad", 1,
               "{\"name\":\"bad\",\"machine_types\":[\"CPU\"],\"endpoints\":[\"/\"]}");
     s_submit ("local/bad", "{}", id);
@@ -677,6 +1071,12 @@ main (int argc, char *argv [])
     CHECK (s_field_is (id, "error_type", "runner_server_error"));
     char *error = s_field (id, "error");
     CHECK (strstr (error, "setup failed: no model file"));
+    free (error);
+    CHECK (s_app_field_is ("local/bad", "failed_starts", "3"));
+    CHECK (s_app_field_is ("local/bad", "last_error", "setup failed: no model file"));
+    CHECK (s_app_field_is ("local/bad", "revision", "1"));
+    error = s_app_field ("local/bad", "last_error_ms");
+    CHECK (atoll (error) > 1700000000000LL);
     free (error);
     CHECK (s_quiet (worker, KILN_MSG_RUNNER_START, "local/bad", 1500));
 
@@ -810,15 +1210,26 @@ main (int argc, char *argv [])
     free (answer);
     CHECK (s_quiet (runner, KILN_MSG_CANCEL, NULL, 300));
 
-    s_step ("a silent runner is taken for dead");
+    s_step ("a silent runner is taken for dead: stopped, its request run again");
     s_submit ("local/echo", "{\"n\":7}", id);
     msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
     CHECK (msg && streq (msg->request_id, id));
     kiln_msg_destroy (&msg);
     runner->heartbeats = false;
-    CHECK (s_wait_field (id, "state", "COMPLETED", 6000));
-    CHECK (s_field_is (id, "error_type", "runner_disconnected"));
-    s_peer_destroy (&runner);
+    //  Its worker is asked to stop it: it may still be alive on its slot.
+    msg = s_expect (worker, KILN_MSG_RUNNER_STOP, NULL, 6000);
+    CHECK (msg && streq (msg->runner_id, runner->id));
+    kiln_msg_destroy (&msg);
+    s_peer_t *silent = runner;
+    runner = s_start_runner (worker, "local/echo");
+    msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, id));
+    kiln_msg_destroy (&msg);
+    s_result (runner, id, 200, "{}");
+    CHECK (s_wait_field (id, "state", "COMPLETED", WAIT_MS));
+    CHECK (s_field_is (id, "status", "200"));
+    s_exited (worker, silent->id, -9, "killed by signal 9");
+    s_peer_destroy (&silent);
 
     s_step ("a queued request past its start deadline ends 504 with no runner free");
     s_deploy ("local/late", 1,
@@ -840,6 +1251,12 @@ main (int argc, char *argv [])
     CHECK (reply->type == REDIS_REPLY_INTEGER && reply->integer == 0);
     freeReplyObject (reply);
     s_exited (worker, late_runner, 1, "gave up");
+
+    s_scenarios_requeue ();
+    s_scenarios_slots ();
+    s_scenarios_scale ();
+    s_scenarios_drain (runner);
+    s_peer_destroy (&runner);
 
     s_step ("SIGTERM: DISCONNECT to the peers, exit 0");
     s_pump (200);

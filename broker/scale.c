@@ -8,6 +8,8 @@
 #include "scale.h"
 
 #include <assert.h>
+#include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,15 +90,60 @@ kiln_scale_offered (const char *const *machine_types, size_t type_count,
 
 bool
 kiln_scale_retire (int64_t idle_ms, int keep_alive_s, bool current,
-                   int active, int target)
+                   int active, int target, int max_concurrency)
 {
     if (!current)
         return true;            //  an idle runner of an old revision has no use
+    if (max_concurrency >= 1 && active > max_concurrency)
+        return true;            //  the bound was lowered under it
     if (idle_ms < (int64_t) keep_alive_s * 1000)
         return false;
     //  Retiring below the target would only make scale() start another
     //  one on the next tick; the target is never below min_concurrency.
     return active - 1 >= target;
+}
+
+int
+kiln_scale_override (const char *json, kiln_scale_bounds_t *bounds, char **error)
+{
+    static const char *names [] = {
+        "min_concurrency", "max_concurrency", "concurrency_buffer", "keep_alive"
+    };
+    *error = NULL;
+    json_error_t json_error;
+    json_t *root = json? json_loads (json, JSON_REJECT_DUPLICATES, &json_error): NULL;
+    if (!json_is_object (root)) {
+        json_decref (root);
+        *error = strdup ("not a JSON object");
+        return -1;
+    }
+    kiln_scale_bounds_t next = *bounds;
+    int *fields [] = {
+        &next.min_concurrency, &next.max_concurrency, &next.concurrency_buffer, &next.keep_alive
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names [0] && !*error; i++) {
+        json_t *value = json_object_get (root, names [i]);
+        if (!value)
+            continue;
+        if (!json_is_integer (value) || json_integer_value (value) < 0
+        ||  json_integer_value (value) > INT32_MAX) {
+            size_t size = strlen (names [i]) + 64;
+            *error = malloc (size);
+            if (*error)
+                snprintf (*error, size, "%s: must be a non-negative integer", names [i]);
+        }
+        else
+            *fields [i] = (int) json_integer_value (value);
+    }
+    json_decref (root);
+    if (!*error && next.max_concurrency < 1)
+        *error = strdup ("max_concurrency: must be at least 1");
+    if (!*error && next.min_concurrency > next.max_concurrency)
+        *error = strdup ("min_concurrency: must not exceed max_concurrency");
+    if (*error)
+        return -1;
+    *bounds = next;
+    return 0;
 }
 
 char *
@@ -186,13 +233,45 @@ kiln_scale_test (bool verbose)
     assert (!kiln_scale_offered (cpu, 1, empty, 1));
 
     //  Retire
-    assert (!kiln_scale_retire (1000, 300, true, 2, 0));
-    assert (kiln_scale_retire (300000, 300, true, 2, 0));
-    assert (kiln_scale_retire (300000, 300, true, 1, 0));
-    assert (!kiln_scale_retire (300000, 300, true, 1, 1));   //  min_concurrency 1
-    assert (kiln_scale_retire (300000, 300, true, 2, 1));
-    assert (kiln_scale_retire (0, 300, false, 1, 1));        //  old revision
-    assert (kiln_scale_retire (0, 0, true, 1, 0));           //  keep_alive 0
+    assert (!kiln_scale_retire (1000, 300, true, 2, 0, 10));
+    assert (kiln_scale_retire (300000, 300, true, 2, 0, 10));
+    assert (kiln_scale_retire (300000, 300, true, 1, 0, 10));
+    assert (!kiln_scale_retire (300000, 300, true, 1, 1, 10));   //  min_concurrency 1
+    assert (kiln_scale_retire (300000, 300, true, 2, 1, 10));
+    assert (kiln_scale_retire (0, 300, false, 1, 1, 10));        //  old revision
+    assert (kiln_scale_retire (0, 0, true, 1, 0, 10));           //  keep_alive 0
+    //  max_concurrency lowered below the runners up: retire now
+    assert (kiln_scale_retire (0, 300, true, 3, 2, 2));
+    assert (!kiln_scale_retire (0, 300, true, 2, 2, 2));
+
+    //  Live overrides: applied over the bounds when they make sense
+    kiln_scale_bounds_t bounds = { 0, 3, 0, 300 };
+    char *why = NULL;
+    assert (kiln_scale_override ("{\"min_concurrency\":2,\"max_concurrency\":2,"
+                                 "\"keep_alive\":1,\"other\":\"x\"}", &bounds, &why) == 0);
+    assert (!why && bounds.min_concurrency == 2 && bounds.max_concurrency == 2
+            && bounds.concurrency_buffer == 0 && bounds.keep_alive == 1);
+    assert (kiln_scale_override ("{\"concurrency_buffer\":1}", &bounds, &why) == 0);
+    assert (bounds.concurrency_buffer == 1 && bounds.min_concurrency == 2);
+    assert (kiln_scale_override ("{}", &bounds, &why) == 0);
+    const char *refused [] = {
+        "{\"min_concurrency\":3}",                    //  above max
+        "{\"max_concurrency\":0}",
+        "{\"keep_alive\":-1}",
+        "{\"keep_alive\":\"soon\"}",
+        "{\"max_concurrency\":1.5}",
+        "{\"max_concurrency\":9999999999}",
+        "[1]", "not json", "", NULL
+    };
+    for (int i = 0; refused [i]; i++) {
+        kiln_scale_bounds_t before = bounds;
+        assert (kiln_scale_override (refused [i], &bounds, &why) == -1);
+        assert (why && *why);
+        free (why);
+        assert (memcmp (&before, &bounds, sizeof bounds) == 0);
+    }
+    assert (kiln_scale_override (NULL, &bounds, &why) == -1);
+    free (why);
 
     //  Error text
     char *text = kiln_scale_no_worker_error (h200, 1);

@@ -14,7 +14,10 @@
         one, to the worker with a free slot of that type and the fewest
         runners;
       - an idle runner retires after keep_alive s unless that takes the app
-        below its target; an idle runner of an older revision retires at once.
+        below its target; an idle runner of an older revision, or one above
+        max_concurrency, retires at once;
+      - an operator's live override of the bounds (kiln apps scale) is
+        applied over the manifest's, when it makes sense.
     =========================================================================
 */
 #ifndef KILN_SCALE_H_INCLUDED
@@ -64,9 +67,27 @@ bool kiln_scale_offered (const char *const *machine_types, size_t type_count,
 //  Whether an idle READY runner should be stopped now. idle_ms: time since
 //  it became ready or last finished a request; current: it runs the app's
 //  current revision; active: the app's runners not draining (this one
-//  included); target: kiln_scale_target for the app now.
+//  included); target: kiln_scale_target for the app now; max_concurrency:
+//  the app's bound, which may have been lowered live: an idle runner above
+//  it retires at once, keep_alive or not.
 bool kiln_scale_retire (int64_t idle_ms, int keep_alive_s, bool current,
-                        int active, int target);
+                        int active, int target, int max_concurrency);
+
+//  The bounds an operator may change on a running app.
+typedef struct {
+    int min_concurrency;
+    int max_concurrency;
+    int concurrency_buffer;
+    int keep_alive;                 //  seconds
+} kiln_scale_bounds_t;
+
+//  Applies a live override, the JSON object of the app record's `scale`
+//  field: any of "min_concurrency", "max_concurrency",
+//  "concurrency_buffer", "keep_alive" (other keys are ignored), over
+//  *bounds. Each must be an integer, 0 to INT32_MAX; the result must have
+//  max_concurrency >= 1 and min_concurrency <= max_concurrency. Returns 0;
+//  or -1 with *error (caller frees), leaving *bounds as it was.
+int kiln_scale_override (const char *json, kiln_scale_bounds_t *bounds, char **error);
 
 //  The error text for requests that no worker can ever take:
 //  "No worker offers machine type X" (plus " (of: A, B)" listing every

@@ -1,14 +1,19 @@
 /*  =========================================================================
-    apps — kiln apps list | show OWNER/APP | delete OWNER/APP
+    apps — kiln apps list | show OWNER/APP | scale OWNER/APP | delete OWNER/APP
 
     The gateway's /v1/apps routes, printed for people (or raw with --json).
     An app as the gateway gives it: {name, revision, artifact, manifest,
-    updated_ms, urls}; the manifest may come as an object or as the JSON
-    text the registry stores.
+    updated_ms, urls, scale, effective, failed_starts, last_error,
+    last_error_ms}; the manifest may come as an object or as the JSON
+    text the registry stores. `scale` holds the live overrides that
+    `kiln apps scale` sets (PATCH /v1/apps/OWNER/APP) and `effective` the
+    bounds the broker scales by; an older gateway sends neither, and then
+    the manifest's own values are shown.
     =========================================================================
 */
 #include "cli.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,13 +26,40 @@
 static const char *s_help_text =
     "usage: kiln apps list [--json]\n"
     "       kiln apps show OWNER/APP [--json]\n"
+    "       kiln apps scale OWNER/APP [--min N] [--max N] [--buffer N] [--keep-alive S]\n"
+    "                       [--reset] [--json]\n"
     "       kiln apps delete OWNER/APP\n"
     "\n"
-    "Lists, shows and deletes deployed apps.\n"
+    "Lists, shows, scales and deletes deployed apps.\n"
+    "\n"
+    "'apps scale' changes a running app's bounds at once, without a redeploy:\n"
+    "the broker starts or retires runners to meet them. Options not given keep\n"
+    "their value (an earlier override, else the app's own); --reset drops every\n"
+    "override first, back to the app's own values. Overrides outlive redeploys.\n"
+    "It prints the bounds now in force.\n"
     "\n"
     "options:\n"
+    "  --min N              min_concurrency: runners kept up even with no traffic\n"
+    "  --max N              max_concurrency: never more runners than this (at least 1)\n"
+    "  --buffer N           concurrency_buffer: spare runners kept above demand\n"
+    "  --keep-alive S       keep_alive: seconds an idle runner lives before it retires\n"
+    "  --reset              drop every override (before the options above, if any)\n"
     "  --json               print the gateway's answer as it is (JSON)\n"
     KILN_CLI_COMMON_HELP;
+
+//  The bounds `kiln apps scale` changes: option, the manifest's field.
+static const struct {
+    const char *option;
+    const char *field;
+} s_bounds [] = {
+    { "--min",        "min_concurrency" },
+    { "--max",        "max_concurrency" },
+    { "--buffer",     "concurrency_buffer" },
+    { "--keep-alive", "keep_alive" },
+};
+#define BOUND_COUNT 4
+//  getopt_long values of the bound options: OPT_BOUND + their index above.
+#define OPT_BOUND 0x2000
 
 //  The /v1/apps calls are small: a gateway that takes longer than this
 //  is stuck, and the user should hear so.
@@ -110,6 +142,27 @@ s_machine_types (json_t *manifest, char *out, size_t size)
     }
     if (!out [0])
         snprintf (out, size, "-");
+}
+
+//  One bound or setting of an app: the value in force (a live override,
+//  else the manifest's), marked when it is an override.
+static void
+s_print_field (json_t *app, json_t *manifest, const char *field)
+{
+    json_t *scale = json_object_get (app, "scale");
+    json_t *effective = json_object_get (app, "effective");
+    long long own = s_integer (manifest, field);
+    long long value = json_object_get (effective, field) ? s_integer (effective, field) : own;
+    if (value < 0)
+        return;
+    const char *unit = strstr (field, "timeout") || strcmp (field, "keep_alive") == 0 ? " s" : "";
+    printf ("%s:%*s%lld%s", field, (int) (19 - strlen (field)), "", value, unit);
+    if (json_object_get (scale, field) && own >= 0)
+        printf ("  (scaled; the app's own: %lld%s)", own, unit);
+    else
+    if (json_object_get (scale, field))
+        printf ("  (scaled)");
+    printf ("\n");
 }
 
 static int
@@ -251,13 +304,8 @@ s_show (kiln_cli_t *cli, const char *name, bool raw)
             "keep_alive", "min_concurrency", "max_concurrency", "concurrency_buffer",
             "max_multiplexing", "request_timeout", "startup_timeout", NULL
         };
-        for (int i = 0; fields [i]; i++) {
-            long long value = s_integer (manifest, fields [i]);
-            if (value >= 0)
-                printf ("%s:%*s%lld%s\n", fields [i], (int) (19 - strlen (fields [i])), "", value,
-                        strstr (fields [i], "timeout") || strcmp (fields [i], "keep_alive") == 0
-                        ? " s" : "");
-        }
+        for (int i = 0; fields [i]; i++)
+            s_print_field (app, manifest, fields [i]);
         json_t *endpoints = json_object_get (manifest, "endpoints");
         size_t index;
         json_t *endpoint;
@@ -267,9 +315,77 @@ s_show (kiln_cli_t *cli, const char *name, bool raw)
                 printf (" %s", json_string_value (endpoint));
         printf ("\n");
     }
+    //  Starts that failed in a row, and why the last one did
+    if (json_object_get (app, "failed_starts")) {
+        long long failed = s_integer (app, "failed_starts");
+        printf ("%-20s%lld\n", "failed_starts:", failed > 0 ? failed : 0);
+    }
+    const char *last_error = s_string (app, "last_error", NULL);
+    if (last_error && *last_error) {
+        char when [32];
+        s_format_time (s_integer (app, "last_error_ms"), when, sizeof when);
+        if (strcmp (when, "-") != 0)
+            printf ("%-20s%s (at %s)\n", "last_error:", last_error, when);
+        else
+            printf ("%-20s%s\n", "last_error:", last_error);
+    }
+    else
+    if (json_object_get (app, "last_error"))
+        printf ("%-20s-\n", "last_error:");
     json_decref (manifest);
     json_decref (answer);
     kiln_http_destroy (&http);
+    return KILN_EXIT_OK;
+}
+
+//  A bound's value: a whole number from 0 to INT_MAX, digits only. -1
+//  when it is not one.
+static long long
+s_bound_value (const char *text)
+{
+    if (!*text || strlen (text) > 10)
+        return -1;
+    for (const char *p = text; *p; p++)
+        if (*p < '0' || *p > '9')
+            return -1;
+    long long value = strtoll (text, NULL, 10);
+    return value <= INT_MAX ? value : -1;
+}
+
+static int
+s_scale (kiln_cli_t *cli, const char *name, json_t *patch, bool raw)
+{
+    kiln_http_t *http = s_http (cli);
+    if (!http)
+        return KILN_EXIT_FAILURE;
+    char *path = NULL;
+    if (asprintf (&path, "/v1/apps/%s", name) < 0) {
+        kiln_http_destroy (&http);
+        return kiln_cli_fail ("out of memory");
+    }
+    json_t *answer = NULL;
+    char *error = NULL;
+    int rc = kiln_http_json (http, "PATCH", path, patch, &answer, &error);
+    free (path);
+    kiln_http_destroy (&http);
+    if (rc) {
+        kiln_cli_fail ("%s", error ? error : "out of memory");
+        free (error);
+        return KILN_EXIT_FAILURE;
+    }
+    if (raw) {
+        char *text = answer ? json_dumps (answer, JSON_INDENT (2)) : NULL;
+        printf ("%s\n", text ? text : "null");
+        free (text);
+        json_decref (answer);
+        return KILN_EXIT_OK;
+    }
+    json_t *manifest = s_manifest (answer);
+    printf ("scaled %s\n", s_string (answer, "name", name));
+    for (int i = 0; i < BOUND_COUNT; i++)
+        s_print_field (answer, manifest, s_bounds [i].field);
+    json_decref (manifest);
+    json_decref (answer);
     return KILN_EXIT_OK;
 }
 
@@ -304,10 +420,18 @@ kiln_apps_main (kiln_cli_t *cli, int argc, char *argv [])
 {
     static const struct option options [] = {
         KILN_CLI_COMMON_OPTIONS,
-        { "json", no_argument, NULL, 'j' },
+        { "json",       no_argument,       NULL, 'j' },
+        { "min",        required_argument, NULL, OPT_BOUND + 0 },
+        { "max",        required_argument, NULL, OPT_BOUND + 1 },
+        { "buffer",     required_argument, NULL, OPT_BOUND + 2 },
+        { "keep-alive", required_argument, NULL, OPT_BOUND + 3 },
+        { "reset",      no_argument,       NULL, 'r' },
         { NULL, 0, NULL, 0 }
     };
     bool raw = false;
+    bool reset = false;
+    const char *bounds [BOUND_COUNT] = { NULL };
+    const char *scale_option = NULL;        //  one that was given, for errors
     optind = 0;
     opterr = 0;
     int opt;
@@ -319,14 +443,31 @@ kiln_apps_main (kiln_cli_t *cli, int argc, char *argv [])
         if (opt == 'j')
             raw = true;
         else
+        if (opt == 'r') {
+            reset = true;
+            scale_option = "--reset";
+        }
+        else
+        if (opt >= OPT_BOUND && opt < OPT_BOUND + BOUND_COUNT) {
+            int bound = opt - OPT_BOUND;
+            if (s_bound_value (optarg) < 0)
+                return kiln_cli_usage ("apps", "%s needs a whole number from 0 to %d, not '%s'",
+                                       s_bounds [bound].option, INT_MAX, optarg);
+            bounds [bound] = optarg;
+            scale_option = s_bounds [bound].option;
+        }
+        else
         if (!kiln_cli_common_option (cli, opt, optarg))
             return kiln_cli_bad_option ("apps", opt, argv);
     }
     if (optind >= argc)
-        return kiln_cli_usage ("apps", "apps needs a subcommand: list, show or delete");
+        return kiln_cli_usage ("apps", "apps needs a subcommand: list, show, scale or delete");
     const char *verb = argv [optind];
     int operands = argc - optind - 1;
     const char *name = operands > 0 ? argv [optind + 1] : NULL;
+    bool scale = strcmp (verb, "scale") == 0;
+    if (scale_option && !scale)
+        return kiln_cli_usage ("apps", "%s is for apps scale only", scale_option);
 
     if (strcmp (verb, "list") == 0 || strcmp (verb, "ls") == 0) {
         if (operands > 0)
@@ -335,8 +476,9 @@ kiln_apps_main (kiln_cli_t *cli, int argc, char *argv [])
     }
     bool show = strcmp (verb, "show") == 0;
     bool delete = strcmp (verb, "delete") == 0 || strcmp (verb, "rm") == 0;
-    if (!show && !delete)
-        return kiln_cli_usage ("apps", "unknown apps subcommand '%s' (list, show, delete)", verb);
+    if (!show && !delete && !scale)
+        return kiln_cli_usage ("apps", "unknown apps subcommand '%s' (list, show, scale, delete)",
+                               verb);
     if (operands != 1)
         return kiln_cli_usage ("apps", "apps %s needs one app name: kiln apps %s OWNER/APP",
                                verb, verb);
@@ -345,5 +487,28 @@ kiln_apps_main (kiln_cli_t *cli, int argc, char *argv [])
         return kiln_cli_usage ("apps", "invalid app name '%s': %s", name, problem);
     if (delete && raw)
         return kiln_cli_usage ("apps", "apps delete does not take --json");
-    return show ? s_show (cli, name, raw) : s_delete (cli, name);
+    if (show)
+        return s_show (cli, name, raw);
+    if (delete)
+        return s_delete (cli, name);
+
+    if (!scale_option)
+        return kiln_cli_usage ("apps", "apps scale needs at least one of --min, --max, "
+                               "--buffer, --keep-alive or --reset");
+    if (bounds [0] && bounds [1] && s_bound_value (bounds [0]) > s_bound_value (bounds [1]))
+        return kiln_cli_usage ("apps", "--min %s is above --max %s", bounds [0], bounds [1]);
+    if (bounds [1] && s_bound_value (bounds [1]) < 1)
+        return kiln_cli_usage ("apps", "--max must be at least 1");
+    json_t *patch = json_object ();
+    if (!patch)
+        return kiln_cli_fail ("out of memory");
+    if (reset)
+        json_object_set_new (patch, "reset", json_true ());
+    for (int i = 0; i < BOUND_COUNT; i++)
+        if (bounds [i])
+            json_object_set_new (patch, s_bounds [i].field,
+                                 json_integer ((json_int_t) s_bound_value (bounds [i])));
+    int rc = s_scale (cli, name, patch, raw);
+    json_decref (patch);
+    return rc;
 }

@@ -30,8 +30,13 @@ static const char *s_usage =
     "  deploy APP.so       deploy an app and print its URLs\n"
     "  apps list           list deployed apps\n"
     "  apps show OWNER/APP show one app\n"
+    "  apps scale OWNER/APP [--min N] [--max N] [--buffer N] [--keep-alive S]\n"
+    "                      change a running app's scaling bounds\n"
     "  apps delete OWNER/APP\n"
     "                      delete an app\n"
+    "  runners [--app OWNER/APP]\n"
+    "                      list every runner: app, worker, machine, GPU, state, load\n"
+    "  workers             list every worker: host, slots, slots in use\n"
     "  help [COMMAND]      show this help, or a command's\n"
     "\n"
     "options:\n"
@@ -166,6 +171,10 @@ s_dispatch (kiln_cli_t *cli, int argc, char *argv [])
         return kiln_deploy_main (cli, argc, argv);
     if (strcmp (command, "apps") == 0)
         return kiln_apps_main (cli, argc, argv);
+    if (strcmp (command, "runners") == 0)
+        return kiln_runners_main (cli, argc, argv);
+    if (strcmp (command, "workers") == 0)
+        return kiln_workers_main (cli, argc, argv);
     if (strcmp (command, "help") == 0)
         return s_help (cli, argc, argv);
     if (strcmp (command, "version") == 0) {

@@ -1,7 +1,10 @@
 """The kiln CLI: help, usage errors (exit 2), failures (exit 1, one line
 on stderr), and a whole `kiln up` driven through deploy, apps list, show
 and delete, ending with a child that dies on its own (kiln up says which,
-stops the rest and exits 1)."""
+stops the rest and exits 1). Then live control and visibility against a
+gateway with no broker, whose runner, worker and stats data the test
+writes into Redis itself: kiln apps scale (PATCH /v1/apps/...), kiln
+runners, kiln workers, failed starts in kiln apps show, GET /metrics."""
 
 import json
 import os
@@ -62,11 +65,11 @@ class CommandLineTest(unittest.TestCase):
             result = kiln(*args)
             self.assertEqual(result.returncode, 0, result)
             self.assertIn('usage: kiln', result.stdout)
-            for command in ('up', 'deploy', 'apps'):
+            for command in ('up', 'deploy', 'apps', 'apps scale', 'runners', 'workers'):
                 self.assertIn(command, result.stdout)
 
     def test_every_command_has_help(self):
-        for command in ('up', 'deploy', 'apps', 'help'):
+        for command in ('up', 'deploy', 'apps', 'runners', 'workers', 'help'):
             for args in ([command, '--help'], ['help', command]):
                 result = kiln(*args)
                 self.assertEqual(result.returncode, 0, result)
@@ -91,6 +94,24 @@ class CommandLineTest(unittest.TestCase):
         self.assertOneLineError(kiln('apps', 'launch'), 2, 'unknown apps subcommand')
         self.assertOneLineError(kiln('up', '--redis-port', 'x'), 2, 'port')
         self.assertOneLineError(kiln('up', 'extra'), 2, 'no argument')
+        self.assertOneLineError(kiln('apps', 'scale', 'me/app'), 2, 'at least one of')
+        self.assertOneLineError(kiln('apps', 'scale', 'me/app', '--max', '-1'), 2,
+                                '--max needs a whole number')
+        self.assertOneLineError(kiln('apps', 'scale', 'me/app', '--keep-alive', 'soon'), 2,
+                                '--keep-alive needs a whole number')
+        self.assertOneLineError(kiln('apps', 'scale', 'me/app', '--min', '1.5'), 2,
+                                '--min needs a whole number')
+        self.assertOneLineError(kiln('apps', 'scale', 'me/app', '--min', '3', '--max', '2'), 2,
+                                'above --max')
+        self.assertOneLineError(kiln('apps', 'scale', 'me/app', '--max', '0'), 2, 'at least 1')
+        self.assertOneLineError(kiln('apps', 'scale', 'me/app', '--min'), 2, 'needs a value')
+        self.assertOneLineError(kiln('apps', 'scale', 'Bad', '--min', '1'), 2, 'invalid app name')
+        self.assertOneLineError(kiln('apps', 'show', 'me/app', '--min', '1'), 2,
+                                'for apps scale only')
+        self.assertOneLineError(kiln('runners', 'extra'), 2, 'no argument')
+        self.assertOneLineError(kiln('runners', '--app', 'nope'), 2, 'invalid app name')
+        self.assertOneLineError(kiln('runners', '--bogus'), 2, 'unknown option --bogus')
+        self.assertOneLineError(kiln('workers', '--app', 'me/app'), 2, 'unknown option --app')
 
     def test_unreachable_gateway(self):
         port = free_port()
@@ -99,6 +120,9 @@ class CommandLineTest(unittest.TestCase):
         self.assertOneLineError(kiln('apps', 'list', env=clean_env(KILN_URL=url)), 1, want)
         self.assertOneLineError(kiln('--url', url, 'apps', 'list'), 1, want)
         self.assertOneLineError(kiln('apps', 'delete', 'me/app', '--url', url), 1, want)
+        self.assertOneLineError(kiln('apps', 'scale', 'me/app', '--min', '1', '--url', url), 1, want)
+        self.assertOneLineError(kiln('runners', '--url', url), 1, want)
+        self.assertOneLineError(kiln('workers', '--url', url), 1, want)
 
     def test_deploy_missing_file(self):
         self.assertOneLineError(kiln('deploy', '/nonexistent/app.so'), 1,
@@ -251,6 +275,266 @@ class UpTest(unittest.TestCase):
                       kiln_harness.tail(self.log_path, 200))
         wait_until(lambda: not [pid for pid, start in started.items() if alive(pid, start)],
                    2, what='every process kiln up started to go')
+
+
+def runner_view(runner_id, app, worker, state, **extra):
+    """A runner as the broker publishes it in kiln:runners."""
+    view = {'id': runner_id, 'app': app, 'revision': 1, 'worker': worker, 'host': 'host-' + worker,
+            'machine_type': 'CPU', 'gpu': None, 'state': state, 'inflight': 0, 'served': 0,
+            'idle_s': 0, 'started_ms': 1764350000000}
+    view.update(extra)
+    return json.dumps(view)
+
+
+@unittest.skipUnless(built('kiln-gateway') and built('kiln-runner')
+                     and os.path.isfile(os.path.join(BUILD_DIR, 'examples', 'echo.so')),
+                     'the kiln programs or examples/echo.so are not built')
+class ManageTest(kiln_harness.KilnTestCase):
+    """Live control and visibility: redis and a gateway, no broker, so
+    what the broker would publish is what the test writes."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.stack = kiln_harness.Stack(name='climanage')
+        try:
+            cls.stack.start_redis()
+            cls.stack.start_gateway()
+            echo = os.path.join(BUILD_DIR, 'examples', 'echo.so')
+            cls.stack.deploy(echo, 'cli/echo')
+            cls.stack.deploy(echo, 'cli/other')
+        except BaseException:
+            cls.stack.dump_logs()
+            cls.stack.close()
+            cls.stack = None
+            raise
+
+    def kiln(self, *args):
+        return self.stack.kiln(*args)
+
+    def app(self, name):
+        status, _, body = self.stack.http('GET', '/v1/apps/' + name)
+        self.assertEqual(status, 200, body)
+        return json.loads(body)
+
+    def patch(self, name, body):
+        status, headers, data = self.stack.http('PATCH', '/v1/apps/' + name, body)
+        return status, headers, data
+
+    def test_scale_merges_overrides_and_refuses_nonsense(self):
+        own = self.app('cli/echo')['manifest']
+        with self.stack.redis() as r:
+            revision = r.command('HGET', 'kiln:app:cli/echo', 'revision')
+            r.command('SUBSCRIBE', 'kiln:wake')
+            result = self.kiln('apps', 'scale', 'cli/echo', '--min', '2', '--max', '5',
+                               '--keep-alive', '7')
+            self.assertEqual(result.returncode, 0, result.stderr)
+            #  The broker hears of it at once: the next message pushed
+            #  to this subscribed connection
+            self.assertEqual(r._read(), [b'message', b'kiln:wake', b'cli/echo'])
+        lines = result.stdout.splitlines()
+        self.assertEqual(lines[0], 'scaled cli/echo')
+        self.assertRegex(result.stdout, r'min_concurrency:\s+2 .*scaled')
+        self.assertRegex(result.stdout, r'max_concurrency:\s+5 ')
+        self.assertRegex(result.stdout, r'keep_alive:\s+7 s ')
+        self.assertRegex(result.stdout, r'concurrency_buffer:\s+%d\n' % own['concurrency_buffer'])
+
+        app = self.app('cli/echo')
+        self.assertEqual(app['scale'], {'min_concurrency': 2, 'max_concurrency': 5, 'keep_alive': 7})
+        self.assertEqual(app['effective'], {'min_concurrency': 2, 'max_concurrency': 5,
+                                            'keep_alive': 7,
+                                            'concurrency_buffer': own['concurrency_buffer']})
+        with self.stack.redis() as r:
+            self.assertEqual(r.command('HGET', 'kiln:app:cli/echo', 'revision'), revision)
+
+        #  A later change merges with the earlier ones; null drops one
+        status, _, body = self.patch('cli/echo', {'concurrency_buffer': 2, 'keep_alive': None})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(json.loads(body)['scale'], {'min_concurrency': 2, 'max_concurrency': 5,
+                                                     'concurrency_buffer': 2})
+        self.assertEqual(json.loads(body)['effective']['keep_alive'], own['keep_alive'])
+
+        #  A min above the max in force is refused, whichever side moves
+        for args in (['--min', '6'], ['--max', '1']):
+            result = self.kiln('apps', 'scale', 'cli/echo', *args)
+            self.assertEqual(result.returncode, 1, result)
+            self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+            self.assertIn('must not exceed', result.stderr)
+        for body in ({'max_concurrency': 0}, {'min_concurrency': -1}, {'keep_alive': 'soon'},
+                     {'keep_alive': 1.5}, {'bogus': 1}, {}, [], {'reset': 'yes'},
+                     {'max_concurrency': 2 ** 31}):
+            with self.subTest(body=body):
+                status, headers, data = self.patch('cli/echo', body)
+                self.assertJsonError(status, headers, data, 422, 'bad_request')
+        status, headers, data = self.stack.http('PATCH', '/v1/apps/cli/echo', b'not json',
+                                                headers={'Content-Type': 'application/json'})
+        self.assertJsonError(status, headers, data, 422, 'bad_request')
+        self.assertEqual(self.app('cli/echo')['scale'], {'min_concurrency': 2, 'max_concurrency': 5,
+                                                         'concurrency_buffer': 2})
+        status, headers, data = self.patch('cli/nope', {'min_concurrency': 1})
+        self.assertJsonError(status, headers, data, 404, 'not_found')
+        result = self.kiln('apps', 'scale', 'cli/nope', '--min', '1')
+        self.assertEqual(result.returncode, 1, result)
+        self.assertIn('not deployed', result.stderr)
+
+        #  --reset goes back to the app's own values, then applies the rest
+        result = self.kiln('apps', 'scale', 'cli/echo', '--reset', '--buffer', '1', '--json')
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json.loads(result.stdout)['scale'], {'concurrency_buffer': 1})
+        result = self.kiln('apps', 'scale', 'cli/echo', '--reset')
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotIn('scaled;', result.stdout)
+        self.assertEqual(self.app('cli/echo')['scale'], {})
+        with self.stack.redis() as r:
+            self.assertEqual(r.command('HEXISTS', 'kiln:app:cli/echo', 'scale'), 0)
+
+    def test_apps_show_failed_starts_and_the_last_error(self):
+        result = self.kiln('apps', 'show', 'cli/other')
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertRegex(result.stdout, r'failed_starts:\s+0\n')
+        self.assertRegex(result.stdout, r'last_error:\s+-\n')
+        with self.stack.redis() as r:
+            r.command('HSET', 'kiln:app:cli/other', 'failed_starts', '2',
+                      'last_error', 'setup failed (exit 3): model weights not found',
+                      'last_error_ms', '1764350000000')
+        try:
+            result = self.kiln('apps', 'show', 'cli/other')
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertRegex(result.stdout, r'failed_starts:\s+2\n')
+            self.assertRegex(result.stdout,
+                             r'last_error:\s+setup failed \(exit 3\): model weights not found \(at ')
+            app = json.loads(self.kiln('apps', 'show', 'cli/other', '--json').stdout)
+            self.assertEqual((app['failed_starts'], app['last_error'], app['last_error_ms']),
+                             (2, 'setup failed (exit 3): model weights not found', 1764350000000))
+            listed = json.loads(self.kiln('apps', 'list', '--json').stdout)['apps']
+            other = next(a for a in listed if a['name'] == 'cli/other')
+            self.assertEqual(other['failed_starts'], 2)
+            self.assertIn('scale', other)
+        finally:
+            with self.stack.redis() as r:
+                r.command('HDEL', 'kiln:app:cli/other', 'failed_starts', 'last_error',
+                          'last_error_ms')
+
+    def seed_runners(self):
+        with self.stack.redis() as r:
+            r.command('DEL', 'kiln:runners', 'kiln:workers')
+            r.command('HSET', 'kiln:runners',
+                      'r-bbbbbbbb-0001', runner_view('r-bbbbbbbb-0001', 'cli/echo', 'w-1', 'busy',
+                                                     inflight=2, served=7),
+                      'r-aaaaaaaa-0002', runner_view('r-aaaaaaaa-0002', 'cli/echo', 'w-2', 'ready',
+                                                     machine_type='GPU-H100', gpu='1',
+                                                     served=3, idle_s=75),
+                      'r-cccccccc-0003', runner_view('r-cccccccc-0003', 'cli/other', 'w-1',
+                                                     'starting'),
+                      'r-dddddddd-0004', runner_view('r-dddddddd-0004', 'gone/app', 'w-2',
+                                                     'draining'),
+                      'r-broken', 'not json')
+            r.command('HSET', 'kiln:workers',
+                      'w-2', json.dumps({'id': 'w-2', 'host': 'gpu-box', 'slots': {'CPU': 4,
+                                                                               'GPU-H100': 2},
+                                         'used': {'GPU-H100': 1}, 'draining': True}),
+                      'w-1', json.dumps({'id': 'w-1', 'host': 'cpu-box', 'slots': {'CPU': 8},
+                                         'used': {'CPU': 2}, 'draining': False}))
+
+    def test_runners_and_workers(self):
+        self.seed_runners()
+        result = self.kiln('runners')
+        self.assertEqual(result.returncode, 0, result.stderr)
+        lines = result.stdout.splitlines()
+        self.assertEqual(lines[0].split(), ['ID', 'APP', 'WORKER', 'MACHINE', 'GPU', 'STATE',
+                                            'INFLIGHT', 'SERVED', 'IDLE'])
+        rows = [line.split() for line in lines[1:]]
+        #  Sorted by app then id; short ids; idle only when it means something
+        self.assertEqual(rows, [
+            ['r-aaaaaaaa', 'cli/echo', 'w-2', 'GPU-H100', '1', 'ready', '0', '3', '1m15s'],
+            ['r-bbbbbbbb', 'cli/echo', 'w-1', 'CPU', '-', 'busy', '2', '7', '-'],
+            ['r-cccccccc', 'cli/other', 'w-1', 'CPU', '-', 'starting', '0', '0', '-'],
+            ['r-dddddddd', 'gone/app', 'w-2', 'CPU', '-', 'draining', '0', '0', '0s']])
+
+        result = self.kiln('runners', '--app', 'cli/echo', '--json')
+        self.assertEqual(result.returncode, 0, result.stderr)
+        listed = json.loads(result.stdout)['runners']
+        self.assertEqual([r['id'] for r in listed], ['r-aaaaaaaa-0002', 'r-bbbbbbbb-0001'])
+        self.assertEqual(listed[0]['gpu'], '1')
+        result = self.kiln('runners', '--app', 'cli/nobody')
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(len(result.stdout.splitlines()), 1, result.stdout)
+        status, headers, body = self.stack.http('GET', '/v1/runners?app=No/Such')
+        self.assertJsonError(status, headers, body, 400, 'bad_request')
+
+        result = self.kiln('workers')
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual([line.split() for line in result.stdout.splitlines()], [
+            ['ID', 'HOST', 'SLOTS', 'USED', 'DRAINING'],
+            ['w-1', 'cpu-box', 'CPU=8', 'CPU=2', 'no'],
+            ['w-2', 'gpu-box', 'CPU=4,GPU-H100=2', 'CPU=0,GPU-H100=1', 'yes']])
+        result = self.kiln('workers', '--json')
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual([w['id'] for w in json.loads(result.stdout)['workers']], ['w-1', 'w-2'])
+
+    def test_metrics(self):
+        self.seed_runners()
+        with self.stack.redis() as r:
+            r.command('DEL', 'kiln:stats:cli/echo')
+            r.command('HSET', 'kiln:stats:cli/echo', 'status:200', '4', 'status:500', '1',
+                      'latency_count', '5', 'latency_sum_ms', '2345',
+                      'le:5', '1', 'le:10', '1', 'le:25', '2', 'le:50', '2', 'le:100', '3',
+                      'le:250', '3', 'le:500', '3', 'le:1000', '4', 'le:2500', '5', 'le:5000', '5',
+                      'le:10000', '5', 'le:30000', '5', 'le:60000', '5')
+            r.command('ZADD', 'kiln:queue:cli/other', '1', 'a', '2', 'b')
+        try:
+            status, headers, body = self.stack.http('GET', '/metrics')
+        finally:
+            with self.stack.redis() as r:
+                r.command('DEL', 'kiln:queue:cli/other')
+        self.assertEqual(status, 200)
+        self.assertEqual(headers.get('content-type'), 'text/plain; version=0.0.4; charset=utf-8')
+        text = body.decode()
+        lines = text.splitlines()
+        samples = dict(line.rsplit(' ', 1) for line in lines if line and not line.startswith('#'))
+
+        #  Every family has its HELP and TYPE, once, before its samples
+        families = {}
+        for line in lines:
+            if line.startswith('# TYPE '):
+                _, _, name, kind = line.split()
+                self.assertNotIn(name, families)
+                families[name] = kind
+                self.assertTrue(lines[lines.index(line) - 1].startswith('# HELP %s ' % name))
+        self.assertEqual(families['kiln_runners'], 'gauge')
+        self.assertEqual(families['kiln_queue_depth'], 'gauge')
+        self.assertEqual(families['kiln_requests_total'], 'counter')
+        self.assertEqual(families['kiln_request_duration_seconds'], 'histogram')
+        self.assertEqual(families['kiln_gateway_redis_up'], 'gauge')
+
+        def sample(name):
+            self.assertIn(name, samples, text)
+            return float(samples[name])
+        #  Every state of every app, 0 when none; a deleted app's runners too
+        self.assertEqual(sample('kiln_runners{app="cli/echo",state="busy"}'), 1)
+        self.assertEqual(sample('kiln_runners{app="cli/echo",state="ready"}'), 1)
+        self.assertEqual(sample('kiln_runners{app="cli/echo",state="starting"}'), 0)
+        self.assertEqual(sample('kiln_runners{app="cli/echo",state="draining"}'), 0)
+        self.assertEqual(sample('kiln_runners{app="cli/other",state="starting"}'), 1)
+        self.assertEqual(sample('kiln_runners{app="gone/app",state="draining"}'), 1)
+        self.assertEqual(sample('kiln_queue_depth{app="cli/other"}'), 2)
+        self.assertEqual(sample('kiln_queue_depth{app="cli/echo"}'), 0)
+        self.assertEqual(sample('kiln_requests_total{app="cli/echo",status="200"}'), 4)
+        self.assertEqual(sample('kiln_requests_total{app="cli/echo",status="500"}'), 1)
+        buckets = [(l.split('le="')[1].split('"')[0], float(l.rsplit(' ', 1)[1])) for l in lines
+                   if l.startswith('kiln_request_duration_seconds_bucket{app="cli/echo"')]
+        self.assertEqual(buckets[0], ('0.005', 1))
+        self.assertEqual(buckets[-1], ('+Inf', 5))
+        self.assertIn(('0.1', 3), buckets)
+        self.assertIn(('60', 5), buckets)
+        counts = [count for _, count in buckets]
+        self.assertEqual(counts, sorted(counts))
+        self.assertEqual(sample('kiln_request_duration_seconds_sum{app="cli/echo"}'), 2.345)
+        self.assertEqual(sample('kiln_request_duration_seconds_count{app="cli/echo"}'), 5)
+        self.assertEqual(sample('kiln_request_duration_seconds_count{app="cli/other"}'), 0)
+        self.assertEqual(sample('kiln_worker_slots{worker="w-2",machine_type="GPU-H100"}'), 2)
+        self.assertEqual(sample('kiln_worker_slots_used{worker="w-2",machine_type="CPU"}'), 0)
+        self.assertEqual(sample('kiln_worker_draining{worker="w-2"}'), 1)
+        self.assertEqual(sample('kiln_gateway_redis_up'), 1)
 
 
 if __name__ == '__main__':

@@ -4,8 +4,8 @@
     One libevent loop: evhttp for clients, two hiredis async connections
     (commands; our reply channel) and a few timers. This file runs the
     loop, the Redis connections, the life of each call, sync and queue
-    submits, files, health and metrics; gateway_v1.c and gateway_queue.c
-    answer the management and queue routes.
+    submits, files and health; gateway_v1.c, gateway_queue.c and
+    gateway_metrics.c answer the management, queue and metrics routes.
 
     What it takes and what it sends:
 
@@ -21,7 +21,8 @@
     | HTTP PUT /queue/.../requests/{id}/cancel    | see gateway_queue.c                      |
     | HTTP GET /files/{id}                        | HMGET kiln:file:{id} → the file          |
     | HTTP /v1/...                                | see gateway_v1.c                         |
-    | HTTP GET /health, GET /metrics              | answered from memory                     |
+    | HTTP GET /health                            | answered from memory                     |
+    | HTTP GET /metrics                           | see gateway_metrics.c                    |
     | Redis: SUBMIT's answer                      | -1 → 404; queue submits → 200            |
     | Redis: "subscribe" on kiln:done:{id}        | starts answering HTTP (listener on)      |
     | Redis: "message" id on kiln:done:{id}       | HMGET kiln:req:{id} → the stored answer  |
@@ -1288,7 +1289,7 @@ s_file (kiln_call_t *call)
 
 
 //  --------------------------------------------------------------------------
-//  GET /health, GET /metrics
+//  GET /health (GET /metrics: gateway_metrics.c)
 
 static void
 s_health (kiln_call_t *call)
@@ -1299,41 +1300,6 @@ s_health (kiln_call_t *call)
                               "redis", self->redis_up, "gateway_id", self->id);
     kiln_call_reply_json (call, self->redis_up ? 200 : 503, json);
 }
-
-static void
-s_metrics (kiln_call_t *call)
-{
-    kiln_gateway_t *self = call->gw;
-    char *text = NULL;
-    size_t size = 0;
-    FILE *out = open_memstream (&text, &size);
-    if (!out) {
-        kiln_call_error (call, 500, "internal_error", "Out of memory");
-        return;
-    }
-    fprintf (out, "# HELP kiln_gateway_requests_total HTTP answers sent, by status code.\n"
-                  "# TYPE kiln_gateway_requests_total counter\n");
-    for (int code = 0; code <= KILN_STATUS_MAX; code++)
-        if (self->answered [code])
-            fprintf (out, "kiln_gateway_requests_total{code=\"%d\"} %" PRIu64 "\n",
-                     code, self->answered [code]);
-    fprintf (out, "# HELP kiln_gateway_pending_sync_calls Sync calls waiting for their result.\n"
-                  "# TYPE kiln_gateway_pending_sync_calls gauge\n"
-                  "kiln_gateway_pending_sync_calls %zu\n", zhashx_size (self->pending));
-    fprintf (out, "# HELP kiln_gateway_clients_gone_total Callers that went away before their answer.\n"
-                  "# TYPE kiln_gateway_clients_gone_total counter\n"
-                  "kiln_gateway_clients_gone_total %" PRIu64 "\n", self->clients_gone);
-    fprintf (out, "# HELP kiln_gateway_redis_up Whether the gateway has its Redis connections.\n"
-                  "# TYPE kiln_gateway_redis_up gauge\n"
-                  "kiln_gateway_redis_up %d\n", self->redis_up ? 1 : 0);
-    fprintf (out, "# HELP kiln_gateway_redis_reconnects_total Attempts to connect to Redis again.\n"
-                  "# TYPE kiln_gateway_redis_reconnects_total counter\n"
-                  "kiln_gateway_redis_reconnects_total %" PRIu64 "\n", self->redis_reconnects);
-    fclose (out);
-    kiln_call_reply (call, 200, "text/plain; version=0.0.4; charset=utf-8", text, size);
-    free (text);
-}
-
 
 //  --------------------------------------------------------------------------
 //  HTTP entry point and signals
@@ -1365,7 +1331,7 @@ s_on_http (struct evhttp_request *req, void *arg)
         s_health (call);
     else
     if (route->kind == KILN_ROUTE_METRICS)
-        s_metrics (call);
+        kiln_gateway_metrics (call);
     else
     if (!self->redis_up)
         kiln_call_error (call, 503, "internal_error", "Redis is unavailable");
@@ -1383,6 +1349,9 @@ s_on_http (struct evhttp_request *req, void *arg)
         case KILN_ROUTE_APPS_DEPLOY:
         case KILN_ROUTE_APP_GET:
         case KILN_ROUTE_APP_DELETE:
+        case KILN_ROUTE_APP_SCALE:
+        case KILN_ROUTE_RUNNERS_LIST:
+        case KILN_ROUTE_WORKERS_LIST:
             kiln_gateway_v1 (call);
             break;
         case KILN_ROUTE_QUEUE_STATUS:

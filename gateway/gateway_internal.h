@@ -2,8 +2,9 @@
     gateway_internal — what gateway.c shares with its route handlers
 
     gateway.c owns the loop, the Redis connections and the life of each
-    HTTP call; gateway_v1.c (management API) and gateway_queue.c (queue
-    API) answer their routes through the kiln_call_* helpers below.
+    HTTP call; gateway_v1.c (management API), gateway_queue.c (queue API)
+    and gateway_metrics.c (/metrics) answer their routes through the
+    kiln_call_* helpers below.
 
     A call (kiln_call_t) is one HTTP request being answered. It is
     reference-counted: one reference for the HTTP side (dropped when the
@@ -167,5 +168,7 @@ void kiln_gateway_submit (kiln_call_t *call);
 void kiln_gateway_v1 (kiln_call_t *call);
 //  gateway_queue.c: status, stream, result, cancel
 void kiln_gateway_queue (kiln_call_t *call);
+//  gateway_metrics.c: GET /metrics (answers even while Redis is down)
+void kiln_gateway_metrics (kiln_call_t *call);
 
 #endif

@@ -6,22 +6,43 @@
     | PUT /v1/artifacts/{sha256} (bytes)  | SET kiln:artifact:{sha256}          | 201 {artifact, size}      |
     | POST /v1/apps {name, artifact,      | EVAL DEPLOY (kiln_scripts.h)       | 201 {name, revision,      |
     |   manifest}                         |                                     |   sync_url, queue_url}    |
-    | GET /v1/apps                        | EVAL LIST_APPS                      | 200 {apps: [...]}         |
-    | GET /v1/apps/{owner}/{app}          | HMGET kiln:app:{app}                | 200 {app fields} or 404   |
+    | GET /v1/apps                        | EVAL LIST_APPS (gateway_scripts.h)  | 200 {apps: [...]}         |
+    | GET /v1/apps/{owner}/{app}          | HMGET kiln:app:{app}                | 200 {app} or 404          |
+    | PATCH /v1/apps/{owner}/{app}        | EVAL SCALE (gateway_scripts.h)      | 200 {app}, 404, or 422    |
+    |   {min_concurrency?, max_concurrency?, concurrency_buffer?,            |   (bounds that make no    |
+    |    keep_alive?, reset?}                                                |   sense)                  |
     | DELETE /v1/apps/{owner}/{app}       | EVAL UNDEPLOY                       | 200 {deleted} or 404      |
+    | GET /v1/runners[?app=OWNER/APP]     | HVALS kiln:runners                  | 200 {runners: [...]}      |
+    | GET /v1/workers                     | HVALS kiln:workers                  | 200 {workers: [...]}      |
 
     An app as it is answered: {name, revision, artifact, manifest (object),
-    updated_ms, urls: {sync, queue}}.
+    updated_ms, urls: {sync, queue}, scale (the live overrides, {} when
+    none), effective {min_concurrency, max_concurrency, concurrency_buffer,
+    keep_alive} (what the broker scales by: an override, else the
+    manifest's value), failed_starts (in a row), last_error (null when
+    none), last_error_ms (null when none)}.
+
+    Runners and workers are the broker's view, which it rewrites every
+    second (kiln_keys.h); they are answered as the broker wrote them,
+    runners sorted by app then id, workers by id.
     =========================================================================
 */
 #include "gateway_internal.h"
+#include "gateway_scripts.h"
 #include "kiln_scripts.h"
 #include "kiln_manifest.h"
 
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+//  The bounds an operator may change live, as the manifest names them.
+static const char *s_scale_fields [] = {
+    "min_concurrency", "max_concurrency", "concurrency_buffer", "keep_alive", NULL
+};
+#define SCALE_FIELD_COUNT 4
 
 //  A number stored as a decimal string, or -1.
 static long long
@@ -33,8 +54,22 @@ s_number (const redisReply *reply)
     return *text && end && !*end ? value : -1;
 }
 
-//  {name, revision, artifact, manifest, updated_ms, urls} from the five
-//  stored fields, in that order.
+//  A JSON object stored as text (new reference), or NULL.
+static json_t *
+s_object (const redisReply *stored)
+{
+    if (!stored || stored->type != REDIS_REPLY_STRING)
+        return NULL;
+    json_t *value = json_loadb (stored->str, stored->len, 0, NULL);
+    if (json_is_object (value))
+        return value;
+    json_decref (value);
+    return NULL;
+}
+
+//  {name, revision, artifact, manifest, updated_ms, urls, scale, effective,
+//  failed_starts, last_error, last_error_ms} from the stored fields, in
+//  the order of KILN_GATEWAY_APP_FIELDS.
 static json_t *
 s_app_json (kiln_gateway_t *gw, redisReply **fields, const char *fallback_name)
 {
@@ -47,9 +82,7 @@ s_app_json (kiln_gateway_t *gw, redisReply **fields, const char *fallback_name)
     json_object_set_new (app, "name", kiln_json_text (name, strlen (name)));
     json_object_set_new (app, "revision", json_integer (s_number (fields [1])));
     json_object_set_new (app, "artifact", json_string (kiln_reply_str (fields [2])));
-    const redisReply *stored = fields [3];
-    json_t *manifest = stored && stored->type == REDIS_REPLY_STRING
-        ? json_loadb (stored->str, stored->len, 0, NULL) : NULL;
+    json_t *manifest = s_object (fields [3]);
     json_object_set_new (app, "manifest", manifest ? manifest : json_null ());
     json_object_set_new (app, "updated_ms", json_integer (s_number (fields [4])));
     json_t *urls = json_object ();
@@ -62,6 +95,28 @@ s_app_json (kiln_gateway_t *gw, redisReply **fields, const char *fallback_name)
         free (url);
         json_object_set_new (app, "urls", urls);
     }
+    //  Live control: the overrides, and what the broker scales by
+    json_t *scale = s_object (fields [5]);
+    if (!scale)
+        scale = json_object ();
+    json_t *effective = json_object ();
+    for (int i = 0; effective && s_scale_fields [i]; i++) {
+        json_t *value = json_object_get (scale, s_scale_fields [i]);
+        if (!json_is_integer (value))
+            value = json_object_get (manifest, s_scale_fields [i]);
+        json_object_set_new (effective, s_scale_fields [i],
+                             json_is_integer (value) ? json_copy (value) : json_null ());
+    }
+    json_object_set_new (app, "scale", scale ? scale : json_null ());
+    json_object_set_new (app, "effective", effective ? effective : json_null ());
+    long long failed_starts = s_number (fields [6]);
+    json_object_set_new (app, "failed_starts", json_integer (failed_starts > 0 ? failed_starts : 0));
+    const char *last_error = kiln_reply_str (fields [7]);
+    json_object_set_new (app, "last_error",
+                         *last_error ? kiln_json_text (last_error, strlen (last_error)) : json_null ());
+    long long last_error_ms = s_number (fields [8]);
+    json_object_set_new (app, "last_error_ms",
+                         last_error_ms > 0 ? json_integer (last_error_ms) : json_null ());
     return app;
 }
 
@@ -228,11 +283,11 @@ s_on_apps_listed (redisAsyncContext *ctx, void *r, void *privdata)
     kiln_call_t *call = privdata;
     redisReply *reply = r;
     if (kiln_call_usable (call, reply)) {
-        if (reply->type != REDIS_REPLY_ARRAY || reply->elements % KILN_LIST_APPS_FIELDS)
+        if (reply->type != REDIS_REPLY_ARRAY || reply->elements % KILN_GATEWAY_APP_FIELD_COUNT)
             kiln_call_error (call, 500, "internal_error", "Unexpected answer from the list script");
         else {
             json_t *apps = json_array ();
-            for (size_t i = 0; apps && i < reply->elements; i += KILN_LIST_APPS_FIELDS)
+            for (size_t i = 0; apps && i < reply->elements; i += KILN_GATEWAY_APP_FIELD_COUNT)
                 json_array_append_new (apps, s_app_json (call->gw, reply->element + i, ""));
             kiln_call_reply_json (call, 200, apps ? json_pack ("{s:o}", "apps", apps) : NULL);
         }
@@ -247,7 +302,7 @@ s_on_app (redisAsyncContext *ctx, void *r, void *privdata)
     kiln_call_t *call = privdata;
     redisReply *reply = r;
     if (kiln_call_usable (call, reply)) {
-        if (reply->type != REDIS_REPLY_ARRAY || reply->elements != KILN_LIST_APPS_FIELDS)
+        if (reply->type != REDIS_REPLY_ARRAY || reply->elements != KILN_GATEWAY_APP_FIELD_COUNT)
             kiln_call_error (call, 500, "internal_error", "Unexpected answer from Redis");
         else
         if (reply->element [1]->type != REDIS_REPLY_STRING)
@@ -256,6 +311,216 @@ s_on_app (redisAsyncContext *ctx, void *r, void *privdata)
             kiln_call_reply_json (call, 200, s_app_json (call->gw, reply->element, call->route.app));
     }
     kiln_call_unref (&call);
+}
+
+
+//  --------------------------------------------------------------------------
+//  PATCH /v1/apps/{owner}/{app}: live scale overrides
+
+static void
+s_on_scaled (redisAsyncContext *ctx, void *r, void *privdata)
+{
+    (void) ctx;
+    kiln_call_t *call = privdata;
+    redisReply *reply = r;
+    if (kiln_call_usable (call, reply)) {
+        long long code = reply->type == REDIS_REPLY_ARRAY && reply->elements > 0
+                      && reply->element [0]->type == REDIS_REPLY_INTEGER
+                       ? reply->element [0]->integer : 0;
+        if (code == -1)
+            kiln_call_error (call, 404, "not_found", "App %s is not deployed", call->route.app);
+        else
+        if (code == -2 && reply->elements == 3)
+            kiln_call_error (call, 422, "bad_request",
+                             "min_concurrency would be %s and max_concurrency %s: the minimum "
+                             "must not exceed the maximum (values not given are the app's own, "
+                             "or its earlier overrides)",
+                             kiln_reply_str (reply->element [1]),
+                             kiln_reply_str (reply->element [2]));
+        else
+        if (code == 1 && reply->elements == 1 + KILN_GATEWAY_APP_FIELD_COUNT) {
+            json_t *app = s_app_json (call->gw, reply->element + 1, call->route.app);
+            char *text = app ? json_dumps (json_object_get (app, "scale"), JSON_COMPACT) : NULL;
+            kiln_log_info ("scaled %s: overrides %s", call->route.app, text ? text : "?");
+            free (text);
+            kiln_call_reply_json (call, 200, app);
+        }
+        else
+            kiln_call_error (call, 500, "internal_error", "Unexpected answer from the scale script");
+    }
+    kiln_call_unref (&call);
+}
+
+//  Reads a scale patch into the script's arguments: per field "" (not
+//  given), "-" (null: drop the override) or the number. NULL when it is
+//  good, else why not (into why).
+static const char *
+s_scale_patch (json_t *patch, char values [SCALE_FIELD_COUNT][24], bool *reset,
+               char *why, size_t why_size)
+{
+    *reset = false;
+    for (int i = 0; i < SCALE_FIELD_COUNT; i++)
+        values [i][0] = 0;
+    if (!json_is_object (patch))
+        return "Body must be a JSON object {min_concurrency?, max_concurrency?, "
+               "concurrency_buffer?, keep_alive?, reset?}";
+    const char *key;
+    json_t *value;
+    bool changes = false;
+    json_object_foreach (patch, key, value) {
+        if (strcmp (key, "reset") == 0) {
+            if (!json_is_boolean (value))
+                return "reset must be true or false";
+            *reset = json_is_true (value);
+            changes |= *reset;
+            continue;
+        }
+        int index = 0;
+        while (s_scale_fields [index] && strcmp (s_scale_fields [index], key) != 0)
+            index++;
+        if (!s_scale_fields [index]) {
+            snprintf (why, why_size, "Unknown field '%.64s': the fields are min_concurrency, "
+                      "max_concurrency, concurrency_buffer, keep_alive and reset", key);
+            return why;
+        }
+        if (json_is_null (value))
+            snprintf (values [index], sizeof values [index], "-");
+        else
+        if (!json_is_integer (value)
+        ||  json_integer_value (value) < 0 || json_integer_value (value) > INT_MAX) {
+            snprintf (why, why_size, "%s must be a whole number from 0 to %d (or null to "
+                      "drop the override)", key, INT_MAX);
+            return why;
+        }
+        else
+        if (strcmp (key, "max_concurrency") == 0 && json_integer_value (value) < 1)
+            return "max_concurrency must be at least 1";
+        else
+            snprintf (values [index], sizeof values [index], "%" JSON_INTEGER_FORMAT,
+                      json_integer_value (value));
+        changes = true;
+    }
+    if (!changes)
+        return "Nothing to change: give min_concurrency, max_concurrency, "
+               "concurrency_buffer, keep_alive or reset";
+    return NULL;
+}
+
+static void
+s_app_scale (kiln_call_t *call)
+{
+    if (!kiln_call_body_fits (call))
+        return;
+    size_t size;
+    const char *body = kiln_call_body (call, &size);
+    json_error_t error;
+    json_t *patch = json_loadb (body, size, JSON_REJECT_DUPLICATES, &error);
+    char values [SCALE_FIELD_COUNT][24];
+    char why_buffer [256];
+    bool reset = false;
+    const char *why = why_buffer;
+    if (!patch)
+        snprintf (why_buffer, sizeof why_buffer, "Body is not valid JSON: %s", error.text);
+    else
+        why = s_scale_patch (patch, values, &reset, why_buffer, sizeof why_buffer);
+    json_decref (patch);
+    if (why) {
+        kiln_call_error (call, 422, "bad_request", "%s", why);
+        return;
+    }
+    kiln_key_t key = kiln_key_app (call->route.app);
+    kiln_call_redisf (call, s_on_scaled, "EVAL %s 1 %s %s %s %s %s %s %s",
+                      KILN_GATEWAY_SCRIPT_SCALE, key.s, call->route.app, reset ? "1" : "0",
+                      values [0], values [1], values [2], values [3]);
+}
+
+
+//  --------------------------------------------------------------------------
+//  GET /v1/runners, GET /v1/workers
+
+//  Orders runners by app, then id; workers (no app) by id.
+static int
+s_compare_views (const void *a, const void *b)
+{
+    json_t *left = *(json_t * const *) a;
+    json_t *right = *(json_t * const *) b;
+    const char *left_app = json_string_value (json_object_get (left, "app"));
+    const char *right_app = json_string_value (json_object_get (right, "app"));
+    int order = strcmp (left_app ? left_app : "", right_app ? right_app : "");
+    if (order)
+        return order;
+    const char *left_id = json_string_value (json_object_get (left, "id"));
+    const char *right_id = json_string_value (json_object_get (right, "id"));
+    return strcmp (left_id ? left_id : "", right_id ? right_id : "");
+}
+
+//  The broker's JSON values (HVALS) as a sorted array, of one app when
+//  app is not empty. Values that are not JSON objects are skipped.
+static json_t *
+s_views (redisReply *reply, const char *app)
+{
+    json_t **items = calloc (reply->elements + 1, sizeof *items);
+    if (!items)
+        return NULL;
+    size_t count = 0;
+    for (size_t i = 0; i < reply->elements; i++) {
+        json_t *item = s_object (reply->element [i]);
+        if (!item)
+            continue;
+        const char *its_app = json_string_value (json_object_get (item, "app"));
+        if (*app && (!its_app || strcmp (its_app, app) != 0)) {
+            json_decref (item);
+            continue;
+        }
+        items [count++] = item;
+    }
+    qsort (items, count, sizeof *items, s_compare_views);
+    json_t *array = json_array ();
+    for (size_t i = 0; i < count; i++) {
+        if (array)
+            json_array_append (array, items [i]);
+        json_decref (items [i]);
+    }
+    free (items);
+    return array;
+}
+
+static void
+s_on_views (redisAsyncContext *ctx, void *r, void *privdata)
+{
+    (void) ctx;
+    kiln_call_t *call = privdata;
+    redisReply *reply = r;
+    if (kiln_call_usable (call, reply)) {
+        if (reply->type != REDIS_REPLY_ARRAY)
+            kiln_call_error (call, 500, "internal_error", "Unexpected answer from Redis");
+        else {
+            bool runners = call->route.kind == KILN_ROUTE_RUNNERS_LIST;
+            json_t *list = s_views (reply, call->route.app);
+            kiln_call_reply_json (call, 200, list
+                ? json_pack ("{s:o}", runners ? "runners" : "workers", list) : NULL);
+        }
+    }
+    kiln_call_unref (&call);
+}
+
+static void
+s_views_list (kiln_call_t *call)
+{
+    bool runners = call->route.kind == KILN_ROUTE_RUNNERS_LIST;
+    char *app = runners ? kiln_call_query (call, "app") : NULL;
+    if (app && *app) {
+        if (!kiln_app_name_valid (app)) {
+            kiln_call_error (call, 400, "bad_request",
+                             "app must be OWNER/APP, each part 1-%d of [a-z0-9_-]", KILN_NAME_MAX);
+            free (app);
+            return;
+        }
+        //  Kept for the answer: the filter
+        snprintf (call->route.app, sizeof call->route.app, "%s", app);
+    }
+    free (app);
+    kiln_call_redisf (call, s_on_views, "HVALS %s", runners ? KILN_KEY_RUNNERS : KILN_KEY_WORKERS);
 }
 
 
@@ -295,11 +560,17 @@ kiln_gateway_v1 (kiln_call_t *call)
             break;
         case KILN_ROUTE_APPS_LIST:
             kiln_call_redisf (call, s_on_apps_listed, "EVAL %s 1 %s",
-                              KILN_SCRIPT_LIST_APPS, KILN_KEY_APPS);
+                              KILN_GATEWAY_SCRIPT_LIST_APPS, KILN_KEY_APPS);
             break;
         case KILN_ROUTE_APP_GET:
-            kiln_call_redisf (call, s_on_app, "HMGET %s name revision artifact manifest updated_ms",
-                              key.s);
+            kiln_call_redisf (call, s_on_app, "HMGET %s " KILN_GATEWAY_APP_FIELDS, key.s);
+            break;
+        case KILN_ROUTE_APP_SCALE:
+            s_app_scale (call);
+            break;
+        case KILN_ROUTE_RUNNERS_LIST:
+        case KILN_ROUTE_WORKERS_LIST:
+            s_views_list (call);
             break;
         case KILN_ROUTE_APP_DELETE:
             kiln_call_redisf (call, s_on_undeployed, "EVAL %s 2 %s %s %s",

@@ -287,15 +287,24 @@ s_match_v1 (kiln_route_t *self, const char *method, const s_path_t *path)
             if (s_is_get (method))
                 kind = KILN_ROUTE_APP_GET;
             else
+            if (strcmp (method, "PATCH") == 0)
+                kind = KILN_ROUTE_APP_SCALE;
+            else
             if (strcmp (method, "DELETE") == 0)
                 kind = KILN_ROUTE_APP_DELETE;
             else
-                return s_bad_method (self, method, "GET, HEAD, DELETE");
+                return s_bad_method (self, method, "GET, HEAD, PATCH, DELETE");
             if (!s_take_app (self, path, 2))
                 return s_error (self, 404, "not_found", "No such app: the name is not valid");
             return self->kind = kind;
         }
         return s_not_found (self);
+    }
+    if ((s_is (path, 1, "runners") || s_is (path, 1, "workers")) && path->count == 2) {
+        if (!s_is_get (method))
+            return s_bad_method (self, method, "GET, HEAD");
+        return self->kind = s_is (path, 1, "runners")
+            ? KILN_ROUTE_RUNNERS_LIST : KILN_ROUTE_WORKERS_LIST;
     }
     if (s_is (path, 1, "artifacts") && path->count == 3) {
         if (strcmp (method, "PUT") != 0)
@@ -395,6 +404,9 @@ kiln_route_kind_name (kiln_route_kind_t kind)
         case KILN_ROUTE_APPS_DEPLOY:  return "APPS_DEPLOY";
         case KILN_ROUTE_APP_GET:      return "APP_GET";
         case KILN_ROUTE_APP_DELETE:   return "APP_DELETE";
+        case KILN_ROUTE_APP_SCALE:    return "APP_SCALE";
+        case KILN_ROUTE_RUNNERS_LIST: return "RUNNERS_LIST";
+        case KILN_ROUTE_WORKERS_LIST: return "WORKERS_LIST";
     }
     return "?";
 }
@@ -625,8 +637,22 @@ kiln_route_test (bool verbose)
     s_expect ("GET", "/v1/apps/local/echo", KILN_ROUTE_APP_GET, "local/echo", NULL, NULL);
     s_expect ("DELETE", "/v1/apps/local/echo", KILN_ROUTE_APP_DELETE, "local/echo", NULL, NULL);
     s_expect ("PUT", "/v1/artifacts/" SHA, KILN_ROUTE_ARTIFACT_PUT, NULL, NULL, SHA);
+    s_expect ("PATCH", "/v1/apps/local/echo", KILN_ROUTE_APP_SCALE, "local/echo", NULL, NULL);
+    s_expect ("PATCH", "/v1/apps/local/echo/", KILN_ROUTE_APP_SCALE, "local/echo", NULL, NULL);
+    s_expect ("GET", "/v1/runners", KILN_ROUTE_RUNNERS_LIST, NULL, NULL, NULL);
+    s_expect ("GET", "/v1/runners/", KILN_ROUTE_RUNNERS_LIST, NULL, NULL, NULL);
+    s_expect ("HEAD", "/v1/runners", KILN_ROUTE_RUNNERS_LIST, NULL, NULL, NULL);
+    s_expect ("GET", "/v1/workers", KILN_ROUTE_WORKERS_LIST, NULL, NULL, NULL);
     s_expect_error ("DELETE", "/v1/apps", 405, "GET, HEAD, POST");
-    s_expect_error ("POST", "/v1/apps/local/echo", 405, "GET, HEAD, DELETE");
+    s_expect_error ("PATCH", "/v1/apps", 405, "GET, HEAD, POST");
+    s_expect_error ("POST", "/v1/apps/local/echo", 405, "GET, HEAD, PATCH, DELETE");
+    s_expect_error ("PUT", "/v1/apps/local/echo", 405, "GET, HEAD, PATCH, DELETE");
+    s_expect_error ("PATCH", "/v1/apps/Local/echo", 404, NULL);
+    s_expect_error ("PATCH", "/v1/apps/v1/echo", 404, NULL);
+    s_expect_error ("POST", "/v1/runners", 405, "GET, HEAD");
+    s_expect_error ("DELETE", "/v1/workers", 405, "GET, HEAD");
+    s_expect_error ("GET", "/v1/runners/r-1", 404, NULL);
+    s_expect_error ("GET", "/v1/workers/w-1/x", 404, NULL);
     s_expect_error ("GET", "/v1/artifacts/" SHA, 405, "PUT");
     s_expect_error ("GET", "/v1/apps/local", 404, NULL);
     s_expect_error ("GET", "/v1/apps/local/echo/x", 404, NULL);
@@ -644,7 +670,7 @@ kiln_route_test (bool verbose)
     assert (!kiln_route_sha256_valid (""));
 
     //  Every kind has a name
-    for (int kind = KILN_ROUTE_ERROR; kind <= KILN_ROUTE_APP_DELETE; kind++)
+    for (int kind = KILN_ROUTE_ERROR; kind <= KILN_ROUTE_KIND_LAST; kind++)
         assert (strcmp (kiln_route_kind_name ((kiln_route_kind_t) kind), "?") != 0);
 
     if (verbose)

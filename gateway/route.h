@@ -23,7 +23,10 @@
     | GET        | /v1/apps                                        | APPS_LIST       |
     | POST       | /v1/apps                                        | APPS_DEPLOY     |
     | GET        | /v1/apps/{owner}/{app}                          | APP_GET         |
+    | PATCH      | /v1/apps/{owner}/{app}                          | APP_SCALE       |
     | DELETE     | /v1/apps/{owner}/{app}                          | APP_DELETE      |
+    | GET        | /v1/runners                                     | RUNNERS_LIST    |
+    | GET        | /v1/workers                                     | WORKERS_LIST    |
 
     HEAD is taken wherever GET is. Rules:
     - Each segment is percent-decoded on its own, so "%2F" can never
@@ -67,7 +70,13 @@ typedef enum {
     KILN_ROUTE_APPS_DEPLOY,
     KILN_ROUTE_APP_GET,
     KILN_ROUTE_APP_DELETE,
+    KILN_ROUTE_APP_SCALE,
+    KILN_ROUTE_RUNNERS_LIST,
+    KILN_ROUTE_WORKERS_LIST,
 } kiln_route_kind_t;
+
+//  The last kind, for loops over every kind.
+#define KILN_ROUTE_KIND_LAST KILN_ROUTE_WORKERS_LIST
 
 typedef struct {
     kiln_route_kind_t kind;

@@ -39,6 +39,7 @@ typedef enum {
     K_U64,
     K_U32,
     K_I32,
+    K_BOOL,                         //  bool, msgpack true/false; sent only when true
     K_SLOTS,                        //  map machine_type → count
     K_LOGS,                         //  array of maps
     K_FILES,                        //  array of maps
@@ -48,7 +49,7 @@ typedef enum {
     F_WORKER_ID, F_RUNNER_ID, F_HOST, F_APP, F_REVISION, F_ARTIFACT,
     F_MACHINE_TYPE, F_GPU, F_MAX_MULTIPLEXING, F_SLOTS, F_REQUEST_ID,
     F_PATH, F_CONTENT_TYPE, F_BODY, F_STATUS, F_ERROR, F_ERROR_TYPE,
-    F_INFERENCE_MS, F_LOGS, F_FILES,
+    F_INFERENCE_MS, F_LOGS, F_FILES, F_DRAINING,
     F_COUNT
 } s_field_id_t;
 
@@ -91,6 +92,7 @@ static const s_field_t s_fields [F_COUNT] = {
     FIELD (F_INFERENCE_MS, inference_ms, K_U64),
     FIELD (F_LOGS, logs, K_LOGS),
     FIELD (F_FILES, files, K_FILES),
+    FIELD (F_DRAINING, draining, K_BOOL),
 };
 
 #define BIT(f) (1u << (f))
@@ -103,10 +105,11 @@ typedef struct {
 
 static const s_type_t s_types [] = {
     [KILN_MSG_WORKER_HELLO] = { "WORKER_HELLO",
-        BIT (F_WORKER_ID) | BIT (F_HOST) | BIT (F_SLOTS),
+        BIT (F_WORKER_ID) | BIT (F_HOST) | BIT (F_SLOTS) | BIT (F_DRAINING),
         BIT (F_WORKER_ID) | BIT (F_HOST) | BIT (F_SLOTS) },
     [KILN_MSG_RUNNER_HELLO] = { "RUNNER_HELLO",
-        BIT (F_RUNNER_ID) | BIT (F_WORKER_ID) | BIT (F_APP) | BIT (F_REVISION) | BIT (F_MAX_MULTIPLEXING),
+        BIT (F_RUNNER_ID) | BIT (F_WORKER_ID) | BIT (F_APP) | BIT (F_REVISION) | BIT (F_MAX_MULTIPLEXING)
+        | BIT (F_GPU),
         BIT (F_RUNNER_ID) | BIT (F_WORKER_ID) | BIT (F_APP) | BIT (F_MAX_MULTIPLEXING) },
     [KILN_MSG_HEARTBEAT] = { "HEARTBEAT", 0, 0 },
     [KILN_MSG_RUNNER_START] = { "RUNNER_START",
@@ -241,6 +244,8 @@ s_field_present (const kiln_msg_t *self, s_field_id_t f, bool required)
         case K_U32:
         case K_I32:
             return true;
+        case K_BOOL:
+            return *AT_CONST (self, field->offset, bool);
         case K_SLOTS:
             return required || self->slot_count > 0;
         case K_LOGS:
@@ -269,6 +274,9 @@ s_pack_field (msgpack_packer *pk, const kiln_msg_t *self, s_field_id_t f)
             return msgpack_pack_uint32 (pk, *AT_CONST (self, field->offset, uint32_t));
         case K_I32:
             return msgpack_pack_int32 (pk, *AT_CONST (self, field->offset, int32_t));
+        case K_BOOL:
+            return *AT_CONST (self, field->offset, bool)? msgpack_pack_true (pk)
+                                                         : msgpack_pack_false (pk);
         case K_SLOTS:
             if (self->slot_count > KILN_MSG_MAX_ITEMS || (self->slot_count && !self->slots))
                 return -1;
@@ -702,6 +710,11 @@ s_decode_field (kiln_msg_t *self, s_field_id_t f, const msgpack_object *val, boo
                 return field->invalid;
             *AT (self, field->offset, int32_t) = (int32_t) n;
             return NULL;
+        case K_BOOL:
+            if (val->type != MSGPACK_OBJECT_BOOLEAN)
+                return field->invalid;
+            *AT (self, field->offset, bool) = val->via.boolean;
+            return NULL;
         case K_SLOTS:
             return s_decode_slots (self, val);
         case K_LOGS:
@@ -901,6 +914,7 @@ s_test_full (kiln_msg_type_t type)
     m->artifact = strdup ("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     m->machine_type = strdup ("GPU-H100");
     m->gpu = 3;
+    m->draining = true;
     m->max_multiplexing = 4000000000u;
     m->slot_count = 2;
     m->slots = calloc (2, sizeof *m->slots);
@@ -973,6 +987,7 @@ s_test_check (const kiln_msg_t *a, const kiln_msg_t *b)
     CHECK_STR (F_ERROR, error);
     CHECK_STR (F_ERROR_TYPE, error_type);
     CHECK_NUM (F_INFERENCE_MS, inference_ms, 0);
+    CHECK_NUM (F_DRAINING, draining, false);
     if (has & BIT (F_BODY)) {
         assert (b->body && b->body_size == a->body_size);
         assert (memcmp (b->body, a->body, a->body_size) == 0);
@@ -1321,6 +1336,20 @@ s_test_hostile (void)
         assert (why && strstr (why, "slots"));
     }
 
+    //  A boolean given as anything else.
+    s_test_frame_start (&t, 1, KILN_MSG_WORKER_HELLO);
+    msgpack_pack_map (&t.pk, 4);
+    s_test_key (&t, "worker_id");
+    s_test_key (&t, "w");
+    s_test_key (&t, "host");
+    s_test_key (&t, "h");
+    s_test_key (&t, "slots");
+    msgpack_pack_map (&t.pk, 0);
+    s_test_key (&t, "draining");
+    msgpack_pack_int (&t.pk, 1);
+    why = s_test_frame_decode (&t);
+    assert (why && strstr (why, "draining"));
+
     //  Optional fields given as nil count as absent.
     s_test_frame_start (&t, 1, KILN_MSG_RUNNER_EXITED);
     msgpack_pack_map (&t.pk, 3);
@@ -1568,7 +1597,19 @@ kiln_msg_test (bool verbose)
     data = kiln_msg_encode (m, &size);              //  slots: an empty map
     assert (data);
     back = kiln_msg_decode (data, size, NULL);
-    assert (back && back->slot_count == 0);
+    assert (back && back->slot_count == 0 && !back->draining);
+    kiln_msg_destroy (&back);
+    free (data);
+    kiln_msg_destroy (&m);
+    //  A RUNNER_HELLO carries its GPU, -1 (none) by default.
+    m = kiln_msg_new (KILN_MSG_RUNNER_HELLO);
+    m->runner_id = strdup ("r");
+    m->worker_id = strdup ("w");
+    m->app = strdup ("a/b");
+    m->max_multiplexing = 1;
+    data = kiln_msg_encode (m, &size);
+    back = kiln_msg_decode (data, size, NULL);
+    assert (back && back->gpu == -1);
     kiln_msg_destroy (&back);
     free (data);
     kiln_msg_destroy (&m);

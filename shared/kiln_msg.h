@@ -19,8 +19,10 @@
 
     | type           | from → to        | fields                                              |
     |----------------|------------------|-----------------------------------------------------|
-    | WORKER_HELLO   | worker → broker  | worker_id*, host*, slots* {machine_type: count}     |
-    | RUNNER_HELLO   | runner → broker  | runner_id*, worker_id*, app*, revision, max_multiplexing* |
+    | WORKER_HELLO   | worker → broker  | worker_id*, host*, slots* {machine_type: count},    |
+    |                |                  | draining (true: leaving; place no runner there)     |
+    | RUNNER_HELLO   | runner → broker  | runner_id*, worker_id*, app*, revision,             |
+    |                |                  | max_multiplexing*, gpu (its CUDA device, if one)    |
     | HEARTBEAT      | any ↔ broker     | (none)                                              |
     | RUNNER_START   | broker → worker  | runner_id*, app*, revision*, artifact*, machine_type*, gpu |
     | RUNNER_STOP    | broker → worker  | runner_id*                                          |
@@ -36,6 +38,13 @@
     A decoded message is checked: version, known type, every field of the
     right msgpack type, every required field present, sizes within
     KILN_MSG_MAX_*. Anything else is refused with a reason, never asserted.
+
+    A runner that is stopping answers each request it will not start
+    (queued behind its busy handlers, or arriving after SIGTERM) with a
+    RESULT of status 503 and error_type KILN_ERROR_TYPE_RUNNER_DRAINING:
+    the broker puts it back at the head of its queue without counting an
+    attempt. A handler's own answer never carries that error_type (the
+    runner rewrites it), so an app cannot make a request loop forever.
     =========================================================================
 */
 #ifndef KILN_MSG_H_INCLUDED
@@ -67,6 +76,9 @@ typedef enum {
     KILN_MSG_DISCONNECT    = 10,
     KILN_MSG_CANCEL        = 11,
 } kiln_msg_type_t;
+
+//  error_type of a RESULT that hands back a request no handler started.
+#define KILN_ERROR_TYPE_RUNNER_DRAINING "runner_draining"
 
 //  The highest type this codec knows.
 #define KILN_MSG_TYPE_LAST KILN_MSG_CANCEL
@@ -104,6 +116,7 @@ typedef struct {
     char *artifact;                 //  SHA-256, 64 hex digits
     char *machine_type;
     int32_t gpu;                    //  device index, -1 for none (default)
+    bool draining;                  //  WORKER_HELLO: stopping, takes no runners
     uint32_t max_multiplexing;
     kiln_msg_slot_t *slots;  size_t slot_count;
     char *request_id;

@@ -200,6 +200,55 @@ const char *KILN_SCRIPT_LOG =
     "redis.call('RPUSH', KEYS[2], unpack(ARGV))\n"
     "return #ARGV\n";
 
+const char *KILN_SCRIPT_REQUEUE =
+    S_LUA_COMPLETE
+    S_LUA_ERROR_BODY
+    "local f = redis.call('HMGET', KEYS[1], 'state', 'app', 'priority', 'attempts',\n"
+    "  'no_retry', 'cancel_requested')\n"
+    "if f[1] ~= 'IN_PROGRESS' then return -1 end\n"
+    "local id, now = ARGV[1], tonumber(ARGV[2])\n"
+    "local limit = tonumber(ARGV[3]) or 1\n"
+    "local counted = ARGV[4] ~= '0'\n"
+    "local retention = tonumber(ARGV[5] or '3600') or 3600\n"
+    "local attempts = tonumber(f[4] or '0') or 0\n"
+    "if not counted and attempts > 0 then\n"
+    "  attempts = attempts - 1\n"
+    "  redis.call('HSET', KEYS[1], 'attempts', attempts)\n"
+    "end\n"
+    //  Its client gave up on it while it ran: nobody wants another run.
+    "if f[6] == '1' then\n"
+    "  complete(KEYS[1], id, 499, 'application/json',\n"
+    "    error_body('Request cancelled by the client', 'client_cancelled'),\n"
+    "    'Request cancelled by the client', 'client_cancelled', now, retention, 0)\n"
+    "  return 0\n"
+    "end\n"
+    "if counted and (f[5] == '1' or attempts >= limit) then\n"
+    "  if ARGV[6] == 'keep' then return -2 end\n"
+    "  local detail = 'Runner disconnected while processing the request'\n"
+    "  if f[5] == '1' then detail = detail .. ' (X-Fal-No-Retry: not retried)'\n"
+    "  else detail = detail .. ' (tried ' .. attempts .. ' times)' end\n"
+    "  complete(KEYS[1], id, 503, 'application/json',\n"
+    "    error_body(detail, 'runner_disconnected'), detail, 'runner_disconnected',\n"
+    "    now, retention, 0)\n"
+    "  return 0\n"
+    "end\n"
+    "local band = 0\n"
+    "if f[3] == 'low' then band = 1 end\n"
+    "local seq = redis.call('INCR', 'kiln:headseq')\n"
+    "redis.call('ZREM', 'kiln:inflight', id)\n"
+    //  Its start deadline was met when it first started: a retry does
+    //  not time out on it.
+    "redis.call('HSET', KEYS[1], 'state', 'IN_QUEUE', 'start_deadline_ms', 0)\n"
+    "redis.call('HDEL', KEYS[1], 'runner', 'started_ms')\n"
+    "redis.call('ZADD', 'kiln:queue:' .. f[2], band * 4503599627370496 - seq, id)\n"
+    "redis.call('PUBLISH', 'kiln:wake', f[2])\n"
+    "return 1\n";
+
+const char *KILN_SCRIPT_APP_STATUS =
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
+    "if #ARGV >= 2 then redis.call('HSET', KEYS[1], unpack(ARGV)) end\n"
+    "return 1\n";
+
 const char *KILN_SCRIPT_DEPLOY =
     "if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end\n"
     "local revision = redis.call('HINCRBY', KEYS[1], 'revision', 1)\n"
@@ -785,6 +834,189 @@ s_test_webhooks (redisContext *ctx, const char *app)
     CHECK (s_int (ctx, "EXISTS %s", kiln_key_request ("ghost").s) == 0);
 }
 
+//  REQUEUE at now 1700000004000; returns its integer answer.
+static long long
+s_requeue (redisContext *ctx, const char *id, const char *limit, const char *counted,
+           const char *on_limit)
+{
+    kiln_key_t req_key = kiln_key_request (id);
+    const char *keys [] = { req_key.s };
+    const char *args [] = { id, "1700000004000", limit, counted, "600", on_limit };
+    redisReply *reply = s_eval (ctx, KILN_SCRIPT_REQUEUE, 1, keys, on_limit? 6: 5, args, NULL);
+    CHECK (reply->type == REDIS_REPLY_INTEGER);
+    long long n = reply->integer;
+    freeReplyObject (reply);
+    return n;
+}
+
+//  Takes the queue's head until it gives id (NULL: until it is empty),
+//  completing every other request it takes on the way.
+static void
+s_take_until (redisContext *ctx, const char *app, const char *id)
+{
+    while (true) {
+        redisReply *reply = s_take_at (ctx, app, "runner-9", "1700000003000", "1800000000000", "600");
+        if (reply->type == REDIS_REPLY_NIL) {
+            freeReplyObject (reply);
+            CHECK (id == NULL);
+            return;
+        }
+        CHECK (reply->type == REDIS_REPLY_ARRAY && reply->elements == 4);
+        bool found = id && strcmp (reply->element [0]->str, id) == 0;
+        if (!found)
+            CHECK (s_complete (ctx, app, reply->element [0]->str, "200", "", 0, 0, NULL) == 1);
+        freeReplyObject (reply);
+        if (found)
+            return;
+    }
+}
+
+//  A lost runner's requests go back to the head of their queue, within
+//  their band, until the retry limit; no_retry and cancels are honoured;
+//  a hand-back does not count.
+static void
+s_test_requeue (redisContext *ctx, redisContext *sub, const char *app)
+{
+    const char *r1 = "00000000-0000-4000-8000-0000000000d1";
+    const char *r2 = "00000000-0000-4000-8000-0000000000d2";
+    const char *n1 = "00000000-0000-4000-8000-0000000000d3";
+    const char *lo = "00000000-0000-4000-8000-0000000000d4";
+    const char *lo2 = "00000000-0000-4000-8000-0000000000d5";
+    const char *nr = "00000000-0000-4000-8000-0000000000d6";
+    const char *cx = "00000000-0000-4000-8000-0000000000d7";
+    kiln_key_t queue = kiln_key_queue (app);
+    kiln_key_t req1 = kiln_key_request (r1);
+    CHECK (s_int (ctx, "ZCARD %s", queue.s) == 0);
+
+    //  r1 (with a start deadline) and r2 run; n1 and lo, lo2 wait.
+    CHECK (s_submit_full (ctx, app, r1, "normal", "kiln:done:gw1", "", "1700000005000", "0", "{}", 2) == 0);
+    CHECK (s_submit_full (ctx, app, r2, "normal", "", "", "0", "0", "{}", 2) == 1);
+    s_take_expect (ctx, app, "1700000001000", r1);
+    s_take_expect (ctx, app, "1700000001000", r2);
+    CHECK (s_submit_full (ctx, app, lo, "low", "", "", "0", "0", "{}", 2) == 0);
+    CHECK (s_submit_full (ctx, app, lo2, "low", "", "", "0", "0", "{}", 2) == 1);
+    CHECK (s_submit_full (ctx, app, n1, "normal", "", "", "0", "0", "{}", 2) == 0);
+    for (int i = 0; i < 5; i++)
+        CHECK (s_expect_message (sub, KILN_CHANNEL_WAKE, app));
+
+    //  Not IN_PROGRESS: -1, nothing written.
+    CHECK (s_requeue (ctx, n1, "3", "1", NULL) == -1);
+    CHECK (s_requeue (ctx, "00000000-0000-4000-8000-000000000999", "3", "1", NULL) == -1);
+    CHECK (s_int (ctx, "EXISTS %s", kiln_key_request ("00000000-0000-4000-8000-000000000999").s) == 0);
+
+    //  r1 back: at the head, before n1; out of kiln:inflight; no runner;
+    //  its start deadline (met) no longer ends it; a wake published.
+    CHECK (s_requeue (ctx, r1, "3", "1", NULL) == 1);
+    CHECK (s_expect_message (sub, KILN_CHANNEL_WAKE, app));
+    HGET_IS (req1.s, "state", "IN_QUEUE");
+    HGET_IS (req1.s, "attempts", "1");
+    HGET_IS (req1.s, "runner", NULL);
+    HGET_IS (req1.s, "started_ms", NULL);
+    HGET_IS (req1.s, "start_deadline_ms", "0");
+    CHECK (s_str_is (ctx, NULL, "ZSCORE %s %s", KILN_KEY_INFLIGHT, r1));
+    CHECK (s_int (ctx, "ZRANK %s %s", queue.s, r1) == 0);
+    //  r2 after it: the latest re-queued goes first.
+    CHECK (s_requeue (ctx, r2, "3", "1", NULL) == 1);
+    CHECK (s_int (ctx, "ZRANK %s %s", queue.s, r2) == 0);
+    CHECK (s_int (ctx, "ZRANK %s %s", queue.s, r1) == 1);
+    CHECK (s_int (ctx, "ZRANK %s %s", queue.s, n1) == 2);
+    //  A low one re-queued stays behind the normal band, ahead of its own.
+    s_take_expect (ctx, app, "1700000002000", r2);
+    s_take_expect (ctx, app, "1700000002000", r1);
+    s_take_expect (ctx, app, "1700000002000", n1);
+    s_take_expect (ctx, app, "1700000002000", lo);
+    CHECK (s_requeue (ctx, lo, "3", "1", NULL) == 1);
+    CHECK (s_requeue (ctx, n1, "3", "1", NULL) == 1);
+    CHECK (s_int (ctx, "ZRANK %s %s", queue.s, n1) == 0);
+    CHECK (s_int (ctx, "ZRANK %s %s", queue.s, lo) == 1);
+    CHECK (s_int (ctx, "ZRANK %s %s", queue.s, lo2) == 2);
+    HGET_IS (kiln_key_request (lo).s, "priority", "low");
+
+    //  The retry limit: r1 ran twice; with a limit of 2 it completes 503
+    //  runner_disconnected, its waiting gateway told.
+    CHECK (s_requeue (ctx, r1, "2", "1", NULL) == 0);
+    HGET_IS (req1.s, "state", "COMPLETED");
+    HGET_IS (req1.s, "status", "503");
+    HGET_IS (req1.s, "error_type", "runner_disconnected");
+    char *body = s_str (ctx, "HGET %s %s", req1.s, "result_body");
+    CHECK (body && strstr (body, "\"error_type\":\"runner_disconnected\"")
+                && strstr (body, "tried 2 times"));
+    free (body);
+    CHECK (s_expect_message (sub, "kiln:done:gw1", r1));
+    CHECK (s_str_is (ctx, NULL, "ZSCORE %s %s", KILN_KEY_INFLIGHT, r1));
+    CHECK (s_requeue (ctx, r1, "3", "1", NULL) == -1);      //  once only
+
+    //  on_limit keep: out of retries, nothing written: the caller records
+    //  the runner's own answer. Within the limit, keep changes nothing.
+    kiln_key_t req2 = kiln_key_request (r2);
+    CHECK (s_requeue (ctx, r2, "2", "1", "keep") == -2);
+    HGET_IS (req2.s, "state", "IN_PROGRESS");
+    HGET_IS (req2.s, "attempts", "2");
+    CHECK (s_requeue (ctx, r2, "3", "1", "keep") == 1);
+    HGET_IS (req2.s, "state", "IN_QUEUE");
+
+    //  A hand-back (count_attempt 0) gives the attempt back, and is never
+    //  failed: at the limit, or with no_retry.
+    s_take_expect (ctx, app, "1700000003000", r2);
+    HGET_IS (req2.s, "attempts", "3");
+    CHECK (s_requeue (ctx, r2, "3", "0", NULL) == 1);
+    HGET_IS (req2.s, "attempts", "2");
+    HGET_IS (req2.s, "state", "IN_QUEUE");
+    CHECK (s_submit_full (ctx, app, nr, "normal", "", "", "0", "1", "{}", 2) >= 0);
+    kiln_key_t req_nr = kiln_key_request (nr);
+    s_take_until (ctx, app, nr);
+    CHECK (s_requeue (ctx, nr, "3", "0", NULL) == 1);
+    HGET_IS (req_nr.s, "attempts", "0");
+    //  no_retry: the first loss of a run is final.
+    s_take_expect (ctx, app, "1700000003000", nr);
+    CHECK (s_requeue (ctx, nr, "3", "1", NULL) == 0);
+    HGET_IS (req_nr.s, "status", "503");
+    HGET_IS (req_nr.s, "error_type", "runner_disconnected");
+    body = s_str (ctx, "HGET %s %s", req_nr.s, "error");
+    CHECK (body && strstr (body, "No-Retry"));
+    free (body);
+
+    //  Cancelled by its client while it ran: 499, not another run.
+    CHECK (s_submit_full (ctx, app, cx, "normal", "", "", "0", "0", "{}", 2) >= 0);
+    kiln_key_t req_cx = kiln_key_request (cx);
+    s_take_until (ctx, app, cx);
+    CHECK (s_cancel_is (ctx, app, cx, "CANCELLATION_REQUESTED"));
+    CHECK (s_requeue (ctx, cx, "3", "1", NULL) == 0);
+    HGET_IS (req_cx.s, "status", "499");
+    HGET_IS (req_cx.s, "error_type", "client_cancelled");
+
+    //  Clean up: what is left runs and completes.
+    s_take_until (ctx, app, NULL);
+    CHECK (s_int (ctx, "EXISTS %s %s", queue.s, KILN_KEY_INFLIGHT) == 0);
+    //  Drain the wakes and cancels this published.
+    redisReply *reply = redisCommand (ctx, "PUBLISH kiln:done:gw1 end-of-requeue");
+    CHECK (reply);
+    freeReplyObject (reply);
+    CHECK (s_expect_message (sub, "kiln:done:gw1", "end-of-requeue"));
+}
+
+//  APP_STATUS writes notes on a deployed app only.
+static void
+s_test_app_status (redisContext *ctx, const char *app)
+{
+    kiln_key_t key = kiln_key_app (app);
+    const char *keys [] = { key.s };
+    const char *args [] = { "failed_starts", "2", "last_error", "setup failed (exit 3): x",
+                            "last_error_ms", "1700000000000" };
+    redisReply *reply = s_eval (ctx, KILN_SCRIPT_APP_STATUS, 1, keys, 6, args, NULL);
+    CHECK (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1);
+    freeReplyObject (reply);
+    HGET_IS (key.s, "failed_starts", "2");
+    HGET_IS (key.s, "last_error", "setup failed (exit 3): x");
+    HGET_IS (key.s, "last_error_ms", "1700000000000");
+    kiln_key_t gone = kiln_key_app ("local/gone");
+    const char *gone_keys [] = { gone.s };
+    reply = s_eval (ctx, KILN_SCRIPT_APP_STATUS, 1, gone_keys, 2, args, NULL);
+    CHECK (reply->type == REDIS_REPLY_INTEGER && reply->integer == 0);
+    freeReplyObject (reply);
+    CHECK (s_int (ctx, "EXISTS %s", gone.s) == 0);
+}
+
 void
 kiln_scripts_test (bool verbose)
 {
@@ -981,6 +1213,8 @@ kiln_scripts_test (bool verbose)
     s_test_deadlines (ctx, sub, app);
     s_test_cancel (ctx, sub, app);
     s_test_webhooks (ctx, app);
+    s_test_requeue (ctx, sub, app);
+    s_test_app_status (ctx, app);
 
     redisFree (sub);
     redisFree (ctx);

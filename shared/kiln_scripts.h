@@ -79,6 +79,35 @@
             webhook_state set, the record and its logs expire after
             retention_s.
 
+    KILN_SCRIPT_REQUEUE — a request whose runner is lost goes back to the
+      head of its app's queue, up to a retry limit
+      KEYS  req
+      ARGV  id, now_ms, retry_limit, count_attempt (0|1), retention_s
+            (default 3600), on_limit ("fail", the default, or "keep")
+      →     1: back IN_QUEUE at the head of its queue (before every request
+            of its priority band that was not re-queued; the latest
+            re-queued first), out of kiln:inflight, runner and started_ms
+            cleared, start_deadline_ms 0 (it was met), a wake published.
+            0: completed here instead: 499 client_cancelled when its
+            client cancelled it while it ran; else, when count_attempt is
+            1 and no_retry is 1 or attempts (runs so far) >= retry_limit,
+            503 runner_disconnected with kiln's JSON error body.
+            -1: not IN_PROGRESS (unknown, queued or completed already):
+            nothing written. -2: on_limit "keep" and out of retries:
+            nothing written, so the caller records the runner's own answer.
+            count_attempt 0 (the runner handed the request back before a
+            handler started it) gives the attempt back (attempts - 1),
+            and the request is never failed for retries or no_retry: it
+            has not run. Queue score: band·2^52 - INCR kiln:headseq.
+
+    KILN_SCRIPT_APP_STATUS — the broker's notes on an app
+      KEYS  app                             (kiln_key_app)
+      ARGV  field, value, ...               (failed_starts, last_error,
+                                             last_error_ms)
+      →     1 written, or 0 when the app is not deployed (nothing written:
+            a deleted app's hash is never brought back). The revision is
+            not bumped.
+
     KILN_SCRIPT_LOG — append log lines to a request
       KEYS  req, logs
       ARGV  line (JSON), ...
@@ -121,6 +150,8 @@ extern const char *KILN_SCRIPT_CANCEL;
 extern const char *KILN_SCRIPT_EXPIRE;
 extern const char *KILN_SCRIPT_WEBHOOK_CLAIM;
 extern const char *KILN_SCRIPT_WEBHOOK_DONE;
+extern const char *KILN_SCRIPT_REQUEUE;
+extern const char *KILN_SCRIPT_APP_STATUS;
 
 //  Latency histogram buckets (ms) of kiln:stats:{app}, as Lua list text.
 #define KILN_STATS_BUCKETS_MS "5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000"

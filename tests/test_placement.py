@@ -5,20 +5,17 @@ and a GPU runner sees its own GPU alone (CUDA_VISIBLE_DEVICES); apps
 spread over workers rather than piling onto one; an app whose machine
 type nobody offers fails at once; a worker that joins during a burst
 gets runners, and one stopped with SIGTERM finishes what it runs and
-leaves without losing a request. Tests of what is not built or fixed
-yet (a worker's SIGTERM drain; a slot given up by eviction taken without
-a failed start) run only with KILN_TEST_PENDING=1.
+leaves without losing a request; a slot given up by eviction is taken
+without a failed start.
 
 The apps are variants of tests/apps/scaling.c: each answer names the
 worker that served it and the runner's CUDA_VISIBLE_DEVICES."""
 
 import json
-import os
 import re
 import signal
 import threading
 import time
-import unittest
 
 import kiln_harness
 from kiln_harness import wait_until
@@ -26,8 +23,6 @@ from kiln_harness import wait_until
 import scaling_helpers
 from scaling_helpers import (burst, call, registered, runners, scaling_app, start_worker,
                              teardowns, wait_registered, wait_runner_count)
-
-PENDING = os.environ.get('KILN_TEST_PENDING')
 
 #  The broker waits this long after it starts before it decides that no
 #  worker offers a machine type (workers re-register after a restart).
@@ -193,7 +188,6 @@ class WorkersComeAndGoTest(scaling_helpers.ScalingTestCase):
         finally:
             self.assertEqual(self.stack.stop(name), 0)
 
-    @unittest.skipUnless(PENDING, 'needs worker SIGTERM drain')
     def test_worker_stopped_with_sigterm_finishes_its_requests_and_leaves(self):
         name = start_worker(self.stack, 'w-c', 'CPU=2')
         wait_registered(self.stack, 'w-c')
@@ -230,9 +224,6 @@ class WorkersComeAndGoTest(scaling_helpers.ScalingTestCase):
         self.assertTrue(registered(self.stack, 'w-c'))
 
 
-
-@unittest.skipUnless(PENDING, 'needs the broker to wait for the worker to free an '
-                              'evicted runner\'s slot')
 class SlotHandOverTest(scaling_helpers.ScalingTestCase):
     """One CPU slot (w-one), two apps: each call of one evicts the other's
     idle runner."""

@@ -4,9 +4,10 @@ back down to its min_concurrency; min_concurrency runners come up with no
 traffic; a runner serves max_multiplexing requests at once; a setup that
 crashes, fails or hangs past startup_timeout ends the queued requests
 with an error after a bounded number of tries, and its runners are
-killed. Tests of what is not built yet (kiln apps scale, kiln runners,
-the runner gauges of /metrics, failed starts in kiln apps show) run only
-with KILN_TEST_PENDING=1.
+killed; and live control and visibility: kiln apps scale changes a
+running app's bounds, kiln runners lists every runner, /metrics exposes
+runners, queues, outcomes and latency, kiln apps show reports failed
+starts.
 
 One worker with 16 CPU slots: slots are never what limits an app here,
 its own bounds are. The apps are variants of tests/apps/scaling.c (see
@@ -14,11 +15,9 @@ tests/apps/CMakeLists.txt for their bounds); runners are counted as
 processes (their environment names the app), sampled all along."""
 
 import json
-import os
 import re
 import threading
 import time
-import unittest
 
 import kiln_harness
 from kiln_harness import app_for_tests, wait_until
@@ -26,8 +25,6 @@ from kiln_harness import app_for_tests, wait_until
 import scaling_helpers
 from scaling_helpers import (RunnerSampler, burst, runner_pids, runners, setups_done,
                              teardowns, scaling_app, wait_runner_count)
-
-PENDING = os.environ.get('KILN_TEST_PENDING')
 
 #  An app's runner is up (setup done) within this of being wanted.
 RUNNER_UP_S = 10
@@ -40,6 +37,8 @@ KILLED_DEADLINE_S = 15
 #  A setup that fails or hangs (startup_timeout 2 s) is tried a bounded
 #  number of times, with a backoff: the queued requests end within this.
 STARTUP_FAILURE_DEADLINE_S = 40
+#  kiln runners shows this much of a runner id ("r-" and 8 hex digits).
+SHORT_ID_LEN = 10
 
 
 class ScalingTest(scaling_helpers.ScalingTestCase):
@@ -223,7 +222,6 @@ class ScalingTest(scaling_helpers.ScalingTestCase):
 
     # -- pending: live control and observability --------------------------------
 
-    @unittest.skipUnless(PENDING, 'needs failed starts in the app\'s status')
     def test_failed_starts_are_reported_in_the_app_status(self):
         app = 'local/badsetup'
         [request_id] = self.submit_queued(app, 1)
@@ -235,7 +233,6 @@ class ScalingTest(scaling_helpers.ScalingTestCase):
         self.assertEqual(shown.returncode, 0, shown.stderr)
         self.assertIn('model weights not found', json.dumps(json.loads(shown.stdout)))
 
-    @unittest.skipUnless(PENDING, 'needs kiln apps scale')
     def test_scale_changes_take_effect_without_a_redeploy(self):
         app = 'local/scaled'
         revision = self.stack.deploy(scaling_app('sleepmax3'), app)
@@ -266,7 +263,6 @@ class ScalingTest(scaling_helpers.ScalingTestCase):
         scale('--buffer', '0')
         wait_runner_count(self.stack, app, 0, RETIRE_DEADLINE_S)
 
-    @unittest.skipUnless(PENDING, 'needs kiln apps scale')
     def test_scale_refuses_bounds_that_make_no_sense(self):
         #  Sensible bounds are taken (the app's own, here)...
         result = self.stack.kiln('apps', 'scale', 'local/sleepmax3', '--max', '3')
@@ -280,23 +276,28 @@ class ScalingTest(scaling_helpers.ScalingTestCase):
         result = self.stack.kiln('apps', 'scale', 'local/nope', '--min', '1')
         self.assertNotEqual(result.returncode, 0, result.stdout)
 
-    @unittest.skipUnless(PENDING, 'needs kiln runners')
     def test_kiln_runners_lists_every_runner(self):
         wait_runner_count(self.stack, 'local/keepalive', 1, RUNNER_UP_S)
         self.assertAllOk(burst(self.stack, '/local/sleepmax3', [{'ms': 0}]))
         found = runners(self.stack)
         self.assertTrue(found)
 
+        #  The table shows ids short ("r-" and the UUID's first group);
+        #  --json has them whole.
+        def short(runner_id):
+            return runner_id[:SHORT_ID_LEN]
+
         def listed():
             result = self.stack.kiln('runners')
             self.assertEqual(result.returncode, 0, result.stderr)
-            return result.stdout if all(r.runner_id in result.stdout for r in found) else None
+            return result.stdout if all(short(r.runner_id) in result.stdout
+                                        for r in found) else None
         out = wait_until(listed, 5, what='kiln runners to list every runner')
         header = out.splitlines()[0].upper()
         for column in ('APP', 'WORKER', 'MACHINE', 'GPU', 'STATE', 'SERVED', 'IDLE'):
             self.assertIn(column, header)
         for runner in found:
-            line = next(l for l in out.splitlines() if runner.runner_id in l)
+            line = next(l for l in out.splitlines() if short(runner.runner_id) in l)
             self.assertIn(runner.app, line)
             self.assertIn(runner.worker, line)
             self.assertIn('CPU', line)
@@ -313,7 +314,6 @@ class ScalingTest(scaling_helpers.ScalingTestCase):
             self.assertIn(runner.runner_id, by_id)
             self.assertEqual(by_id[runner.runner_id].get('app'), runner.app)
 
-    @unittest.skipUnless(PENDING, 'needs the runner gauges of /metrics')
     def test_metrics_expose_runners_queues_outcomes_and_latency(self):
         wait_runner_count(self.stack, 'local/keepalive', 1, RUNNER_UP_S)
         self.assertAllOk(burst(self.stack, '/local/sleepmax3', [{'ms': 10} for _ in range(3)]))

@@ -8,6 +8,8 @@
     Flags override the environment (KILN_BROKER_ENDPOINT, KILN_REDIS_URL,
     KILN_STATE_DIR; see kiln_config.h). Without --slots the worker offers
     one slot per GPU the CUDA runtime finds and max(4, cores) CPU slots.
+    SIGTERM or SIGINT drains it (worker.c): no new runner, its runners
+    finish their requests, then it exits 0; a second signal hurries it.
     =========================================================================
 */
 #include "worker.h"
@@ -31,7 +33,9 @@ s_usage (FILE *out)
         "  --redis      Redis URL, for artifacts (KILN_REDIS_URL)\n"
         "  --state-dir  where artifacts are cached (KILN_STATE_DIR)\n"
         "  --id         this worker's id (default w-HOST-PID)\n"
-        "  --slots      declared slots, e.g. GPU-H100=2,CPU=4 (default: detected)\n");
+        "  --slots      declared slots, e.g. GPU-H100=2,CPU=4 (default: detected)\n"
+        "SIGTERM or SIGINT drains the worker: it takes no new runner, lets its\n"
+        "runners finish their requests, then exits 0.\n");
 }
 
 //  "w-" + the host name, tamed to [a-z0-9-], + "-" + pid: unique per

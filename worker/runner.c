@@ -16,13 +16,16 @@
 
     | message      | dir | when                                                      |
     |--------------|-----|-----------------------------------------------------------|
-    | RUNNER_HELLO | →   | after setup(); again when the broker is silent for        |
-    |              |     | HEARTBEAT_LIVENESS intervals or says DISCONNECT           |
+    | RUNNER_HELLO | →   | after setup(), with its GPU (CUDA_VISIBLE_DEVICES); again |
+    |              |     | when the broker is silent for HEARTBEAT_LIVENESS          |
+    |              |     | intervals or says DISCONNECT                              |
     | HEARTBEAT    | →   | every HEARTBEAT_INTERVAL_MS                               |
     | REQUEST      | ←   | queued, then given to a free executor                     |
     | LOG          | →   | at once, for each kiln_request_log() line                 |
     | RESULT       | →   | when a handler returns (404 for an unknown path, 500 for  |
-    |              |     | a handler that returned -1)                               |
+    |              |     | a handler that returned -1); once stopping, at once for   |
+    |              |     | each request no handler started: 503 runner_draining,     |
+    |              |     | which the broker re-queues without counting an attempt    |
     | CANCEL       | ←   | its client cancelled a request we hold: marked, so that   |
     |              |     | kiln_request_cancelled() says so to its handler (now, or  |
     |              |     | when it starts); one we do not hold is ignored            |
@@ -30,6 +33,10 @@
     | DISCONNECT   | ←   | the broker lost us (it restarted): say hello again        |
     | DISCONNECT   | →   | on SIGTERM, after the busy handlers finished and          |
     |              |     | teardown() ran                                            |
+
+    SIGTERM is ours to handle only once setup() has returned: during
+    setup it ends the process at once, so a setup that hangs is killed
+    as soon as the broker gives up on it.
 
     Between the main thread and each executor (inproc pipe, pointers to
     kiln_msg_t, ownership passing with the message):
@@ -98,6 +105,7 @@ typedef struct {
     char *worker_id;
     char *app_name;
     uint64_t revision;
+    int gpu;                        //  from CUDA_VISIBLE_DEVICES, or -1
     zsock_t *broker;
     zloop_t *loop;
     s_executor_t executors [MAX_EXECUTORS];
@@ -293,6 +301,7 @@ s_hello (s_runner_t *self)
     msg->app = strdup (self->app_name);
     msg->revision = self->revision;
     msg->max_multiplexing = (uint32_t) self->manifest->max_multiplexing;
+    msg->gpu = self->gpu;
     if (!msg->runner_id || !msg->worker_id || !msg->app) {
         kiln_msg_destroy (&msg);
         return;
@@ -326,21 +335,38 @@ s_dispatch (s_runner_t *self)
     }
 }
 
+//  A request no handler will start: back to the broker, which puts it
+//  at the head of its queue for another runner, without counting it as
+//  an attempt. Takes the request.
+static void
+s_hand_back (s_runner_t *self, kiln_msg_t **request_p)
+{
+    kiln_msg_t *request = *request_p;
+    *request_p = NULL;
+    kiln_sdk_cancel_set (request->request_id, false);
+    kiln_msg_t *result = kiln_sdk_error_result (request->request_id, 503,
+                                                KILN_ERROR_TYPE_RUNNER_DRAINING,
+                                                "The runner is stopping; the request "
+                                                "goes back to its queue", 0);
+    if (result)
+        s_send (self, &result);
+    else
+        kiln_log_error ("request %s: out of memory handing it back", request->request_id);
+    kiln_msg_destroy (&request);
+}
+
 //  Looks at the signal flag; true when the loop should end.
 static bool
 s_check_stop (s_runner_t *self)
 {
     if (s_terminate && !self->stopping) {
         self->stopping = true;
-        size_t dropped = zlist_size (self->pending);
-        //  Not answered: the broker re-queues them when we are gone.
+        size_t handed_back = zlist_size (self->pending);
         kiln_msg_t *request;
-        while ((request = (kiln_msg_t *) zlist_pop (self->pending))) {
-            kiln_sdk_cancel_set (request->request_id, false);
-            kiln_msg_destroy (&request);
-        }
-        kiln_log_info ("stopping: %zu request(s) running, %zu queued dropped",
-                       self->busy_count, dropped);
+        while ((request = (kiln_msg_t *) zlist_pop (self->pending)))
+            s_hand_back (self, &request);
+        kiln_log_info ("stopping: %zu request(s) running, %zu not started handed back",
+                       self->busy_count, handed_back);
     }
     if (self->stopping && self->busy_count == 0)
         self->done = true;
@@ -380,8 +406,10 @@ s_on_broker (zloop_t *loop, zsock_t *sock, void *arg)
     self->broker_seen_ms = kiln_mono_ms ();
     switch (msg->type) {
         case KILN_MSG_REQUEST:
-            if (self->stopping)
-                kiln_log_info ("request %s: refused, stopping", msg->request_id);
+            if (self->stopping) {
+                kiln_log_info ("request %s: handed back, stopping", msg->request_id);
+                s_hand_back (self, &msg);
+            }
             else {
                 kiln_log_debug ("request %s: %s (%zu bytes)",
                                 msg->request_id, msg->path, msg->body_size);
@@ -426,6 +454,13 @@ s_on_executor (zloop_t *loop, zsock_t *sock, void *arg)
     kiln_msg_t *msg = (kiln_msg_t *) pointer;
     bool result = command && streq (command, "RESULT");
     free (command);
+    //  That error_type tells the broker "never started, run it again
+    //  uncounted": a handler saying so could loop a request forever.
+    if (msg && msg->type == KILN_MSG_RESULT && msg->error_type
+    &&  streq (msg->error_type, KILN_ERROR_TYPE_RUNNER_DRAINING)) {
+        free (msg->error_type);
+        msg->error_type = strdup ("app_error");
+    }
     if (msg)
         s_send (self, &msg);
     if (result) {
@@ -534,6 +569,12 @@ s_run (s_runner_t *self, kiln_config_t *config, const char *path)
     self->revision = strtoull (revision, &end, 10);
     if (!end || *end)
         self->revision = 0;
+    //  One device index is what a worker sets; anything else is not ours
+    //  to report.
+    const char *gpu = s_env ("CUDA_VISIBLE_DEVICES", "");
+    end = NULL;
+    long device = strtol (gpu, &end, 10);
+    self->gpu = *gpu && end && !*end && device >= 0 && device <= INT32_MAX? (int) device: -1;
 
     static char log_name [128];
     snprintf (log_name, sizeof (log_name), "kiln-runner[%s]", self->runner_id);
@@ -575,6 +616,16 @@ s_run (s_runner_t *self, kiln_config_t *config, const char *path)
         return KILN_RUNNER_EXIT_SETUP_FAILED;
     }
     kiln_log_info ("setup done in %" PRId64 " ms", kiln_mono_ms () - setup_started_ms);
+
+    //  From now on SIGTERM is ours, not czmq's (which would end the loop
+    //  at once): the running handlers finish, then teardown() runs. Until
+    //  here it ended the process at once, a hung setup() included.
+    struct sigaction action;
+    memset (&action, 0, sizeof (action));
+    action.sa_handler = s_on_signal;
+    sigemptyset (&action.sa_mask);
+    sigaction (SIGTERM, &action, NULL);
+    sigaction (SIGINT, &action, NULL);
 
     self->broker = zsock_new (ZMQ_DEALER);
     self->pending = zlist_new ();
@@ -641,15 +692,12 @@ s_serve_app (const char *path)
     if (getppid () == 1)
         return KILN_RUNNER_EXIT_FAILED;     //  the worker died before we got here
 
-    //  Our own SIGTERM handling: czmq's would stop the loop at once, and we
-    //  must finish the running handlers and call teardown() first.
+    //  SIGTERM and SIGINT keep their default (an immediate end) until
+    //  setup() returns; s_run installs ours then. czmq must not install
+    //  its own when it starts.
     zsys_handler_set (NULL);
-    struct sigaction action;
-    memset (&action, 0, sizeof (action));
-    action.sa_handler = s_on_signal;
-    sigemptyset (&action.sa_mask);
-    sigaction (SIGTERM, &action, NULL);
-    sigaction (SIGINT, &action, NULL);
+    signal (SIGTERM, SIG_DFL);
+    signal (SIGINT, SIG_DFL);
     signal (SIGPIPE, SIG_IGN);
 
     char *config_error = NULL;

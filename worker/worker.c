@@ -15,16 +15,26 @@
     | message       | dir | when                                                    |
     |---------------|-----|---------------------------------------------------------|
     | WORKER_HELLO  | →   | at start; again when the broker is silent for           |
-    |               |     | HEARTBEAT_LIVENESS intervals or says DISCONNECT         |
-    | HEARTBEAT     | →   | every HEARTBEAT_INTERVAL_MS                             |
+    |               |     | HEARTBEAT_LIVENESS intervals or says DISCONNECT; with   |
+    |               |     | draining = true once SIGTERM started the drain          |
+    | HEARTBEAT     | →   | every HEARTBEAT_INTERVAL_MS, draining or not            |
     | RUNNER_START  | ←   | take a free slot of that machine type, fetch the        |
-    |               |     | artifact, start kiln-runner                             |
+    |               |     | artifact, start kiln-runner; while draining, or with no |
+    |               |     | free slot, refused: RUNNER_EXITED 127 "no free … slot…" |
     | RUNNER_STOP   | ←   | SIGTERM the runner, SIGKILL after RUNNER_STOP_GRACE_MS  |
     | RUNNER_EXITED | →   | a runner exited (status: exit code or -signal), or      |
     |               |     | could not be started (status 127, error says why)       |
     | HEARTBEAT     | ←   | any message from the broker proves it alive             |
     | DISCONNECT    | ←   | the broker lost us (it restarted): say hello again      |
     | DISCONNECT    | →   | on exit, after every runner is gone                     |
+
+    SIGTERM (or SIGINT) drains the worker without losing a request: it
+    says hello with draining = true (the broker places nothing here any
+    more), SIGTERMs every runner (each finishes the requests its handlers
+    run, hands back those it has not started, tears down and exits 0;
+    SIGKILL after DRAIN_GRACE_MS), reports each exit as usual, and when
+    none is left says DISCONNECT and exits 0. A second signal cuts the
+    grace short.
     =========================================================================
 */
 #include "worker.h"
@@ -57,21 +67,26 @@ extern char **environ;
 #define REAP_INTERVAL_MS          100
 //  A runner asked to stop gets this long for teardown() before SIGKILL.
 #define RUNNER_STOP_GRACE_MS      10000
-//  On our own exit, runners get this long before SIGKILL.
-#define SHUTDOWN_GRACE_MS         5000
+//  On SIGTERM, runners get this long to finish their requests and tear
+//  down before SIGKILL (what they still held is then re-queued by the
+//  broker). Under the 5 s `kiln up` gives each process it stops, so the
+//  worker itself still leaves cleanly.
+#define DRAIN_GRACE_MS            4000
 //  Bounds the connect and the GET of an artifact.
 #define REDIS_TIMEOUT_MS          30000
 #define LINGER_MS                 1000
 //  Longest runner id we accept: it names a file and a socket identity.
 #define RUNNER_ID_MAX             128
 
-static volatile sig_atomic_t s_terminate = 0;
+//  SIGTERMs and SIGINTs received: the first drains, the next hurries.
+static volatile sig_atomic_t s_signals = 0;
 
 static void
 s_on_signal (int signum)
 {
     (void) signum;
-    s_terminate = 1;
+    if (s_signals < 100)
+        s_signals++;
 }
 
 //  One unit of capacity: a GPU, or one of the CPU slots.
@@ -110,6 +125,8 @@ struct _kiln_worker_t {
     int64_t broker_seen_ms;
     int64_t hello_sent_ms;
     bool hello_due;
+    bool draining;                  //  SIGTERM seen: no new runner, then exit
+    int signals_seen;               //  of s_signals, acted on
 };
 
 //  -------------------------------------------------------------------------
@@ -256,6 +273,7 @@ s_hello (kiln_worker_t *self)
         return;
     msg->worker_id = strdup (self->id);
     msg->host = strdup (self->host);
+    msg->draining = self->draining;
     msg->slots = calloc (self->kind_count? self->kind_count: 1, sizeof (kiln_msg_slot_t));
     if (!msg->worker_id || !msg->host || !msg->slots) {
         kiln_msg_destroy (&msg);
@@ -669,7 +687,12 @@ s_on_broker (zloop_t *loop, zsock_t *sock, void *arg)
                 break;
             }
             char *error = NULL;
-            if (s_start_runner (self, msg, &error) == -1) {
+            if (self->draining)
+                //  Worded as a full slot, which the broker takes for "try
+                //  elsewhere", not for a failed start of the app.
+                error = zsys_sprintf ("no free %s slot on worker %s: it is draining",
+                                      msg->machine_type, self->id);
+            if (error || s_start_runner (self, msg, &error) == -1) {
                 kiln_log_warn ("cannot start runner %s for %s: %s",
                                msg->runner_id, msg->app, error? error: "unknown error");
                 s_send_exited (self, msg->runner_id, KILN_RUNNER_EXIT_NOT_STARTED, error);
@@ -726,6 +749,49 @@ s_on_heartbeat (zloop_t *loop, int timer_id, void *arg)
     return 0;
 }
 
+//  SIGTERM: take no runner, stop the ones we have, leave when they are
+//  gone. The loop keeps running meanwhile: heartbeats tell the broker
+//  that the runners are still finishing, and their exits are reported.
+static void
+s_drain_start (kiln_worker_t *self)
+{
+    self->draining = true;
+    size_t count = zlistx_size (self->children);
+    kiln_log_info ("draining: %zu runner(s) finish their requests, then we leave", count);
+    s_hello (self);
+    for (s_child_t *child = (s_child_t *) zlistx_first (self->children); child;
+         child = (s_child_t *) zlistx_next (self->children)) {
+        if (child->kill_at_ms == 0)
+            s_stop_runner (child, DRAIN_GRACE_MS);
+        else
+        if (child->kill_at_ms > kiln_mono_ms () + DRAIN_GRACE_MS)
+            child->kill_at_ms = kiln_mono_ms () + DRAIN_GRACE_MS;
+    }
+}
+
+//  Acts on signals received; true when the drain is over.
+static bool
+s_check_signals (kiln_worker_t *self)
+{
+    int signals = s_signals;
+    if (signals > self->signals_seen) {
+        if (!self->draining)
+            s_drain_start (self);
+        else {
+            //  Asked again: the operator will not wait for the grace.
+            kiln_log_warn ("signalled again while draining: killing the runners now");
+            for (s_child_t *child = (s_child_t *) zlistx_first (self->children); child;
+                 child = (s_child_t *) zlistx_next (self->children)) {
+                if (child->kill_at_ms == 0)
+                    s_stop_runner (child, 0);
+                child->kill_at_ms = kiln_mono_ms ();
+            }
+        }
+        self->signals_seen = signals;
+    }
+    return self->draining && zlistx_size (self->children) == 0;
+}
+
 static int
 s_on_reap (zloop_t *loop, int timer_id, void *arg)
 {
@@ -734,31 +800,7 @@ s_on_reap (zloop_t *loop, int timer_id, void *arg)
     kiln_worker_t *self = (kiln_worker_t *) arg;
     s_reap (self);
     s_enforce_deadlines (self);
-    return s_terminate? -1: 0;
-}
-
-//  Stops every runner: SIGTERM, SHUTDOWN_GRACE_MS, then SIGKILL.
-static void
-s_shutdown (kiln_worker_t *self)
-{
-    size_t count = zlistx_size (self->children);
-    if (count)
-        kiln_log_info ("stopping %zu runner(s)", count);
-    int64_t deadline_ms = kiln_mono_ms () + SHUTDOWN_GRACE_MS;
-    for (s_child_t *child = (s_child_t *) zlistx_first (self->children); child;
-         child = (s_child_t *) zlistx_next (self->children)) {
-        if (child->kill_at_ms == 0)
-            s_stop_runner (child, SHUTDOWN_GRACE_MS);
-        else
-        if (child->kill_at_ms > deadline_ms)
-            child->kill_at_ms = deadline_ms;
-    }
-    while (zlistx_size (self->children) > 0) {
-        s_reap (self);
-        s_enforce_deadlines (self);
-        if (zlistx_size (self->children) > 0)
-            zclock_sleep (REAP_INTERVAL_MS / 2);
-    }
+    return s_check_signals (self)? -1: 0;
 }
 
 kiln_worker_t *
@@ -854,11 +896,10 @@ kiln_worker_run (kiln_worker_t *self)
     s_hello (self);
     kiln_log_info ("worker %s on %s serving broker %s", self->id, self->host, self->broker_endpoint);
     //  zloop_start also returns when a signal interrupts its poll.
-    while (!s_terminate)
+    while (!s_check_signals (self))
         zloop_start (self->loop);
 
-    kiln_log_info ("shutting down");
-    s_shutdown (self);
+    kiln_log_info ("every runner is gone; leaving");
     kiln_msg_t *bye = kiln_msg_new (KILN_MSG_DISCONNECT);
     if (bye)
         s_send (self, &bye);
