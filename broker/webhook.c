@@ -11,12 +11,12 @@
     |---------------|---------------------------|---------------------------------------|
     | claim         | KILN_SCRIPT_WEBHOOK_CLAIM | takes up to CLAIM_LIMIT due ids, each |
     |               |                           | leased (re-scored) to now + lease     |
-    | renew         | S_LUA_LEASE_MOVE          | before a POST, when the lease would   |
+    | renew         | KILN_SCRIPT_WEBHOOK_LEASE          | before a POST, when the lease would   |
     |               |                           | not outlast it: re-leases the id, or  |
     |               |                           | skips it when the lease is lost       |
     | deliver       | (HTTP POST, libcurl)      | fal's body, JSON, no redirects        |
     | record        | KILN_SCRIPT_WEBHOOK_DONE  | delivered (2xx) / retry / failed      |
-    | release       | S_LUA_LEASE_MOVE          | at stop: unsent claims due at once    |
+    | release       | KILN_SCRIPT_WEBHOOK_LEASE          | at stop: unsent claims due at once    |
 
     The lease is webhook_timeout_ms + LEASE_MARGIN_MS, so one POST always
     ends inside it, and a second deliverer (another broker) never claims an
@@ -69,18 +69,6 @@
 #define WEBHOOK_DELAY_MAX_MS    (24LL * 3600 * 1000)
 #define LOG_URL_MAX             256     //  characters of a URL shown in the log
 #define USER_AGENT              "kiln-webhook/1"
-
-//  Moves a claimed id's score from the lease we hold (ARGV[2]) to ARGV[3]
-//  only while we still hold it: a compare-and-set, so that a lease that
-//  ran out (and was claimed by another deliverer) is never taken back.
-//  KEYS webhooks; ARGV id, held score, new score → 1, or 0 when not held.
-#define S_LUA_LEASE_MOVE \
-    "local s = redis.call('ZSCORE', KEYS[1], ARGV[1])\n" \
-    "if s and tonumber(s) == tonumber(ARGV[2]) then\n" \
-    "  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])\n" \
-    "  return 1\n" \
-    "end\n" \
-    "return 0\n"
 
 typedef enum {
     OUTCOME_DELIVERED,
@@ -266,7 +254,7 @@ s_eval (kiln_webhooks_t *self, const char *what, const char *script,
     return reply;
 }
 
-//  Runs S_LUA_LEASE_MOVE. 1 moved, 0 not held, -1 no answer (logged).
+//  Runs KILN_SCRIPT_WEBHOOK_LEASE. 1 moved, 0 not held, -1 no answer (logged).
 static int
 s_lease_move (kiln_webhooks_t *self, const char *id, int64_t held_ms, int64_t new_ms)
 {
@@ -275,7 +263,7 @@ s_lease_move (kiln_webhooks_t *self, const char *id, int64_t held_ms, int64_t ne
     snprintf (moved, sizeof moved, "%" PRId64, new_ms);
     const char *keys [] = { KILN_KEY_WEBHOOKS };
     const char *args [] = { id, held, moved };
-    redisReply *reply = s_eval (self, "lease", S_LUA_LEASE_MOVE, 1, keys, 3, args);
+    redisReply *reply = s_eval (self, "lease", KILN_SCRIPT_WEBHOOK_LEASE, 1, keys, 3, args);
     if (!reply)
         return -1;
     int rc = -1;

@@ -3,7 +3,7 @@
 
     | takes             | sends to Redis                          | answers                    |
     |-------------------|-----------------------------------------|----------------------------|
-    | GET /metrics      | EVAL METRICS (gateway_scripts.h): apps, | 200 text/plain; version=   |
+    | GET /metrics      | EVAL METRICS (kiln_scripts.h) : apps, | 200 text/plain; version=   |
     |                   | queue depths, stats, runners, workers   | 0.0.4: the families below  |
     | (Redis down, or   | nothing                                 | 200 with this gateway's    |
     |  its answer bad)  |                                         | own counters only          |
@@ -31,7 +31,6 @@
     =========================================================================
 */
 #include "gateway_internal.h"
-#include "gateway_scripts.h"
 #include "kiln_scripts.h"
 
 #include <inttypes.h>
@@ -148,12 +147,12 @@ s_compare_names (const void *a, const void *b)
 static void
 s_runner_gauges (FILE *out, const redisReply *apps, json_t **runners, size_t runner_count)
 {
-    size_t app_count = apps->elements / KILN_GATEWAY_METRICS_APP_FIELDS;
+    size_t app_count = apps->elements / KILN_METRICS_APP_FIELDS;
     const char **names = calloc (app_count + runner_count + 1, sizeof *names);
     if (!names)
         return;
     size_t count = 0;
-    for (size_t i = 0; i < apps->elements; i += KILN_GATEWAY_METRICS_APP_FIELDS)
+    for (size_t i = 0; i < apps->elements; i += KILN_METRICS_APP_FIELDS)
         names [count++] = kiln_reply_str (apps->element [i]);
     for (size_t i = 0; i < runner_count; i++)
         if (runners [i] && *s_view_str (runners [i], "app"))
@@ -183,7 +182,7 @@ static void
 s_app_families (FILE *out, const redisReply *apps)
 {
     s_family (out, "kiln_queue_depth", "gauge", "Requests waiting in each app's queue.");
-    for (size_t i = 0; i < apps->elements; i += KILN_GATEWAY_METRICS_APP_FIELDS) {
+    for (size_t i = 0; i < apps->elements; i += KILN_METRICS_APP_FIELDS) {
         fputs ("kiln_queue_depth{app=\"", out);
         s_label (out, kiln_reply_str (apps->element [i]));
         fprintf (out, "\"} %lld\n", apps->element [i + 1]->integer);
@@ -191,7 +190,7 @@ s_app_families (FILE *out, const redisReply *apps)
 
     s_family (out, "kiln_requests_total", "counter",
               "Completed requests of each app, by HTTP status.");
-    for (size_t i = 0; i < apps->elements; i += KILN_GATEWAY_METRICS_APP_FIELDS) {
+    for (size_t i = 0; i < apps->elements; i += KILN_METRICS_APP_FIELDS) {
         const redisReply *stats = apps->element [i + 2];
         for (size_t f = 0; f + 1 < stats->elements; f += 2) {
             const char *field = kiln_reply_str (stats->element [f]);
@@ -209,7 +208,7 @@ s_app_families (FILE *out, const redisReply *apps)
     size_t bucket_count = s_buckets (buckets);
     s_family (out, "kiln_request_duration_seconds", "histogram",
               "Time from submission to completion of each app's requests.");
-    for (size_t i = 0; i < apps->elements; i += KILN_GATEWAY_METRICS_APP_FIELDS) {
+    for (size_t i = 0; i < apps->elements; i += KILN_METRICS_APP_FIELDS) {
         const char *app = kiln_reply_str (apps->element [i]);
         const redisReply *stats = apps->element [i + 2];
         long long total = s_stat (stats, "latency_count");
@@ -288,11 +287,11 @@ s_answer_valid (const redisReply *reply)
     if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 3)
         return false;
     const redisReply *apps = reply->element [0];
-    if (apps->type != REDIS_REPLY_ARRAY || apps->elements % KILN_GATEWAY_METRICS_APP_FIELDS
+    if (apps->type != REDIS_REPLY_ARRAY || apps->elements % KILN_METRICS_APP_FIELDS
     ||  reply->element [1]->type != REDIS_REPLY_ARRAY
     ||  reply->element [2]->type != REDIS_REPLY_ARRAY)
         return false;
-    for (size_t i = 0; i < apps->elements; i += KILN_GATEWAY_METRICS_APP_FIELDS)
+    for (size_t i = 0; i < apps->elements; i += KILN_METRICS_APP_FIELDS)
         if (apps->element [i]->type != REDIS_REPLY_STRING
         ||  apps->element [i + 1]->type != REDIS_REPLY_INTEGER
         ||  apps->element [i + 2]->type != REDIS_REPLY_ARRAY)
@@ -386,6 +385,6 @@ kiln_gateway_metrics (kiln_call_t *call)
     kiln_key_t queue_prefix = kiln_key_queue ("a/a");
     queue_prefix.s [strlen (queue_prefix.s) - 3] = 0;
     kiln_call_redisf (call, s_on_metrics, "EVAL %s 3 %s %s %s %s %s",
-                      KILN_GATEWAY_SCRIPT_METRICS, KILN_KEY_APPS, KILN_KEY_RUNNERS,
+                      KILN_SCRIPT_METRICS, KILN_KEY_APPS, KILN_KEY_RUNNERS,
                       KILN_KEY_WORKERS, queue_prefix.s, KILN_KEY_STATS_PREFIX);
 }

@@ -6,9 +6,9 @@
     | PUT /v1/artifacts/{sha256} (bytes)  | SET kiln:artifact:{sha256}          | 201 {artifact, size}      |
     | POST /v1/apps {name, artifact,      | EVAL DEPLOY (kiln_scripts.h)       | 201 {name, revision,      |
     |   manifest}                         |                                     |   sync_url, queue_url}    |
-    | GET /v1/apps                        | EVAL LIST_APPS (gateway_scripts.h)  | 200 {apps: [...]}         |
+    | GET /v1/apps                        | EVAL LIST_APPS (kiln_scripts.h)   | 200 {apps: [...]}         |
     | GET /v1/apps/{owner}/{app}          | HMGET kiln:app:{app}                | 200 {app} or 404          |
-    | PATCH /v1/apps/{owner}/{app}        | EVAL SCALE (gateway_scripts.h)      | 200 {app}, 404, or 422    |
+    | PATCH /v1/apps/{owner}/{app}        | EVAL SCALE (kiln_scripts.h)       | 200 {app}, 404, or 422    |
     |   {min_concurrency?, max_concurrency?, concurrency_buffer?,            |   (bounds that make no    |
     |    keep_alive?, reset?}                                                |   sense)                  |
     | DELETE /v1/apps/{owner}/{app}       | EVAL UNDEPLOY                       | 200 {deleted} or 404      |
@@ -28,7 +28,6 @@
     =========================================================================
 */
 #include "gateway_internal.h"
-#include "gateway_scripts.h"
 #include "kiln_scripts.h"
 #include "kiln_manifest.h"
 
@@ -69,7 +68,7 @@ s_object (const redisReply *stored)
 
 //  {name, revision, artifact, manifest, updated_ms, urls, scale, effective,
 //  failed_starts, last_error, last_error_ms} from the stored fields, in
-//  the order of KILN_GATEWAY_APP_FIELDS.
+//  the order of KILN_APP_FIELDS.
 static json_t *
 s_app_json (kiln_gateway_t *gw, redisReply **fields, const char *fallback_name)
 {
@@ -283,11 +282,11 @@ s_on_apps_listed (redisAsyncContext *ctx, void *r, void *privdata)
     kiln_call_t *call = privdata;
     redisReply *reply = r;
     if (kiln_call_usable (call, reply)) {
-        if (reply->type != REDIS_REPLY_ARRAY || reply->elements % KILN_GATEWAY_APP_FIELD_COUNT)
+        if (reply->type != REDIS_REPLY_ARRAY || reply->elements % KILN_APP_FIELD_COUNT)
             kiln_call_error (call, 500, "internal_error", "Unexpected answer from the list script");
         else {
             json_t *apps = json_array ();
-            for (size_t i = 0; apps && i < reply->elements; i += KILN_GATEWAY_APP_FIELD_COUNT)
+            for (size_t i = 0; apps && i < reply->elements; i += KILN_APP_FIELD_COUNT)
                 json_array_append_new (apps, s_app_json (call->gw, reply->element + i, ""));
             kiln_call_reply_json (call, 200, apps ? json_pack ("{s:o}", "apps", apps) : NULL);
         }
@@ -302,7 +301,7 @@ s_on_app (redisAsyncContext *ctx, void *r, void *privdata)
     kiln_call_t *call = privdata;
     redisReply *reply = r;
     if (kiln_call_usable (call, reply)) {
-        if (reply->type != REDIS_REPLY_ARRAY || reply->elements != KILN_GATEWAY_APP_FIELD_COUNT)
+        if (reply->type != REDIS_REPLY_ARRAY || reply->elements != KILN_APP_FIELD_COUNT)
             kiln_call_error (call, 500, "internal_error", "Unexpected answer from Redis");
         else
         if (reply->element [1]->type != REDIS_REPLY_STRING)
@@ -338,7 +337,7 @@ s_on_scaled (redisAsyncContext *ctx, void *r, void *privdata)
                              kiln_reply_str (reply->element [1]),
                              kiln_reply_str (reply->element [2]));
         else
-        if (code == 1 && reply->elements == 1 + KILN_GATEWAY_APP_FIELD_COUNT) {
+        if (code == 1 && reply->elements == 1 + KILN_APP_FIELD_COUNT) {
             json_t *app = s_app_json (call->gw, reply->element + 1, call->route.app);
             char *text = app ? json_dumps (json_object_get (app, "scale"), JSON_COMPACT) : NULL;
             kiln_log_info ("scaled %s: overrides %s", call->route.app, text ? text : "?");
@@ -430,7 +429,7 @@ s_app_scale (kiln_call_t *call)
     }
     kiln_key_t key = kiln_key_app (call->route.app);
     kiln_call_redisf (call, s_on_scaled, "EVAL %s 1 %s %s %s %s %s %s %s",
-                      KILN_GATEWAY_SCRIPT_SCALE, key.s, call->route.app, reset ? "1" : "0",
+                      KILN_SCRIPT_SCALE, key.s, call->route.app, reset ? "1" : "0",
                       values [0], values [1], values [2], values [3]);
 }
 
@@ -560,10 +559,10 @@ kiln_gateway_v1 (kiln_call_t *call)
             break;
         case KILN_ROUTE_APPS_LIST:
             kiln_call_redisf (call, s_on_apps_listed, "EVAL %s 1 %s",
-                              KILN_GATEWAY_SCRIPT_LIST_APPS, KILN_KEY_APPS);
+                              KILN_SCRIPT_LIST_APPS, KILN_KEY_APPS);
             break;
         case KILN_ROUTE_APP_GET:
-            kiln_call_redisf (call, s_on_app, "HMGET %s " KILN_GATEWAY_APP_FIELDS, key.s);
+            kiln_call_redisf (call, s_on_app, "HMGET %s " KILN_APP_FIELDS, key.s);
             break;
         case KILN_ROUTE_APP_SCALE:
             s_app_scale (call);

@@ -8,9 +8,11 @@
     | key                       | type   | holds                                    |
     |---------------------------|--------|------------------------------------------|
     | kiln:apps                 | set    | every deployed app name ("owner/app")    |
-    | kiln:app:{app}            | hash   | name, revision, artifact, manifest (JSON), updated_ms |
+    | kiln:app:{app}            | hash   | name, revision, artifact, manifest (JSON), updated_ms; |
+    |                           |        | scale (JSON overrides), failed_starts, last_error, last_error_ms |
     | kiln:artifact:{sha256}    | string | the artifact's bytes                     |
     | kiln:seq                  | string | counter: queue order                     |
+    | kiln:headseq              | string | counter: order of re-queued requests, ahead of their band |
     | kiln:queue:{app}          | zset   | queued request ids, score = band·2^52 + seq (band 0 normal, 1 low) |
     | kiln:inflight             | zset   | running request ids, score = lease deadline (ms) |
     | kiln:deadlines            | zset   | queued ids with a start deadline, score = deadline (ms) |
@@ -19,8 +21,9 @@
     | kiln:req:{id}:logs        | list   | log lines, JSON {message, level, source, timestamp} |
     | kiln:file:{id}            | hash   | content_type, file_name, data, request_id |
     | kiln:stats:{app}          | hash   | completions by status, latency histogram (kiln_scripts.h) |
-    | kiln:runners              | hash   | runner id → JSON, the broker's view, rewritten every second |
-    | kiln:workers              | hash   | worker id → JSON, the broker's view, rewritten every second |
+    | kiln:runners              | hash   | runner id → JSON, the broker's view, rewritten every second, |
+    |                           |        | expires 10 s after the last rewrite (no broker, no view) |
+    | kiln:workers              | hash   | worker id → JSON, likewise               |
 
     Request record fields: id, app, path, content_type, body, priority
     (normal|low), reply_to (the waiting gateway's channel, or ""), webhook,
@@ -43,6 +46,7 @@
 
 #define KILN_KEY_APPS       "kiln:apps"
 #define KILN_KEY_SEQ        "kiln:seq"
+#define KILN_KEY_HEADSEQ    "kiln:headseq"
 #define KILN_KEY_INFLIGHT   "kiln:inflight"
 #define KILN_KEY_RUNNERS    "kiln:runners"
 #define KILN_KEY_WORKERS    "kiln:workers"

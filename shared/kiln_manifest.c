@@ -29,6 +29,8 @@
 //  A machine type or endpoint path longer than this is a mistake.
 #define MACHINE_TYPE_MAX_CHARS      64
 #define ENDPOINT_MAX_CHARS          1024
+//  A pip spec ("torch==2.3.1", "git+https://...") longer than this is a mistake.
+#define REQUIREMENT_MAX_CHARS       1024
 
 static kiln_manifest_t *
 s_new (void)
@@ -59,6 +61,10 @@ kiln_manifest_destroy (kiln_manifest_t **self_p)
     for (size_t i = 0; self->endpoints && i < self->endpoint_count; i++)
         free (self->endpoints [i]);
     free (self->endpoints);
+    free (self->kind);
+    for (size_t i = 0; self->requirements && i < self->requirement_count; i++)
+        free (self->requirements [i]);
+    free (self->requirements);
     free (self);
     *self_p = NULL;
 }
@@ -121,6 +127,19 @@ s_check (const kiln_manifest_t *self)
         return "request_timeout: must be at least 1 second";
     if (self->startup_timeout < 1)
         return "startup_timeout: must be at least 1 second";
+    if (!self->kind || (strcmp (self->kind, KILN_MANIFEST_KIND_NATIVE) != 0
+                    &&  strcmp (self->kind, KILN_MANIFEST_KIND_PYTHON) != 0))
+        return "kind: must be \"native\" or \"python\"";
+    if (self->requirement_count > 0 && strcmp (self->kind, KILN_MANIFEST_KIND_PYTHON) != 0)
+        return "requirements: only a python app has requirements";
+    for (size_t i = 0; i < self->requirement_count; i++) {
+        size_t len = strlen (self->requirements [i]);
+        if (len == 0 || len > REQUIREMENT_MAX_CHARS)
+            return "requirements: each must be 1-1024 characters";
+        for (size_t j = 0; j < len; j++)
+            if ((unsigned char) self->requirements [i][j] < ' ')
+                return "requirements: control characters are not allowed";
+    }
     if (self->endpoint_count == 0)
         return "endpoints: must list at least one endpoint";
     if (self->endpoint_count > KILN_MANIFEST_MAX_ENDPOINTS)
@@ -153,6 +172,10 @@ kiln_manifest_from_app (const kiln_app_t *app, const char **error)
         goto done;
     }
     if (app->name && !(self->name = strdup (app->name))) {
+        why = "out of memory";
+        goto done;
+    }
+    if (!(self->kind = strdup (KILN_MANIFEST_KIND_NATIVE))) {
         why = "out of memory";
         goto done;
     }
@@ -339,6 +362,20 @@ kiln_manifest_from_json (const char *json, size_t size, char **error)
     if ((why = s_json_strings (root, "endpoints", KILN_MANIFEST_MAX_ENDPOINTS,
                                &self->endpoints, &self->endpoint_count)))
         goto done;
+    //  Both are newer than the rest: a manifest without them is native.
+    json_t *kind = json_object_get (root, "kind");
+    if (kind && !json_is_string (kind)) {
+        why = strdup ("kind: must be \"native\" or \"python\"");
+        goto done;
+    }
+    if (!(self->kind = strdup (kind ? json_string_value (kind) : KILN_MANIFEST_KIND_NATIVE))) {
+        why = strdup ("out of memory");
+        goto done;
+    }
+    if (json_object_get (root, "requirements")
+    &&  (why = s_json_strings (root, "requirements", KILN_MANIFEST_MAX_REQUIREMENTS,
+                               &self->requirements, &self->requirement_count)))
+        goto done;
     const char *check = s_check (self);
     if (check)
         why = strdup (check);
@@ -367,12 +404,15 @@ kiln_manifest_to_json (const kiln_manifest_t *self)
         return NULL;
     json_t *types = json_array ();
     json_t *endpoints = json_array ();
+    json_t *requirements = json_array ();
+    for (size_t i = 0; requirements && i < self->requirement_count; i++)
+        json_array_append_new (requirements, json_string (self->requirements [i]));
     for (size_t i = 0; types && i < self->machine_type_count; i++)
         json_array_append_new (types, json_string (self->machine_types [i]));
     for (size_t i = 0; endpoints && i < self->endpoint_count; i++)
         json_array_append_new (endpoints, json_string (self->endpoints [i]));
     //  "o" steals the arrays, even when the pack fails.
-    json_t *root = json_pack ("{s:s, s:o, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:o}",
+    json_t *root = json_pack ("{s:s, s:o, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:o, s:s, s:o}",
                               "name", self->name ? self->name : "",
                               "machine_types", types,
                               "keep_alive", self->keep_alive,
@@ -382,7 +422,9 @@ kiln_manifest_to_json (const kiln_manifest_t *self)
                               "max_multiplexing", self->max_multiplexing,
                               "request_timeout", self->request_timeout,
                               "startup_timeout", self->startup_timeout,
-                              "endpoints", endpoints);
+                              "endpoints", endpoints,
+                              "kind", self->kind ? self->kind : KILN_MANIFEST_KIND_NATIVE,
+                              "requirements", requirements);
     if (!root)
         return NULL;
     char *text = json_dumps (root, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -462,7 +504,7 @@ kiln_manifest_test (bool verbose)
     assert (strcmp (json, "{\"name\":\"echo\",\"machine_types\":[\"CPU\"],\"keep_alive\":300,"
                           "\"min_concurrency\":0,\"max_concurrency\":2,\"concurrency_buffer\":0,"
                           "\"max_multiplexing\":1,\"request_timeout\":3600,\"startup_timeout\":600,"
-                          "\"endpoints\":[\"/\",\"/echo\"]}") == 0);
+                          "\"endpoints\":[\"/\",\"/echo\"],\"kind\":\"native\",\"requirements\":[]}") == 0);
     free (json);
     kiln_manifest_destroy (&m);
     assert (m == NULL);
@@ -594,6 +636,28 @@ kiln_manifest_test (bool verbose)
     s_test_bad_json ("{\"name\":\"a\",\"endpoints\":[\"/\"],\"request_timeout\":0}", "request_timeout");
     s_test_bad_json ("{\"name\":\"a\",\"endpoints\":[\"/\"],\"startup_timeout\":null}", "startup_timeout");
     s_test_bad_json ("{\"name\":\"a\",\"name\":\"b\",\"endpoints\":[\"/\"]}", "JSON");
+    s_test_bad_json ("{\"name\":\"a\",\"endpoints\":[\"/\"],\"kind\":\"java\"}", "kind");
+    s_test_bad_json ("{\"name\":\"a\",\"endpoints\":[\"/\"],\"kind\":1}", "kind");
+    s_test_bad_json ("{\"name\":\"a\",\"endpoints\":[\"/\"],\"requirements\":[\"x\"]}", "requirements");
+    s_test_bad_json ("{\"name\":\"a\",\"endpoints\":[\"/\"],\"kind\":\"python\",\"requirements\":\"x\"}",
+                     "requirements");
+    s_test_bad_json ("{\"name\":\"a\",\"endpoints\":[\"/\"],\"kind\":\"python\",\"requirements\":[\"\"]}",
+                     "requirements");
+
+    //  A python app with requirements round-trips them.
+    const char *python = "{\"name\":\"hello\",\"endpoints\":[\"/\"],\"kind\":\"python\","
+                         "\"requirements\":[\"numpy==2.0\",\"pillow\"]}";
+    back = kiln_manifest_from_json (python, strlen (python), NULL);
+    assert (back && strcmp (back->kind, "python") == 0 && back->requirement_count == 2);
+    assert (strcmp (back->requirements [1], "pillow") == 0);
+    json = kiln_manifest_to_json (back);
+    assert (json && strstr (json, "\"kind\":\"python\",\"requirements\":[\"numpy==2.0\",\"pillow\"]"));
+    free (json);
+    kiln_manifest_destroy (&back);
+    back = kiln_manifest_from_json (minimal, strlen (minimal), NULL);
+    assert (back && strcmp (back->kind, "native") == 0 && back->requirement_count == 0);
+    kiln_manifest_destroy (&back);
+
     assert (kiln_manifest_from_json (NULL, 0, NULL) == NULL);
     assert (kiln_manifest_to_json (NULL) == NULL);
     kiln_manifest_destroy (&m);                 //  NULL is fine

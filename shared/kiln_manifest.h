@@ -10,7 +10,11 @@
          "min_concurrency": 0, "max_concurrency": 2,
          "concurrency_buffer": 0, "max_multiplexing": 1,
          "request_timeout": 3600, "startup_timeout": 600,
-         "endpoints": ["/", "/echo"]}
+         "endpoints": ["/", "/echo"], "kind": "native", "requirements": []}
+
+    kind says what the artifact is: "native" (a .so, the default when the
+    JSON has none) or "python" (a bundle, see docs/PROCESS_APPS.md).
+    requirements are pip specs of a Python app (none for a native one).
     =========================================================================
 */
 #ifndef KILN_MANIFEST_H_INCLUDED
@@ -22,6 +26,10 @@
 
 #define KILN_MANIFEST_MAX_MACHINE_TYPES 16
 #define KILN_MANIFEST_MAX_ENDPOINTS 256
+#define KILN_MANIFEST_MAX_REQUIREMENTS 256
+
+#define KILN_MANIFEST_KIND_NATIVE "native"
+#define KILN_MANIFEST_KIND_PYTHON "python"
 
 typedef struct {
     char *name;
@@ -34,6 +42,8 @@ typedef struct {
     int request_timeout;
     int startup_timeout;
     char **endpoints;       size_t endpoint_count;      //  at least one
+    char *kind;                                         //  "native" or "python"
+    char **requirements;    size_t requirement_count;   //  may be none
 } kiln_manifest_t;
 
 //  From an app's descriptor, with defaults for zero fields. NULL and

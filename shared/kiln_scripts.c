@@ -173,6 +173,14 @@ const char *KILN_SCRIPT_WEBHOOK_CLAIM =
     "end\n"
     "return out\n";
 
+const char *KILN_SCRIPT_WEBHOOK_LEASE =
+    "local s = redis.call('ZSCORE', KEYS[1], ARGV[1])\n"
+    "if s and tonumber(s) == tonumber(ARGV[2]) then\n"
+    "  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])\n"
+    "  return 1\n"
+    "end\n"
+    "return 0\n";
+
 const char *KILN_SCRIPT_WEBHOOK_DONE =
     "if redis.call('EXISTS', KEYS[1]) == 0 then\n"
     "  redis.call('ZREM', KEYS[2], ARGV[1])\n"
@@ -267,22 +275,75 @@ const char *KILN_SCRIPT_UNDEPLOY =
     "redis.call('PUBLISH', 'kiln:wake', ARGV[1])\n"
     "return 1\n";
 
+//  KILN_APP_FIELDS as a Lua argument list.
+#define S_LUA_APP_FIELDS \
+    "'name', 'revision', 'artifact', 'manifest', 'updated_ms', 'scale', " \
+    "'failed_starts', 'last_error', 'last_error_ms'"
+
+const char *KILN_SCRIPT_SCALE =
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end\n"
+    "local f = redis.call('HMGET', KEYS[1], 'manifest', 'scale')\n"
+    "local function object(text)\n"
+    "  if not text then return {} end\n"
+    "  local ok, value = pcall(cjson.decode, text)\n"
+    "  if ok and type(value) == 'table' then return value end\n"
+    "  return {}\n"
+    "end\n"
+    "local manifest = object(f[1])\n"
+    "local scale = {}\n"
+    "if ARGV[2] ~= '1' then scale = object(f[2]) end\n"
+    "local names = {'min_concurrency', 'max_concurrency', 'concurrency_buffer', 'keep_alive'}\n"
+    "for i, name in ipairs(names) do\n"
+    "  local value = ARGV[i + 2]\n"
+    "  if value == '-' then scale[name] = nil\n"
+    "  elseif value ~= '' then scale[name] = tonumber(value) end\n"
+    "end\n"
+    //  What the broker will use: the override, else the manifest's own
+    "local function effective(name, default)\n"
+    "  local value = scale[name]\n"
+    "  if type(value) ~= 'number' then value = manifest[name] end\n"
+    "  if type(value) ~= 'number' then value = default end\n"
+    "  return value\n"
+    "end\n"
+    "local low = effective('min_concurrency', 0)\n"
+    "local high = effective('max_concurrency', 1)\n"
+    "if low > high then\n"
+    "  return {-2, string.format('%d', low), string.format('%d', high)}\n"
+    "end\n"
+    "if next(scale) == nil then\n"
+    "  redis.call('HDEL', KEYS[1], 'scale')\n"
+    "else\n"
+    "  redis.call('HSET', KEYS[1], 'scale', cjson.encode(scale))\n"
+    "end\n"
+    "redis.call('PUBLISH', 'kiln:wake', ARGV[1])\n"
+    "local out = redis.call('HMGET', KEYS[1], " S_LUA_APP_FIELDS ")\n"
+    "table.insert(out, 1, 1)\n"
+    "return out\n";
+
 const char *KILN_SCRIPT_LIST_APPS =
     "local out = {}\n"
     "local names = redis.call('SMEMBERS', KEYS[1])\n"
     "table.sort(names)\n"
     "for _, name in ipairs(names) do\n"
-    "  local f = redis.call('HMGET', 'kiln:app:' .. name,\n"
-    "    'name', 'revision', 'artifact', 'manifest', 'updated_ms')\n"
+    "  local f = redis.call('HMGET', 'kiln:app:' .. name, " S_LUA_APP_FIELDS ")\n"
     "  if f[2] then\n"
-    "    table.insert(out, f[1] or name)\n"
-    "    table.insert(out, f[2])\n"
-    "    table.insert(out, f[3] or '')\n"
-    "    table.insert(out, f[4] or '')\n"
-    "    table.insert(out, f[5] or '')\n"
+    "    f[1] = f[1] or name\n"
+    //  A missing field is false in Lua: it goes back as nil, in its place
+    "    for i = 1, #f do table.insert(out, f[i]) end\n"
     "  end\n"
     "end\n"
     "return out\n";
+
+const char *KILN_SCRIPT_METRICS =
+    "local apps = {}\n"
+    "local names = redis.call('SMEMBERS', KEYS[1])\n"
+    "table.sort(names)\n"
+    "for _, name in ipairs(names) do\n"
+    "  table.insert(apps, name)\n"
+    "  table.insert(apps, redis.call('ZCARD', ARGV[1] .. name))\n"
+    "  table.insert(apps, redis.call('HGETALL', ARGV[2] .. name))\n"
+    "end\n"
+    "return {apps, redis.call('HVALS', KEYS[2]), redis.call('HVALS', KEYS[3])}\n";
 
 
 //  ---------------------------------------------------------------------
@@ -1030,6 +1091,13 @@ kiln_scripts_test (bool verbose)
     char span [32];
     snprintf (span, sizeof span, "%.0f", KILN_QUEUE_BAND_SPAN);
     assert (strstr (KILN_SCRIPT_SUBMIT, span));
+    //  The Lua field list says what KILN_APP_FIELDS says, in its order.
+    char lua_fields [256] = "";
+    size_t at = 0;
+    for (const char *c = S_LUA_APP_FIELDS; *c && at + 1 < sizeof lua_fields; c++)
+        if (*c != '\'' && *c != ',')
+            lua_fields [at++] = *c;
+    assert (strcmp (lua_fields, KILN_APP_FIELDS) == 0);
 
     int port;
     s_server_pid = kiln_redis_test_server_start (&port, s_server_dir, NULL);

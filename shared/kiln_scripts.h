@@ -70,6 +70,13 @@
             so a deliverer that dies mid-delivery hands it on after the
             lease, and two deliverers never hold the same one.
 
+    KILN_SCRIPT_WEBHOOK_LEASE — move a claimed delivery's lease
+      KEYS  webhooks
+      ARGV  id, held score (the lease we hold), new score
+      →     1 when moved; 0 when we no longer hold it (it ran out and
+            another deliverer may have claimed it): a compare-and-set,
+            so a lost lease is never taken back.
+
     KILN_SCRIPT_WEBHOOK_DONE — the outcome of one delivery
       KEYS  req, webhooks
       ARGV  id, outcome (delivered|failed|retry), next_ms, retention_s,
@@ -129,13 +136,32 @@
       →     0 if the app was not deployed, else 1. Publishes the name on
             kiln:wake (the broker retires its runners).
 
+    KILN_SCRIPT_SCALE — change an app's live scale overrides
+      KEYS  app                                (kiln_key_app)
+      ARGV  name, reset (0|1), then min_concurrency, max_concurrency,
+            concurrency_buffer, keep_alive: each "" (leave as it is),
+            "-" (drop the override) or a non-negative integer
+      →     {-1} when the app is not deployed (nothing written);
+            {-2, min, max} when the resulting effective min_concurrency
+            would exceed max_concurrency (nothing written);
+            else {1, then the app's KILN_APP_FIELDS}. The overrides
+            live in the app hash's `scale` field as JSON (with reset, the
+            old ones are dropped first; with none left the field goes).
+            Publishes the name on kiln:wake so the broker applies them.
+
     KILN_SCRIPT_LIST_APPS — every deployed app, read in one step
-      KEYS  apps
-      ARGV  (none)
-      →     a flat array, five entries per app: name, revision, artifact,
-            manifest, updated_ms ("" for a missing field). Names in the set
-            whose hash is gone are skipped.
-    =========================================================================
+      KEYS  apps                               (KILN_KEY_APPS)
+      →     a flat array, KILN_APP_FIELD_COUNT entries per app (in
+            the order of KILN_APP_FIELDS, nil for a missing field),
+            sorted by name. Names whose hash is gone are skipped.
+
+    KILN_SCRIPT_METRICS — what /metrics shows, read in one step
+      KEYS  apps, runners, workers             (KILN_KEY_APPS, _RUNNERS, _WORKERS)
+      ARGV  queue key prefix, stats key prefix
+      →     {apps, runners, workers}: apps is a flat array, three entries
+            per deployed app (sorted by name): name, queue depth (ZCARD),
+            the stats hash (HGETALL: a flat field, value array); runners
+            and workers are the JSON values of their hashes (HVALS).    =========================================================================
 */
 #ifndef KILN_SCRIPTS_H_INCLUDED
 #define KILN_SCRIPTS_H_INCLUDED
@@ -150,6 +176,7 @@ extern const char *KILN_SCRIPT_CANCEL;
 extern const char *KILN_SCRIPT_EXPIRE;
 extern const char *KILN_SCRIPT_WEBHOOK_CLAIM;
 extern const char *KILN_SCRIPT_WEBHOOK_DONE;
+extern const char *KILN_SCRIPT_WEBHOOK_LEASE;
 extern const char *KILN_SCRIPT_REQUEUE;
 extern const char *KILN_SCRIPT_APP_STATUS;
 
@@ -161,9 +188,17 @@ extern const char *KILN_SCRIPT_APP_STATUS;
 extern const char *KILN_SCRIPT_DEPLOY;
 extern const char *KILN_SCRIPT_UNDEPLOY;
 extern const char *KILN_SCRIPT_LIST_APPS;
+extern const char *KILN_SCRIPT_SCALE;
+extern const char *KILN_SCRIPT_METRICS;
 
-//  Fields per app in KILN_SCRIPT_LIST_APPS's answer.
-#define KILN_LIST_APPS_FIELDS 5
+//  What an app answer is built from, in this order: HMGET arguments
+//  (KILN_SCRIPT_LIST_APPS, KILN_SCRIPT_SCALE).
+#define KILN_APP_FIELDS \
+    "name revision artifact manifest updated_ms scale failed_starts last_error last_error_ms"
+#define KILN_APP_FIELD_COUNT 9
+
+//  Entries per app in KILN_SCRIPT_METRICS's first array.
+#define KILN_METRICS_APP_FIELDS 3
 
 //  Queue score of a request: bands keep low priority behind normal; seq
 //  keeps order within a band. 2^52 leaves seq exact in a double.
