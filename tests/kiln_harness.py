@@ -435,7 +435,7 @@ class Stack:
         self.env.pop('KILN_KEY', None)
         self.env.update(env or {})
         #  Enough CPU slots that every app of a test module gets runners
-        #  (the worker's default is max(2, cores): 2 on a small machine).
+        #  (the worker's default is max(4, cores)).
         self.worker_args = worker_args if worker_args is not None else ['--slots', 'CPU=16']
         self.procs = {}
         self.started_at = {}
