@@ -7,6 +7,7 @@
 */
 #include "route.h"
 #include "kiln_keys.h"
+#include "kiln_util.h"
 
 #include <assert.h>
 #include <stdarg.h>
@@ -81,18 +82,6 @@ s_is_get (const char *method)
     return strcmp (method, "GET") == 0 || strcmp (method, "HEAD") == 0;
 }
 
-static int
-s_hex_value (char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 //  Splits and decodes raw_path into path. Returns NULL, or a reason the
 //  path is malformed (a static string).
 static const char *
@@ -123,8 +112,8 @@ s_split (s_path_t *path, const char *raw_path)
         for (const char *p = cursor; p < end; p++) {
             unsigned char c = (unsigned char) *p;
             if (c == '%') {
-                int high = p + 1 < end ? s_hex_value (p [1]) : -1;
-                int low = p + 2 < end ? s_hex_value (p [2]) : -1;
+                int high = p + 1 < end ? kiln_hex_value (p [1]) : -1;
+                int low = p + 2 < end ? kiln_hex_value (p [2]) : -1;
                 if (high < 0 || low < 0)
                     return "Path has a malformed percent-escape";
                 c = (unsigned char) (high * 16 + low);

@@ -13,6 +13,7 @@
     =========================================================================
 */
 #include "kiln_redis.h"
+#include "kiln_util.h"
 #include "kiln_log.h"
 
 #include <arpa/inet.h>
@@ -36,18 +37,6 @@
 
 #define REDIS_DEFAULT_PORT 6379
 
-static int
-s_hex_value (char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 //  Decodes %XX escapes of a URL part into a new string. NULL on a bad
 //  escape, or an escape that decodes to NUL (it could not be sent).
 static char *
@@ -62,8 +51,8 @@ s_percent_decode (const char *start, size_t len)
             out [o++] = start [i];
             continue;
         }
-        int high = i + 2 < len ? s_hex_value (start [i + 1]) : -1;
-        int low = i + 2 < len ? s_hex_value (start [i + 2]) : -1;
+        int high = i + 2 < len ? kiln_hex_value (start [i + 1]) : -1;
+        int low = i + 2 < len ? kiln_hex_value (start [i + 2]) : -1;
         if (high < 0 || low < 0 || (high | low) == 0) {
             free (out);
             return NULL;

@@ -219,6 +219,18 @@ kiln_sha256_hex (const void *data, size_t size, char out [KILN_SHA256_HEX_LEN + 
 //  ---------------------------------------------------------------------
 //  Files
 
+int
+kiln_hex_value (char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 uint8_t *
 kiln_read_file (const char *path, size_t *size)
 {
@@ -373,6 +385,9 @@ s_check_sha (const void *data, size_t size, const char *expect)
 void
 kiln_util_test (bool verbose)
 {
+    assert (kiln_hex_value ('0') == 0 && kiln_hex_value ('9') == 9);
+    assert (kiln_hex_value ('a') == 10 && kiln_hex_value ('F') == 15);
+    assert (kiln_hex_value ('g') == -1 && kiln_hex_value ('%') == -1);
     if (verbose)
         printf (" * kiln_util: ");
 

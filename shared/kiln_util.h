@@ -28,6 +28,9 @@ int64_t kiln_mono_ms (void);
 //  SHA-256 of data, as 64 lower-case hex digits plus NUL.
 void kiln_sha256_hex (const void *data, size_t size, char out [KILN_SHA256_HEX_LEN + 1]);
 
+//  The value of a hex digit (either case), or -1 for any other char.
+int kiln_hex_value (char c);
+
 //  Reads a whole file into a malloc'd buffer (NUL added after the last
 //  byte, not counted in *size). NULL on failure, with errno set.
 uint8_t *kiln_read_file (const char *path, size_t *size);
