@@ -93,6 +93,10 @@
 //  Workers re-register within a heartbeat or two of a broker restart;
 //  until then "no worker offers X" would be a lie.
 #define REGISTRATION_GRACE_MS   3000
+//  A request leased in kiln:inflight that no runner we know holds, this
+//  long after the registration grace, lost its runner while no broker was
+//  listening (a broker restart): it is re-queued like any lost request.
+#define ORPHAN_GRACE_MS         5000
 //  A worker that restarts (an upgrade, a crash) leaves for a few seconds;
 //  requests for its machine types wait that long before failing with
 //  runner_scheduling_failure. Types never offered fail at once.
@@ -205,6 +209,7 @@ struct _kiln_broker_t {
     zhashx_t *runners;          //  id → s_runner_t
     zhashx_t *apps;             //  name → s_app_t
     zhashx_t *inflight;         //  request id → s_runner_t (not owned)
+    zhashx_t *orphans;          //  request id → int64_t *, unheld since (mono ms)
     zlistx_t *pending;          //  s_call_t, COMPLETEs waiting for Redis
     zhashx_t *offered;          //  machine type → int64_t *, when last offered (mono ms)
     int64_t started_ms;
@@ -2377,6 +2382,47 @@ s_publish_view (kiln_broker_t *self)
     }
 }
 
+//  Re-queues requests in kiln:inflight that no runner holds (see
+//  ORPHAN_GRACE_MS). A live runner says hello again within a few
+//  heartbeats of a broker restart and is given its requests back, so only
+//  the requests of runners that died meanwhile stay unheld.
+static void
+s_requeue_orphans (kiln_broker_t *self)
+{
+    int64_t now = kiln_mono_ms ();
+    if (!self->redis || now - self->started_ms <= REGISTRATION_GRACE_MS)
+        return;
+    redisReply *ids = s_command (self, "ZRANGE %s 0 -1", KILN_KEY_INFLIGHT);
+    zhashx_t *unheld = zhashx_new ();
+    if (!ids || !unheld || ids->type != REDIS_REPLY_ARRAY) {
+        if (ids)
+            freeReplyObject (ids);
+        zhashx_destroy (&unheld);
+        return;
+    }
+    zhashx_set_destructor (unheld, (zhashx_destructor_fn *) zstr_free);
+    for (size_t i = 0; i < ids->elements; i++) {
+        const redisReply *id = ids->element [i];
+        if (id->type != REDIS_REPLY_STRING || !kiln_id_valid (id->str)
+        ||  zhashx_lookup (self->inflight, id->str))
+            continue;
+        int64_t *before = (int64_t *) zhashx_lookup (self->orphans, id->str);
+        int64_t since = before? *before: now;
+        if (now - since >= ORPHAN_GRACE_MS)
+            s_requeue (self, id->str, "?", true, false, "no runner holds it");
+        else {
+            int64_t *kept = malloc (sizeof *kept);
+            if (kept) {
+                *kept = since;
+                zhashx_insert (unheld, id->str, kept);
+            }
+        }
+    }
+    freeReplyObject (ids);
+    zhashx_destroy (&self->orphans);
+    self->orphans = unheld;
+}
+
 static int
 s_on_timer (zloop_t *loop, int timer_id, void *arg)
 {
@@ -2390,6 +2436,7 @@ s_on_timer (zloop_t *loop, int timer_id, void *arg)
     s_offered_refresh (self);
     s_send_heartbeats (self);
     s_expire_deadlines (self);
+    s_requeue_orphans (self);
     s_sweep_apps (self);
     s_publish_view (self);
     return 0;
@@ -2435,11 +2482,13 @@ kiln_broker_new (const kiln_config_t *cfg)
         return NULL;
     }
     self->offered = zhashx_new ();
-    if (!self->offered) {
+    self->orphans = zhashx_new ();
+    if (!self->offered || !self->orphans) {
         kiln_broker_destroy (&self);
         return NULL;
     }
     zhashx_set_destructor (self->offered, (zhashx_destructor_fn *) zstr_free);
+    zhashx_set_destructor (self->orphans, (zhashx_destructor_fn *) zstr_free);
     self->started_ms = kiln_mono_ms ();
     self->redis_backoff_ms = self->sub_backoff_ms = REDIS_BACKOFF_MIN_MS;
     zloop_reader (self->loop, self->router, s_on_router, self);
@@ -2473,6 +2522,7 @@ kiln_broker_destroy (kiln_broker_t **self_p)
     zhashx_destroy (&self->workers);
     zhashx_destroy (&self->apps);
     zhashx_destroy (&self->offered);
+    zhashx_destroy (&self->orphans);
     free (self);
     *self_p = NULL;
 }

@@ -1,5 +1,5 @@
 /*  =========================================================================
-    deploy — kiln deploy APP.so [--name OWNER/APP]
+    deploy — kiln deploy APP.so|FILE.py::Class [--name OWNER/APP]
 
     Deploying is three steps, each of which can fail with a clear line:
       1. ask `kiln-runner --describe APP.so` for the app's manifest (the
@@ -7,6 +7,13 @@
          what is a kiln app);
       2. upload the file, content-addressed: PUT /v1/artifacts/{sha256};
       3. register the revision: POST /v1/apps {name, artifact, manifest}.
+
+    A Python app (FILE.py::Class) is described the same way (the runner
+    asks `python3 -m kiln.serve` with KILN_DESCRIBE=1), and its artifact
+    is a bundle: an uncompressed ustar archive of the file and a kiln.json
+    {"class", "entry", "kind": "python", "manifest"} (worker/bundle.h),
+    written here, with fixed metadata so that the same app makes the same
+    bytes and so the same SHA-256.
     =========================================================================
 */
 #include "cli.h"
@@ -37,10 +44,11 @@
 
 static const char *s_help_text =
     "usage: kiln deploy APP.so [--name OWNER/APP]\n"
+    "       kiln deploy FILE.py::ClassName [--name OWNER/APP]\n"
     "\n"
     "Uploads a native kiln app (a shared library built against\n"
-    "include/kiln/app.h) and deploys it as a new revision, then prints\n"
-    "its sync and queue URLs.\n"
+    "include/kiln/app.h) or a Python app (a kiln.App subclass in FILE.py)\n"
+    "and deploys it as a new revision, then prints its sync and queue URLs.\n"
     "\n"
     "options:\n"
     "  -n, --name OWNER/APP the app's name (default local/<the app's own name>)\n"
@@ -252,6 +260,88 @@ s_describe (kiln_cli_t *cli, const char *path, char **manifest, char **error)
     return rc;
 }
 
+//  -------------------------------------------------------------------------
+//  Python bundles
+
+#define TAR_BLOCK_BYTES 512
+
+//  Appends one regular file to a ustar archive in *buffer. 0 or -1.
+static int
+s_tar_add (uint8_t **buffer, size_t *length, const char *name, const uint8_t *data, size_t size)
+{
+    size_t padded = (size + TAR_BLOCK_BYTES - 1) / TAR_BLOCK_BYTES * TAR_BLOCK_BYTES;
+    if (strlen (name) >= 100 || size > 077777777777ULL)
+        return -1;
+    uint8_t *grown = (uint8_t *) realloc (*buffer, *length + TAR_BLOCK_BYTES + padded);
+    if (!grown)
+        return -1;
+    *buffer = grown;
+    uint8_t *header = grown + *length;
+    memset (header, 0, TAR_BLOCK_BYTES + padded);
+    memcpy (header, name, strlen (name));
+    memcpy (header + 100, "0000644", 7);            //  mode
+    memcpy (header + 108, "0000000", 7);            //  uid
+    memcpy (header + 116, "0000000", 7);            //  gid
+    snprintf ((char *) header + 124, 12, "%011llo", (unsigned long long) size);
+    memcpy (header + 136, "00000000000", 11);       //  mtime: fixed, for a stable hash
+    header [156] = '0';
+    memcpy (header + 257, "ustar", 6);
+    memcpy (header + 263, "00", 2);
+    memset (header + 148, ' ', 8);
+    unsigned sum = 0;
+    for (size_t i = 0; i < TAR_BLOCK_BYTES; i++)
+        sum += header [i];
+    snprintf ((char *) header + 148, 8, "%06o", sum);
+    if (size)
+        memcpy (header + TAR_BLOCK_BYTES, data, size);
+    *length += TAR_BLOCK_BYTES + padded;
+    return 0;
+}
+
+//  The bundle of a Python app: its file and kiln.json. NULL with *error.
+static uint8_t *
+s_python_bundle (const char *file, const char *class_name, json_t *manifest, size_t *size,
+                 char **error)
+{
+    size_t source_size = 0;
+    uint8_t *source = kiln_read_file (file, &source_size);
+    if (!source) {
+        s_set_error (error, "cannot read %s: %s", file, strerror (errno));
+        return NULL;
+    }
+    const char *entry = strrchr (file, '/') ? strrchr (file, '/') + 1 : file;
+    json_t *description = json_pack ("{s:s, s:s, s:s, s:O}", "kind", "python", "entry", entry,
+                                     "class", class_name, "manifest", manifest);
+    char *text = description ? json_dumps (description, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref (description);
+    uint8_t *buffer = NULL;
+    size_t length = 0;
+    if (!text
+    ||  s_tar_add (&buffer, &length, entry, source, source_size) != 0
+    ||  s_tar_add (&buffer, &length, "kiln.json", (const uint8_t *) text, strlen (text)) != 0) {
+        s_set_error (error, "cannot make the bundle of %s (a file name of 100 characters or more?)", file);
+        free (buffer);
+        buffer = NULL;
+    }
+    else {
+        //  The end of an archive: two zero blocks.
+        uint8_t *grown = (uint8_t *) realloc (buffer, length + 2 * TAR_BLOCK_BYTES);
+        if (grown) {
+            buffer = grown;
+            memset (buffer + length, 0, 2 * TAR_BLOCK_BYTES);
+            *size = length + 2 * TAR_BLOCK_BYTES;
+        }
+        else {
+            free (buffer);
+            buffer = NULL;
+            *error = strdup ("out of memory");
+        }
+    }
+    free (text);
+    free (source);
+    return buffer;
+}
+
 //  A URL from the deploy answer: urls.<key>, else <key>_url, else the
 //  one kiln's routes imply.
 static char *
@@ -274,6 +364,10 @@ s_answer_url (json_t *answer, const char *key, const char *base, const char *pre
     return url;
 }
 
+static int
+kiln_deploy_file (kiln_cli_t *cli, kiln_http_t *http, const char *path, bool python,
+                  const char *class_name, const char *name, char **deployed_name, char **error);
+
 int
 kiln_deploy_app (kiln_cli_t *cli, kiln_http_t *http, const char *path,
                  const char *name, char **deployed_name, char **error)
@@ -281,6 +375,29 @@ kiln_deploy_app (kiln_cli_t *cli, kiln_http_t *http, const char *path,
     *error = NULL;
     if (deployed_name)
         *deployed_name = NULL;
+    //  FILE.py::Class (or FILE.py, which gets a clear "name the class")
+    char *file_part = strdup (path);
+    if (!file_part) {
+        *error = strdup ("out of memory");
+        return -1;
+    }
+    char *class_name = strstr (file_part, "::");
+    if (class_name) {
+        *class_name = 0;
+        class_name += 2;
+    }
+    size_t file_length = strlen (file_part);
+    bool python = class_name || (file_length > 3 && strcmp (file_part + file_length - 3, ".py") == 0);
+    int rc = kiln_deploy_file (cli, http, python ? file_part : path, python,
+                               python ? class_name : NULL, name, deployed_name, error);
+    free (file_part);
+    return rc;
+}
+
+static int
+kiln_deploy_file (kiln_cli_t *cli, kiln_http_t *http, const char *path, bool python,
+                  const char *class_name, const char *name, char **deployed_name, char **error)
+{
     struct stat info;
     if (stat (path, &info) != 0) {
         s_set_error (error, "cannot read %s: %s", path, strerror (errno));
@@ -297,8 +414,16 @@ kiln_deploy_app (kiln_cli_t *cli, kiln_http_t *http, const char *path,
         s_set_error (error, "cannot read %s: %s", path, strerror (errno));
         return -1;
     }
+    if (python && (!class_name || !*class_name)) {
+        s_set_error (error, "name the app's class: kiln deploy %s::ClassName", path);
+        return -1;
+    }
+    char *target = NULL;
+    if (python && asprintf (&target, "%s::%s", absolute, class_name) < 0)
+        target = NULL;
     char *manifest_text = NULL, *reason = NULL;
-    int described = s_describe (cli, absolute, &manifest_text, &reason);
+    int described = s_describe (cli, python ? target : absolute, &manifest_text, &reason);
+    free (target);
     if (described == -2) {
         *error = reason;
         return -1;
@@ -345,9 +470,11 @@ kiln_deploy_app (kiln_cli_t *cli, kiln_http_t *http, const char *path,
     }
 
     size_t size = 0;
-    uint8_t *bytes = kiln_read_file (absolute, &size);
+    uint8_t *bytes = python ? s_python_bundle (absolute, class_name, manifest_json, &size, error)
+                            : kiln_read_file (absolute, &size);
     if (!bytes) {
-        s_set_error (error, "cannot read %s: %s", path, strerror (errno));
+        if (!*error)
+            s_set_error (error, "cannot read %s: %s", path, strerror (errno));
         json_decref (manifest_json);
         free (full_name);
         return -1;
@@ -434,7 +561,7 @@ kiln_deploy_main (kiln_cli_t *cli, int argc, char *argv [])
             return kiln_cli_bad_option ("deploy", opt, argv);
     }
     if (optind >= argc)
-        return kiln_cli_usage ("deploy", "deploy needs the app's file: kiln deploy APP.so");
+        return kiln_cli_usage ("deploy", "deploy needs the app: kiln deploy APP.so or FILE.py::ClassName");
     if (optind + 1 < argc)
         return kiln_cli_usage ("deploy", "deploy takes one file, got '%s' too", argv [optind + 1]);
     const char *path = argv [optind];

@@ -3,7 +3,16 @@
     answers the broker's REQUESTs with the app's handlers
 
         kiln-runner --describe APP.so   print the app's manifest (JSON), exit
+        kiln-runner --describe FILE.py::Class   the same for a Python app
         kiln-runner APP.so              serve it (started by kiln-worker)
+        kiln-runner BUNDLE-DIR          serve a process app (an unpacked
+                                        bundle; docs/PROCESS_APPS.md)
+
+    A process app runs as our child, python3 -m kiln.serve, spoken to in
+    frames over its stdin and stdout; then there are no executors: a
+    REQUEST becomes a `request` frame, `log` frames become LOGs, `file`
+    frames join the request's RESULT, a `result` frame is the RESULT,
+    CANCEL becomes `cancel`, SIGTERM becomes `stop`. Its death is ours.
 
     The worker starts one runner per (app, slot) with the environment of
     worker/runner.h. A crash in app code kills only this process; the
@@ -50,7 +59,9 @@
 */
 #include "runner.h"
 #include "sdk.h"
+#include "bundle.h"
 #include "kiln_config.h"
+#include "kiln_keys.h"
 #include "kiln_log.h"
 #include "kiln_manifest.h"
 #include "kiln_msg.h"
@@ -59,11 +70,16 @@
 #include <czmq.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define HEARTBEAT_INTERVAL_MS    1000
@@ -82,6 +98,391 @@ s_on_signal (int signum)
 {
     (void) signum;
     s_terminate = 1;
+}
+
+//  -------------------------------------------------------------------------
+//  Process apps (docs/PROCESS_APPS.md): a child speaks frames on its stdin
+//  and stdout. Its stdout is read without blocking by the main loop, with
+//  a frame parser that keeps what a partial read left; frames to its stdin
+//  are written whole (blocking: kiln.serve reads stdin on a thread of its
+//  own, so it drains even while its handlers are busy).
+
+//  Where kiln's Python package lives (python/kiln); the build sets it.
+#ifndef KILN_PYTHON_DIR
+#   define KILN_PYTHON_DIR "/usr/local/share/kiln/python"
+#endif
+#define PROCESS_PROTOCOL_VERSION 1
+#define FRAME_HEADER_MAX_BYTES   (1u << 20)
+#define FRAME_BODY_MAX_BYTES     (512u << 20)
+//  After `stop` and the last result: how long teardown() may take.
+#define CHILD_STOP_WAIT_MS       30000
+
+typedef struct {
+    int fd;
+    int stage;                      //  0 header length, 1 header, 2 body length, 3 body
+    uint8_t length [4];
+    size_t have;                    //  bytes of the current part so far
+    uint32_t need;                  //  size of the current part (stages 1, 3)
+    uint8_t *header;
+    uint8_t *body;
+    uint32_t header_size;
+} s_frame_reader_t;
+
+static void
+s_frame_reader_reset (s_frame_reader_t *reader)
+{
+    free (reader->header);
+    free (reader->body);
+    int fd = reader->fd;
+    memset (reader, 0, sizeof (*reader));
+    reader->fd = fd;
+}
+
+//  Reads what the pipe has. 1: a frame (*header, *body, *body_size are
+//  the caller's); 0: not yet (nothing more to read now); -1: the end of
+//  the stream (*error NULL) or a protocol error (*error, caller frees).
+static int
+s_frame_read (s_frame_reader_t *reader, json_t **header_p, uint8_t **body_p, size_t *body_size,
+              char **error)
+{
+    *error = NULL;
+    while (true) {
+        uint8_t *target;
+        size_t want;
+        if (reader->stage == 0 || reader->stage == 2) {
+            target = reader->length + reader->have;
+            want = 4 - reader->have;
+        }
+        else {
+            target = (reader->stage == 1? reader->header: reader->body) + reader->have;
+            want = reader->need - reader->have;
+        }
+        if (want > 0) {
+            ssize_t got = read (reader->fd, target, want);
+            if (got < 0 && errno == EINTR)
+                continue;
+            if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                return 0;
+            if (got <= 0) {
+                if (got < 0)
+                    *error = zsys_sprintf ("reading the app's stdout: %s", strerror (errno));
+                else
+                if (reader->stage != 0 || reader->have != 0)
+                    *error = strdup ("the app's stdout ended inside a frame");
+                return -1;
+            }
+            reader->have += (size_t) got;
+            if ((size_t) got < want)
+                continue;
+        }
+        //  The current part is complete.
+        if (reader->stage == 0 || reader->stage == 2) {
+            uint32_t size = ((uint32_t) reader->length [0] << 24) | ((uint32_t) reader->length [1] << 16)
+                          | ((uint32_t) reader->length [2] << 8) | reader->length [3];
+            uint32_t limit = reader->stage == 0? FRAME_HEADER_MAX_BYTES: FRAME_BODY_MAX_BYTES;
+            if (size > limit) {
+                *error = zsys_sprintf ("the app sent a frame %s of %u bytes (at most %u)",
+                                       reader->stage == 0? "header": "body", size, limit);
+                return -1;
+            }
+            uint8_t *buffer = malloc (size? size: 1);
+            if (!buffer) {
+                *error = strdup ("out of memory reading a frame");
+                return -1;
+            }
+            if (reader->stage == 0)
+                reader->header = buffer;
+            else
+                reader->body = buffer;
+            reader->need = size;
+            reader->have = 0;
+            reader->stage++;
+            continue;
+        }
+        if (reader->stage == 1) {
+            reader->header_size = reader->need;
+            reader->have = 0;
+            reader->stage = 2;
+            continue;
+        }
+        //  Stage 3 done: a whole frame.
+        json_error_t json_error;
+        json_t *header = json_loadb ((const char *) reader->header, reader->header_size,
+                                     JSON_REJECT_DUPLICATES, &json_error);
+        if (!json_is_object (header) || !json_is_string (json_object_get (header, "type"))) {
+            *error = header? strdup ("the app sent a frame header without a string \"type\""):
+                             zsys_sprintf ("the app sent a frame header that is not JSON: %s",
+                                           json_error.text);
+            json_decref (header);
+            return -1;
+        }
+        *header_p = header;
+        *body_p = reader->body;
+        *body_size = reader->need;
+        reader->body = NULL;
+        s_frame_reader_reset (reader);
+        return 1;
+    }
+}
+
+static int
+s_write_all (int fd, const void *data, size_t size)
+{
+    const uint8_t *bytes = (const uint8_t *) data;
+    while (size > 0) {
+        ssize_t written = write (fd, bytes, size);
+        if (written < 0 && errno == EINTR)
+            continue;
+        if (written <= 0)
+            return -1;
+        bytes += written;
+        size -= (size_t) written;
+    }
+    return 0;
+}
+
+//  Writes one frame; takes the header. 0, or -1 (the child is gone).
+static int
+s_frame_write (int fd, json_t *header, const uint8_t *body, size_t body_size)
+{
+    char *text = json_dumps (header, JSON_COMPACT);
+    json_decref (header);
+    if (!text)
+        return -1;
+    size_t text_size = strlen (text);
+    uint8_t lengths [8] = {
+        (uint8_t) (text_size >> 24), (uint8_t) (text_size >> 16), (uint8_t) (text_size >> 8), (uint8_t) text_size,
+        (uint8_t) (body_size >> 24), (uint8_t) (body_size >> 16), (uint8_t) (body_size >> 8), (uint8_t) body_size
+    };
+    int rc = s_write_all (fd, lengths, 4) == 0
+          && s_write_all (fd, text, text_size) == 0
+          && s_write_all (fd, lengths + 4, 4) == 0
+          && (body_size == 0 || s_write_all (fd, body, body_size) == 0)? 0: -1;
+    free (text);
+    return rc;
+}
+
+//  The kiln Python package's directory: $KILN_PYTHON_DIR, else the build's.
+static const char *
+s_python_dir (void)
+{
+    const char *dir = getenv ("KILN_PYTHON_DIR");
+    return dir && *dir? dir: KILN_PYTHON_DIR;
+}
+
+//  Starts `python3 -m kiln.serve entry [class]` with pipes on its stdin and
+//  stdout (non-blocking on our side); its stderr is ours. Returns the pid,
+//  or -1 with *error.
+static pid_t
+s_spawn_python (const char *entry, const char *class_name, bool describe,
+                int *to_child, int *from_child, char **error)
+{
+    int in_pipe [2], out_pipe [2];
+    if (pipe2 (in_pipe, O_CLOEXEC) != 0) {
+        *error = zsys_sprintf ("cannot make a pipe: %s", strerror (errno));
+        return -1;
+    }
+    if (pipe2 (out_pipe, O_CLOEXEC) != 0) {
+        *error = zsys_sprintf ("cannot make a pipe: %s", strerror (errno));
+        close (in_pipe [0]);
+        close (in_pipe [1]);
+        return -1;
+    }
+    //  Made before the fork: a forked child only execs.
+    const char *old_path = getenv ("PYTHONPATH");
+    char *python_path = old_path && *old_path? zsys_sprintf ("PYTHONPATH=%s:%s", s_python_dir (), old_path):
+                                              zsys_sprintf ("PYTHONPATH=%s", s_python_dir ());
+    pid_t parent = getpid ();
+    pid_t pid = python_path? fork (): -1;
+    if (pid == 0) {
+        prctl (PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid () != parent)
+            _exit (127);
+        dup2 (in_pipe [0], STDIN_FILENO);
+        dup2 (out_pipe [1], STDOUT_FILENO);
+        putenv (python_path);
+        if (describe)
+            putenv ((char *) "KILN_DESCRIBE=1");
+        else
+            unsetenv ("KILN_DESCRIBE");
+        signal (SIGPIPE, SIG_DFL);
+        signal (SIGTERM, SIG_DFL);
+        signal (SIGINT, SIG_DFL);
+        if (class_name)
+            execlp ("python3", "python3", "-m", "kiln.serve", entry, class_name, (char *) NULL);
+        else
+            execlp ("python3", "python3", "-m", "kiln.serve", entry, (char *) NULL);
+        fprintf (stderr, "kiln-runner: cannot run python3: %s\n", strerror (errno));
+        _exit (127);
+    }
+    int saved = errno;
+    free (python_path);
+    close (in_pipe [0]);
+    close (out_pipe [1]);
+    if (pid < 0) {
+        *error = zsys_sprintf ("cannot start python3: %s", strerror (saved));
+        close (in_pipe [1]);
+        close (out_pipe [0]);
+        return -1;
+    }
+    fcntl (out_pipe [0], F_SETFL, fcntl (out_pipe [0], F_GETFL) | O_NONBLOCK);
+    *to_child = in_pipe [1];
+    *from_child = out_pipe [0];
+    return pid;
+}
+
+//  Waits for the child up to timeout_ms, then kills it. Its wait status.
+static int
+s_reap (pid_t pid, int timeout_ms)
+{
+    int status = 0;
+    int64_t deadline = kiln_mono_ms () + timeout_ms;
+    while (true) {
+        pid_t done = waitpid (pid, &status, WNOHANG);
+        if (done == pid)
+            return status;
+        if (done < 0 && errno != EINTR)
+            return 0;
+        if (kiln_mono_ms () >= deadline) {
+            kill (pid, SIGKILL);
+            while (waitpid (pid, &status, 0) < 0 && errno == EINTR)
+                ;
+            return status;
+        }
+        zclock_sleep (20);
+    }
+}
+
+//  "exit status 3" / "killed by signal 9 (Killed)", for reports.
+static char *
+s_wait_status_text (int status)
+{
+    if (WIFSIGNALED (status))
+        return zsys_sprintf ("killed by signal %d (%s)", WTERMSIG (status), strsignal (WTERMSIG (status)));
+    return zsys_sprintf ("exit status %d", WIFEXITED (status)? WEXITSTATUS (status): -1);
+}
+
+//  Reads frames until one of `type` (ready or describe) or the timeout.
+//  Returns its header (caller decrefs), or NULL with *error: the app's
+//  setup_failed error, or why the process could not get there. When the
+//  process ended, it is reaped and *pid_p set to 0.
+static json_t *
+s_wait_for (s_frame_reader_t *reader, pid_t *pid_p, const char *type, int64_t timeout_ms, char **error)
+{
+    int64_t deadline = kiln_mono_ms () + timeout_ms;
+    while (true) {
+        json_t *header = NULL;
+        uint8_t *body = NULL;
+        size_t body_size = 0;
+        char *why = NULL;
+        int rc = s_frame_read (reader, &header, &body, &body_size, &why);
+        free (body);
+        if (rc == 1) {
+            const char *got = json_string_value (json_object_get (header, "type"));
+            if (streq (got, type)) {
+                json_t *protocol = json_object_get (header, "protocol");
+                if (!json_is_integer (protocol) || json_integer_value (protocol) != PROCESS_PROTOCOL_VERSION) {
+                    *error = zsys_sprintf ("the app speaks process protocol %s; this runner speaks %d",
+                                           json_is_integer (protocol)? "another version": "no version",
+                                           PROCESS_PROTOCOL_VERSION);
+                    json_decref (header);
+                    return NULL;
+                }
+                if (!json_is_object (json_object_get (header, "manifest"))) {
+                    *error = zsys_sprintf ("the app's %s frame has no manifest", type);
+                    json_decref (header);
+                    return NULL;
+                }
+                return header;
+            }
+            if (streq (got, "setup_failed")) {
+                json_t *reason = json_object_get (header, "error");
+                *error = strdup (json_is_string (reason)? json_string_value (reason):
+                                                          "the app's setup failed");
+                json_decref (header);
+                return NULL;
+            }
+            kiln_log_warn ("the app sent '%s' before '%s'; ignored", got, type);
+            json_decref (header);
+            continue;
+        }
+        if (rc == -1) {
+            int status = s_reap (*pid_p, 1000);
+            *pid_p = 0;
+            char *how = s_wait_status_text (status);
+            *error = zsys_sprintf ("the app's process ended before it was ready (%s)%s%s",
+                                   how? how: "?", why? ": ": "", why? why: "");
+            free (how);
+            free (why);
+            return NULL;
+        }
+        int64_t left = deadline - kiln_mono_ms ();
+        if (left <= 0) {
+            *error = zsys_sprintf ("the app was not ready within %" PRId64 " s", timeout_ms / 1000);
+            return NULL;
+        }
+        struct pollfd item = { reader->fd, POLLIN, 0 };
+        poll (&item, 1, (int) (left < 1000? left: 1000));
+    }
+}
+
+//  kiln-runner --describe FILE.py[::Class]: the app's manifest, with its
+//  kind, for kiln deploy.
+static int
+s_describe_python (const char *target)
+{
+    char *entry = strdup (target);
+    if (!entry)
+        return KILN_RUNNER_EXIT_FAILED;
+    char *class_name = strstr (entry, "::");
+    if (class_name) {
+        *class_name = 0;
+        class_name += 2;
+    }
+    char *error = NULL;
+    s_frame_reader_t reader;
+    memset (&reader, 0, sizeof (reader));
+    int to_child = -1;
+    pid_t pid = s_spawn_python (entry, class_name && *class_name? class_name: NULL, true,
+                                &to_child, &reader.fd, &error);
+    free (entry);
+    if (pid < 0) {
+        fprintf (stderr, "kiln-runner: %s\n", error? error: "cannot start python3");
+        free (error);
+        return KILN_RUNNER_EXIT_FAILED;
+    }
+    close (to_child);
+    json_t *header = s_wait_for (&reader, &pid, "describe", 30000, &error);
+    if (pid > 0) {
+        kill (pid, SIGKILL);
+        s_reap (pid, 5000);
+    }
+    s_frame_reader_reset (&reader);
+    close (reader.fd);
+    if (!header) {
+        fprintf (stderr, "kiln-runner: %s\n", error? error: "the app did not describe itself");
+        free (error);
+        return KILN_RUNNER_EXIT_INVALID_APP;
+    }
+    json_t *manifest = json_object_get (header, "manifest");
+    json_object_set_new (manifest, "kind", json_string (KILN_MANIFEST_KIND_PYTHON));
+    char *text = json_dumps (manifest, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref (header);
+    if (!text)
+        return KILN_RUNNER_EXIT_FAILED;
+    //  The same rules the gateway applies, with the field named.
+    char *reason = NULL;
+    kiln_manifest_t *checked = kiln_manifest_from_json (text, strlen (text), &reason);
+    if (!checked) {
+        fprintf (stderr, "kiln-runner: invalid app: %s\n", reason? reason: "bad manifest");
+        free (reason);
+        free (text);
+        return KILN_RUNNER_EXIT_INVALID_APP;
+    }
+    kiln_manifest_destroy (&checked);
+    printf ("%s\n", text);
+    free (text);
+    return fflush (stdout) == 0? KILN_RUNNER_EXIT_OK: KILN_RUNNER_EXIT_FAILED;
 }
 
 //  What every executor reads; fixed while they run.
@@ -117,6 +518,19 @@ typedef struct {
     bool hello_due;
     bool stopping;                  //  SIGTERM seen: finish, take no more
     bool done;                      //  nothing left to wait for
+    //  A process app (docs/PROCESS_APPS.md) instead of a .so
+    bool process;
+    pid_t child;                    //  its pid, or 0
+    int child_in;                   //  its stdin (we write frames), or -1
+    s_frame_reader_t reader;        //  its stdout (reader.fd), or -1
+    zmq_pollitem_t child_item;
+    size_t slots;                   //  max_multiplexing: frames in flight at most
+    zhashx_t *inflight;             //  request_id → s_inflight_t, sent and unanswered
+    zhashx_t *cancel_early;         //  request_ids cancelled while still pending
+    bool stop_sent;                 //  `stop` written: draining answers are genuine
+    bool child_gone;                //  it exited after `stop`, as it should
+    bool crashed;                   //  it died or broke the protocol
+    char *child_error;              //  why it counts as crashed
 } s_runner_t;
 
 //  -------------------------------------------------------------------------
@@ -311,9 +725,18 @@ s_hello (s_runner_t *self)
     self->hello_due = false;
 }
 
+static void s_process_dispatch (s_runner_t *self);
+static bool s_check_stop (s_runner_t *self);
+static void s_process_cancel (s_runner_t *self, const char *request_id);
+static void s_process_crashed (s_runner_t *self, char *why);
+
 static void
 s_dispatch (s_runner_t *self)
 {
+    if (self->process) {
+        s_process_dispatch (self);
+        return;
+    }
     for (size_t i = 0; i < self->executor_count && zlist_size (self->pending) > 0; i++) {
         s_executor_t *executor = &self->executors [i];
         if (executor->busy)
@@ -367,7 +790,17 @@ s_check_stop (s_runner_t *self)
             s_hand_back (self, &request);
         kiln_log_info ("stopping: %zu request(s) running, %zu not started handed back",
                        self->busy_count, handed_back);
+        //  The process finishes its running requests, runs teardown()
+        //  and exits; we wait for its last results.
+        if (self->process && !self->crashed) {
+            json_t *stop = json_pack ("{s:s}", "type", "stop");
+            if (stop && s_frame_write (self->child_in, stop, NULL, 0) == -1)
+                s_process_crashed (self, zsys_sprintf ("cannot write to the app's stdin: %s", strerror (errno)));
+            self->stop_sent = true;
+        }
     }
+    if (self->crashed)
+        self->done = true;
     if (self->stopping && self->busy_count == 0)
         self->done = true;
     return self->done;
@@ -379,6 +812,10 @@ s_check_stop (s_runner_t *self)
 static void
 s_on_cancel (s_runner_t *self, const char *request_id)
 {
+    if (self->process) {
+        s_process_cancel (self, request_id);
+        return;
+    }
     bool held = false;
     for (size_t i = 0; i < self->executor_count && !held; i++)
         held = self->executors [i].busy && self->executors [i].request_id
@@ -393,6 +830,326 @@ s_on_cancel (s_runner_t *self, const char *request_id)
     else
         //  Finished already (its RESULT crossed the CANCEL), or never ours
         kiln_log_debug ("CANCEL for request %s, which we do not hold; ignored", request_id);
+}
+
+//  -------------------------------------------------------------------------
+//  Serving a process app: requests become frames, frames become LOGs and
+//  RESULTs
+
+typedef struct {
+    int64_t sent_ms;                //  monotonic: when its request frame went
+    kiln_msg_file_t *files;
+    size_t file_count;
+} s_inflight_t;
+
+static void
+s_inflight_destroy (void **item_p)
+{
+    s_inflight_t *self = (s_inflight_t *) *item_p;
+    if (!self)
+        return;
+    for (size_t i = 0; i < self->file_count; i++) {
+        free (self->files [i].id);
+        free (self->files [i].content_type);
+        free (self->files [i].file_name);
+        free (self->files [i].data);
+    }
+    free (self->files);
+    free (self);
+    *item_p = NULL;
+}
+
+//  A copy cut to the wire's string limit, at a UTF-8 character boundary.
+static char *
+s_wire_string (const char *text)
+{
+    size_t len = strlen (text);
+    if (len >= KILN_MSG_MAX_STRING_BYTES) {
+        len = KILN_MSG_MAX_STRING_BYTES - 1;
+        while (len > 0 && ((unsigned char) text [len] & 0xC0) == 0x80)
+            len--;
+    }
+    return strndup (text, len);
+}
+
+static const char *
+s_header_string (json_t *header, const char *key)
+{
+    return json_string_value (json_object_get (header, key));
+}
+
+//  The child's death, or a frame we cannot trust: the runner crashes.
+static void
+s_process_crashed (s_runner_t *self, char *why)
+{
+    if (!self->child_error)
+        self->child_error = why;
+    else
+        free (why);
+    self->crashed = true;
+}
+
+static void
+s_process_log (s_runner_t *self, const char *request_id, const char *level, const char *message,
+               const char *source, int64_t timestamp_ms)
+{
+    kiln_msg_t *msg = kiln_msg_new (KILN_MSG_LOG);
+    kiln_msg_log_t *entry = msg? calloc (1, sizeof (kiln_msg_log_t)): NULL;
+    if (!entry) {
+        kiln_msg_destroy (&msg);
+        return;
+    }
+    msg->logs = entry;
+    msg->log_count = 1;
+    msg->request_id = strdup (request_id);
+    entry->level = strdup (level);
+    entry->message = s_wire_string (message);
+    entry->source = strdup (source);
+    entry->timestamp_ms = timestamp_ms;
+    if (!msg->request_id || !entry->level || !entry->message || !entry->source) {
+        kiln_msg_destroy (&msg);
+        return;
+    }
+    s_send (self, &msg);
+}
+
+static void
+s_process_send_request (s_runner_t *self, kiln_msg_t **request_p)
+{
+    kiln_msg_t *request = *request_p;
+    *request_p = NULL;
+    json_t *header = json_pack ("{s:s, s:s, s:s, s:s}", "type", "request",
+                                "request_id", request->request_id, "path", request->path,
+                                "content_type", request->content_type? request->content_type: "");
+    s_inflight_t *inflight = calloc (1, sizeof (s_inflight_t));
+    if (!header || !inflight) {
+        json_decref (header);
+        free (inflight);
+        s_process_crashed (self, strdup ("out of memory sending a request"));
+        kiln_msg_destroy (&request);
+        return;
+    }
+    inflight->sent_ms = kiln_mono_ms ();
+    zhashx_update (self->inflight, request->request_id, inflight);
+    self->busy_count++;
+    if (s_frame_write (self->child_in, header, request->body, request->body_size) == -1) {
+        s_process_crashed (self, zsys_sprintf ("cannot write to the app's stdin: %s", strerror (errno)));
+        kiln_msg_destroy (&request);
+        return;
+    }
+    //  Cancelled while it waited for a free slot: the handler sees it
+    //  from its start.
+    if (zhashx_lookup (self->cancel_early, request->request_id)) {
+        zhashx_delete (self->cancel_early, request->request_id);
+        json_t *cancel = json_pack ("{s:s, s:s}", "type", "cancel", "request_id", request->request_id);
+        if (cancel && s_frame_write (self->child_in, cancel, NULL, 0) == -1)
+            s_process_crashed (self, zsys_sprintf ("cannot write to the app's stdin: %s", strerror (errno)));
+    }
+    kiln_msg_destroy (&request);
+}
+
+static void
+s_process_dispatch (s_runner_t *self)
+{
+    while (!self->crashed && self->busy_count < self->slots && zlist_size (self->pending) > 0) {
+        kiln_msg_t *request = (kiln_msg_t *) zlist_pop (self->pending);
+        s_process_send_request (self, &request);
+    }
+}
+
+static void
+s_process_cancel (s_runner_t *self, const char *request_id)
+{
+    if (zhashx_lookup (self->inflight, request_id)) {
+        kiln_log_info ("request %s: cancelled by its client", request_id);
+        json_t *cancel = json_pack ("{s:s, s:s}", "type", "cancel", "request_id", request_id);
+        if (cancel && s_frame_write (self->child_in, cancel, NULL, 0) == -1)
+            s_process_crashed (self, zsys_sprintf ("cannot write to the app's stdin: %s", strerror (errno)));
+        return;
+    }
+    for (kiln_msg_t *request = (kiln_msg_t *) zlist_first (self->pending); request;
+         request = (kiln_msg_t *) zlist_next (self->pending))
+        if (streq (request->request_id, request_id)) {
+            kiln_log_info ("request %s: cancelled by its client before it started", request_id);
+            zhashx_update (self->cancel_early, request_id, (void *) 1);
+            return;
+        }
+    kiln_log_debug ("CANCEL for request %s, which we do not hold; ignored", request_id);
+}
+
+//  A result frame: the request's RESULT. Takes the body.
+static void
+s_process_result (s_runner_t *self, json_t *header, const char *request_id, uint8_t **body_p,
+                  size_t body_size)
+{
+    s_inflight_t *inflight = (s_inflight_t *) zhashx_lookup (self->inflight, request_id);
+    kiln_msg_t *msg = kiln_msg_new (KILN_MSG_RESULT);
+    if (!msg)
+        return;
+    json_t *status = json_object_get (header, "status");
+    const char *error = s_header_string (header, "error");
+    const char *error_type = s_header_string (header, "error_type");
+    msg->request_id = strdup (request_id);
+    msg->content_type = s_wire_string (s_header_string (header, "content_type"));
+    msg->inference_ms = (uint64_t) (kiln_mono_ms () - inflight->sent_ms);
+    if (json_integer_value (status) < 100 || json_integer_value (status) > 599) {
+        kiln_log_warn ("request %s: the app answered status %" JSON_INTEGER_FORMAT "; made a 500",
+                       request_id, json_integer_value (status));
+        msg->status = 500;
+        msg->error = strdup ("The app answered an invalid HTTP status");
+        msg->error_type = strdup ("runner_server_error");
+        free (msg->content_type);
+        msg->content_type = strdup ("application/json");
+        const char *body = "{\"detail\":\"The app answered an invalid HTTP status\","
+                           "\"error_type\":\"runner_server_error\"}";
+        msg->body = (uint8_t *) strdup (body);
+        msg->body_size = strlen (body);
+    }
+    else {
+        msg->status = (int32_t) json_integer_value (status);
+        msg->body = *body_p;
+        msg->body_size = body_size;
+        *body_p = NULL;
+        if (error)
+            msg->error = s_wire_string (error);
+        //  runner_draining tells the broker "never started, run it again
+        //  uncounted": only true once we asked the process to stop.
+        if (error_type && streq (error_type, KILN_ERROR_TYPE_RUNNER_DRAINING) && !self->stop_sent)
+            error_type = "app_error";
+        if (error_type)
+            msg->error_type = s_wire_string (error_type);
+    }
+    msg->files = inflight->files;
+    msg->file_count = inflight->file_count;
+    inflight->files = NULL;
+    inflight->file_count = 0;
+    zhashx_delete (self->inflight, request_id);
+    zhashx_delete (self->cancel_early, request_id);
+    self->busy_count--;
+    if (!msg->request_id || !msg->content_type) {
+        kiln_log_error ("request %s: out of memory making its RESULT", request_id);
+        kiln_msg_destroy (&msg);
+    }
+    else
+        s_send (self, &msg);
+    if (!self->stopping)
+        s_process_dispatch (self);
+}
+
+//  A file frame: kept for the request's RESULT. Takes the body.
+static void
+s_process_file (s_runner_t *self, json_t *header, const char *request_id, uint8_t **body_p,
+                size_t body_size)
+{
+    s_inflight_t *inflight = (s_inflight_t *) zhashx_lookup (self->inflight, request_id);
+    const char *id = s_header_string (header, "id");
+    const char *problem = NULL;
+    if (!kiln_id_valid (id))
+        problem = "its id is not a valid UUID";
+    else
+    if (inflight->file_count >= KILN_MSG_MAX_ITEMS)
+        problem = "the request has too many files already";
+    kiln_msg_file_t *files = problem? NULL:
+        realloc (inflight->files, (inflight->file_count + 1) * sizeof (kiln_msg_file_t));
+    if (!problem && !files)
+        problem = "out of memory";
+    if (problem) {
+        char *line = zsys_sprintf ("a file from the app was dropped: %s", problem);
+        kiln_log_warn ("request %s: %s", request_id, line? line: problem);
+        s_process_log (self, request_id, "WARN", line? line: problem, "runner", kiln_now_ms ());
+        free (line);
+        return;
+    }
+    inflight->files = files;
+    kiln_msg_file_t *file = &files [inflight->file_count++];
+    file->id = strdup (id);
+    file->content_type = s_wire_string (s_header_string (header, "content_type"));
+    file->file_name = s_wire_string (s_header_string (header, "file_name"));
+    file->data = *body_p;
+    file->size = body_size;
+    *body_p = NULL;
+}
+
+//  Checks that a known frame type has its required string fields (and a
+//  status for results). NULL, or what is missing.
+static const char *
+s_frame_missing (json_t *header, const char *type)
+{
+    static const char *log_fields [] = { "request_id", "level", "message", NULL };
+    static const char *file_fields [] = { "request_id", "id", "content_type", "file_name", NULL };
+    static const char *result_fields [] = { "request_id", "content_type", NULL };
+    const char **fields = streq (type, "log")? log_fields: streq (type, "file")? file_fields: result_fields;
+    for (const char **field = fields; *field; field++)
+        if (!json_is_string (json_object_get (header, *field)))
+            return *field;
+    if (streq (type, "result") && !json_is_integer (json_object_get (header, "status")))
+        return "status";
+    json_t *timestamp = json_object_get (header, "timestamp");
+    if (streq (type, "log") && timestamp && !json_is_number (timestamp))
+        return "timestamp (a number)";
+    return NULL;
+}
+
+static void
+s_process_frame (s_runner_t *self, json_t *header, uint8_t **body_p, size_t body_size)
+{
+    const char *type = s_header_string (header, "type");
+    if (!streq (type, "log") && !streq (type, "file") && !streq (type, "result")) {
+        kiln_log_warn ("the app sent a '%.100s' frame while serving; ignored", type);
+        return;
+    }
+    const char *missing = s_frame_missing (header, type);
+    if (missing) {
+        s_process_crashed (self, zsys_sprintf ("protocol error: a '%s' frame without %s", type, missing));
+        return;
+    }
+    const char *request_id = s_header_string (header, "request_id");
+    if (!zhashx_lookup (self->inflight, request_id)) {
+        kiln_log_warn ("the app sent a '%s' frame for request %.100s, which it is not serving; dropped",
+                       type, request_id);
+        return;
+    }
+    if (streq (type, "log")) {
+        const char *level = s_header_string (header, "level");
+        if (!streq (level, "DEBUG") && !streq (level, "INFO") && !streq (level, "WARN") && !streq (level, "ERROR"))
+            level = "INFO";
+        json_t *timestamp = json_object_get (header, "timestamp");
+        s_process_log (self, request_id, level, s_header_string (header, "message"), "app",
+                       timestamp? (int64_t) json_number_value (timestamp): kiln_now_ms ());
+    }
+    else
+    if (streq (type, "file"))
+        s_process_file (self, header, request_id, body_p, body_size);
+    else
+        s_process_result (self, header, request_id, body_p, body_size);
+}
+
+static int
+s_on_child (zloop_t *loop, zmq_pollitem_t *item, void *arg)
+{
+    (void) loop;
+    (void) item;
+    s_runner_t *self = (s_runner_t *) arg;
+    while (!self->crashed) {
+        json_t *header = NULL;
+        uint8_t *body = NULL;
+        size_t body_size = 0;
+        char *error = NULL;
+        int rc = s_frame_read (&self->reader, &header, &body, &body_size, &error);
+        if (rc == 0)
+            break;
+        if (rc == -1) {
+            if (!error && self->stop_sent && self->busy_count == 0)
+                self->child_gone = true;        //  it stopped, as asked
+            else
+                s_process_crashed (self, error? error: strdup ("the app's process closed its stdout"));
+            break;
+        }
+        s_process_frame (self, header, &body, body_size);
+        json_decref (header);
+        free (body);
+    }
+    return s_check_stop (self)? -1: 0;
 }
 
 static int
@@ -439,7 +1196,7 @@ s_on_broker (zloop_t *loop, zsock_t *sock, void *arg)
             break;
     }
     kiln_msg_destroy (&msg);
-    return 0;
+    return self->crashed && s_check_stop (self)? -1: 0;
 }
 
 static int
@@ -513,6 +1270,102 @@ s_on_tick (zloop_t *loop, int timer_id, void *arg)
     return s_check_stop ((s_runner_t *) arg)? -1: 0;
 }
 
+//  Reads a bundle's kiln.json (worker/bundle.h): its manifest, the app's
+//  file and class. 0, or an exit code with the reason written.
+static int
+s_process_load (s_runner_t *self, const char *dir, char **entry_path, char **class_name)
+{
+    char *path = zsys_sprintf ("%s/" KILN_BUNDLE_DESCRIPTION, dir);
+    json_error_t json_error;
+    json_t *root = path? json_load_file (path, JSON_REJECT_DUPLICATES, &json_error): NULL;
+    free (path);
+    const char *kind = json_string_value (json_object_get (root, "kind"));
+    const char *entry = json_string_value (json_object_get (root, "entry"));
+    const char *name = json_string_value (json_object_get (root, "class"));
+    json_t *manifest = json_object_get (root, "manifest");
+    char *reason = NULL;
+    if (!root)
+        reason = zsys_sprintf ("%s is not an app bundle: its " KILN_BUNDLE_DESCRIPTION
+                               " cannot be read: %s", dir, json_error.text);
+    else
+    if (!kind || !streq (kind, KILN_MANIFEST_KIND_PYTHON))
+        reason = zsys_sprintf ("the bundle's kind is '%s'; this runner runs 'python' bundles",
+                               kind? kind: "(none)");
+    else
+    if (!entry || !*entry || strchr (entry, '/') || streq (entry, "..") || streq (entry, "."))
+        reason = strdup ("the bundle's entry must be the name of a file in it");
+    else
+    if (!name || !*name || !json_is_object (manifest))
+        reason = strdup ("the bundle names no class or no manifest");
+    else {
+        char *text = json_dumps (manifest, JSON_COMPACT);
+        char *why = NULL;
+        self->manifest = text? kiln_manifest_from_json (text, strlen (text), &why): NULL;
+        free (text);
+        if (!self->manifest)
+            reason = zsys_sprintf ("invalid app: %s", why? why: "out of memory");
+        free (why);
+    }
+    if (!reason) {
+        *entry_path = zsys_sprintf ("%s/%s", dir, entry);
+        *class_name = strdup (name);
+    }
+    json_decref (root);
+    if (reason) {
+        fprintf (stderr, "kiln-runner: %s\n", reason);
+        s_write_status (reason);
+        free (reason);
+        return KILN_RUNNER_EXIT_INVALID_APP;
+    }
+    return 0;
+}
+
+//  Starts the process and waits for its `ready`. 0, or an exit code with
+//  the reason written.
+static int
+s_process_setup (s_runner_t *self, const char *entry_path, const char *class_name)
+{
+    char *reason = NULL;
+    if (self->manifest->requirement_count > 0) {
+        //  Installing them (a virtual environment per requirements hash)
+        //  is not done yet: refuse rather than run without them.
+        char *list = strdup ("");
+        for (size_t i = 0; list && i < self->manifest->requirement_count; i++) {
+            char *longer = zsys_sprintf ("%s%s%s", list, i? ", ": "", self->manifest->requirements [i]);
+            free (list);
+            list = longer;
+        }
+        reason = zsys_sprintf ("requirements are not supported yet: %s", list? list: "?");
+        free (list);
+    }
+    if (!reason) {
+        self->child = s_spawn_python (entry_path, class_name, false, &self->child_in,
+                                      &self->reader.fd, &reason);
+        if (self->child < 0)
+            self->child = 0;
+    }
+    if (!reason) {
+        json_t *ready = s_wait_for (&self->reader, &self->child, "ready",
+                                    (int64_t) self->manifest->startup_timeout * 1000, &reason);
+        json_decref (ready);
+    }
+    if (reason) {
+        fprintf (stderr, "kiln-runner: setup failed: %s\n", reason);
+        s_write_status (reason);
+        free (reason);
+        return KILN_RUNNER_EXIT_SETUP_FAILED;
+    }
+    self->slots = (size_t) self->manifest->max_multiplexing;
+    self->inflight = zhashx_new ();
+    self->cancel_early = zhashx_new ();
+    if (!self->inflight || !self->cancel_early) {
+        fprintf (stderr, "kiln-runner: out of memory\n");
+        return KILN_RUNNER_EXIT_FAILED;
+    }
+    zhashx_set_destructor (self->inflight, s_inflight_destroy);
+    return 0;
+}
+
 //  Reads an environment variable, or a default.
 static const char *
 s_env (const char *name, const char *fallback)
@@ -540,6 +1393,18 @@ s_runner_free (s_runner_t *self)
         }
         zlist_destroy (&self->pending);
     }
+    zhashx_destroy (&self->inflight);
+    zhashx_destroy (&self->cancel_early);
+    if (self->child_in >= 0)
+        close (self->child_in);
+    if (self->reader.fd >= 0)
+        close (self->reader.fd);
+    s_frame_reader_reset (&self->reader);
+    if (self->child > 0) {
+        kill (self->child, SIGKILL);
+        s_reap (self->child, 5000);
+    }
+    free (self->child_error);
     kiln_manifest_destroy (&self->manifest);
     free (self->runner_id);
     free (self->worker_id);
@@ -580,15 +1445,24 @@ s_run (s_runner_t *self, kiln_config_t *config, const char *path)
     snprintf (log_name, sizeof (log_name), "kiln-runner[%s]", self->runner_id);
     kiln_log_init (log_name, config->log_level);
 
+    //  A directory is an unpacked bundle: a process app.
+    struct stat info;
+    self->process = stat (path, &info) == 0 && S_ISDIR (info.st_mode);
+    char *entry_path = NULL, *class_name = NULL;
+    if (self->process) {
+        int rc = s_process_load (self, path, &entry_path, &class_name);
+        if (rc != 0)
+            return rc;
+    }
     //  The app's .so stays loaded until we exit: its threads or atexit
     //  handlers may still point into it.
     void *handle = NULL;
     char *error = NULL;
-    self->app = s_load (path, &handle, &error);
+    self->app = self->process? NULL: s_load (path, &handle, &error);
     const char *manifest_error = NULL;
     if (self->app)
         self->manifest = kiln_manifest_from_app (self->app, &manifest_error);
-    if (!self->app || !self->manifest) {
+    if (!self->process && (!self->app || !self->manifest)) {
         char *reason = error? error: zsys_sprintf ("invalid app: %s", manifest_error? manifest_error: "unknown reason");
         fprintf (stderr, "kiln-runner: %s\n", reason? reason: "invalid app");
         s_write_status (reason? reason: "invalid app");
@@ -600,8 +1474,23 @@ s_run (s_runner_t *self, kiln_config_t *config, const char *path)
     free (default_app);
     if (!self->app_name) {
         fprintf (stderr, "kiln-runner: out of memory\n");
+        free (entry_path);
+        free (class_name);
         return KILN_RUNNER_EXIT_FAILED;
     }
+    if (self->process) {
+        kiln_log_info ("starting %s (%s::%s) for %s", self->manifest->name, entry_path,
+                       class_name, self->app_name);
+        int64_t started_ms = kiln_mono_ms ();
+        int rc = s_process_setup (self, entry_path, class_name);
+        free (entry_path);
+        free (class_name);
+        if (rc != 0)
+            return rc;
+        kiln_log_info ("the app's process %d is ready after %" PRId64 " ms",
+                       (int) self->child, kiln_mono_ms () - started_ms);
+    }
+    else {
 
     //  setup(), once, before anything can reach us.
     kiln_log_info ("setting up %s (%s) for %s", self->manifest->name, path, self->app_name);
@@ -616,6 +1505,7 @@ s_run (s_runner_t *self, kiln_config_t *config, const char *path)
         return KILN_RUNNER_EXIT_SETUP_FAILED;
     }
     kiln_log_info ("setup done in %" PRId64 " ms", kiln_mono_ms () - setup_started_ms);
+    }
 
     //  From now on SIGTERM is ours, not czmq's (which would end the loop
     //  at once): the running handlers finish, then teardown() runs. Until
@@ -645,8 +1535,8 @@ s_run (s_runner_t *self, kiln_config_t *config, const char *path)
     //  max_multiplexing executors: the app promised its handlers are safe
     //  to call that many at once (kiln/app.h).
     size_t executors = (size_t) (self->manifest->max_multiplexing > 0? self->manifest->max_multiplexing: 1);
-    if (executors > MAX_EXECUTORS)
-        executors = MAX_EXECUTORS;
+    if (executors > MAX_EXECUTORS || self->process)
+        executors = self->process? 0: MAX_EXECUTORS;
     for (size_t i = 0; i < executors; i++) {
         self->executors [i].actor = zactor_new (s_executor, &self->shared);
         if (!self->executors [i].actor) {
@@ -655,6 +1545,13 @@ s_run (s_runner_t *self, kiln_config_t *config, const char *path)
         }
         self->executor_count++;
         zloop_reader (self->loop, zactor_sock (self->executors [i].actor), s_on_executor, self);
+    }
+    if (self->process) {
+        self->child_item.fd = self->reader.fd;
+        self->child_item.events = ZMQ_POLLIN;
+        zloop_poller (self->loop, &self->child_item, s_on_child, self);
+        //  A closed pipe polls as an error: that is how we see the end.
+        zloop_poller_set_tolerant (self->loop, &self->child_item);
     }
     zloop_reader (self->loop, self->broker, s_on_broker, self);
     zloop_timer (self->loop, HEARTBEAT_INTERVAL_MS, 0, s_on_heartbeat, self);
@@ -666,12 +1563,38 @@ s_run (s_runner_t *self, kiln_config_t *config, const char *path)
 
     //  zloop_start also returns when a signal interrupts its poll.
     while (!s_check_stop (self))
-        zloop_start (self->loop);
+        if (zloop_start (self->loop) == -1 && self->crashed)
+            break;
 
+    if (self->process) {
+        if (self->crashed) {
+            //  The app's death is ours: the broker finishes its requests
+            //  as for any crashed runner.
+            kill (self->child, SIGKILL);
+            int status = s_reap (self->child, 5000);
+            self->child = 0;
+            char *how = s_wait_status_text (status);
+            char *reason = zsys_sprintf ("the app's process crashed (%s): %s", how? how: "?",
+                                         self->child_error? self->child_error: "unknown");
+            kiln_log_error ("%s", reason? reason: "the app's process crashed");
+            s_write_status (reason? reason: "the app's process crashed");
+            free (reason);
+            free (how);
+            return KILN_RUNNER_EXIT_FAILED;
+        }
+        //  It got `stop` and answered everything: teardown() runs there.
+        close (self->child_in);
+        self->child_in = -1;
+        int status = s_reap (self->child, CHILD_STOP_WAIT_MS);
+        self->child = 0;
+        char *how = s_wait_status_text (status);
+        kiln_log_info ("the app's process ended (%s)", how? how: "?");
+        free (how);
+    }
     //  Every executor is idle: they end, then teardown() runs alone.
     for (size_t i = 0; i < self->executor_count; i++)
         zactor_destroy (&self->executors [i].actor);
-    if (self->app->teardown) {
+    if (self->app && self->app->teardown) {
         kiln_log_info ("tearing down");
         self->app->teardown (self->shared.state);
     }
@@ -709,6 +1632,8 @@ s_serve_app (const char *path)
     }
     s_runner_t runner;
     memset (&runner, 0, sizeof (runner));
+    runner.child_in = -1;
+    runner.reader.fd = -1;
     int rc = s_run (&runner, config, path);
     s_runner_free (&runner);
     kiln_config_destroy (&config);
@@ -720,7 +1645,8 @@ s_usage (FILE *out)
 {
     fprintf (out,
         "usage: kiln-runner --describe APP.so   print the app's manifest\n"
-        "       kiln-runner APP.so              serve the app (started by kiln-worker)\n");
+        "       kiln-runner --describe FILE.py::Class   the same, for a Python app\n"
+        "       kiln-runner APP.so|BUNDLE-DIR   serve the app (started by kiln-worker)\n");
 }
 
 int
@@ -728,6 +1654,14 @@ main (int argc, char *argv [])
 {
     if (argc == 3 && streq (argv [1], "--describe")) {
         kiln_log_init ("kiln-runner", getenv ("KILN_LOG_LEVEL"));
+        //  FILE.py or FILE.py::Class: a Python app
+        const char *target = argv [2];
+        const char *classes = strstr (target, "::");
+        size_t len = classes? (size_t) (classes - target): strlen (target);
+        if (len >= 3 && strncmp (target + len - 3, ".py", 3) == 0) {
+            signal (SIGPIPE, SIG_IGN);
+            return s_describe_python (target);
+        }
         return s_describe (argv [2]);
     }
     if (argc == 2 && (streq (argv [1], "--help") || streq (argv [1], "-h"))) {

@@ -5,7 +5,8 @@
     The worker owns the host's slots (one per GPU, plus CPU slots) and is
     the parent of every runner on it. It fetches an app's artifact from
     Redis into a local cache (content-addressed: checked by SHA-256, so a
-    cached file is trusted), starts kiln-runner on it with the runner's
+    cached file is trusted; a process app's bundle is unpacked once into
+    a directory, worker/bundle.h), starts kiln-runner on it with the runner's
     environment, and tells the broker when a runner exits, whatever the
     reason. The runner talks to the broker itself; the worker never sees
     requests.
@@ -38,6 +39,7 @@
     =========================================================================
 */
 #include "worker.h"
+#include "bundle.h"
 #include "gpu.h"
 #include "runner.h"
 #include "kiln_keys.h"
@@ -114,6 +116,7 @@ struct _kiln_worker_t {
     char *public_url;
     char *runner_path;
     char *artifact_dir;
+    char *app_dir;                  //  unpacked bundles, by SHA-256
     char *status_dir;
     kiln_slot_kind_t kinds [KILN_GPU_MAX_SLOT_KINDS];
     size_t kind_count;
@@ -373,6 +376,47 @@ s_fetch_artifact (kiln_worker_t *self, const char *sha, char **error)
     return path;
 }
 
+//  What the runner is given for an artifact: the .so itself, or, for a
+//  bundle (a process app, worker/bundle.h), the directory it unpacks to,
+//  {state_dir}/worker/apps/{sha}, made once per SHA-256. Takes the path;
+//  returns what to give (caller frees), or NULL with *error.
+static char *
+s_prepare_artifact (kiln_worker_t *self, const char *sha, char *path, char **error)
+{
+    uint8_t head [512];
+    FILE *file = fopen (path, "rb");
+    size_t got = file? fread (head, 1, sizeof head, file): 0;
+    if (file)
+        fclose (file);
+    if (!kiln_bundle_is_tar (head, got))
+        return path;
+    char *dir = zsys_sprintf ("%s/%s", self->app_dir, sha);
+    if (!dir) {
+        *error = strdup ("out of memory");
+        free (path);
+        return NULL;
+    }
+    if (access (dir, F_OK) != 0) {
+        size_t size = 0;
+        uint8_t *bytes = kiln_read_file (path, &size);
+        if (!bytes)
+            *error = zsys_sprintf ("cannot read %s: %s", path, strerror (errno));
+        else
+        if (kiln_bundle_unpack (bytes, size, dir, error) == 0)
+            kiln_log_info ("artifact %s: unpacked into %s", sha, dir);
+        free (bytes);
+    }
+    free (path);
+    if (*error) {
+        char *reason = zsys_sprintf ("artifact %s: %s", sha, *error);
+        free (*error);
+        *error = reason;
+        free (dir);
+        return NULL;
+    }
+    return dir;
+}
+
 //  -------------------------------------------------------------------------
 //  Runners
 
@@ -494,6 +538,8 @@ s_start_runner (kiln_worker_t *self, const kiln_msg_t *start, char **error)
     s_slot_t *slot = &self->slots [slot_index];
 
     char *artifact = s_fetch_artifact (self, start->artifact, error);
+    if (artifact)
+        artifact = s_prepare_artifact (self, start->artifact, artifact, error);
     if (!artifact)
         return -1;
 
@@ -819,6 +865,7 @@ kiln_worker_new (const kiln_worker_options_t *options)
     self->redis_url = strdup (options->redis_url);
     self->public_url = strdup (options->public_url);
     self->artifact_dir = zsys_sprintf ("%s/worker/artifacts", options->state_dir);
+    self->app_dir = zsys_sprintf ("%s/worker/apps", options->state_dir);
     self->status_dir = zsys_sprintf ("%s/worker/runners", options->state_dir);
     self->children = zlistx_new ();
     if (options->runner_path)
@@ -836,7 +883,7 @@ kiln_worker_new (const kiln_worker_options_t *options)
         }
     }
     if (!self->id || !self->host || !self->broker_endpoint || !self->redis_url
-    ||  !self->public_url || !self->artifact_dir || !self->status_dir
+    ||  !self->public_url || !self->artifact_dir || !self->app_dir || !self->status_dir
     ||  !self->children || !self->runner_path) {
         kiln_log_error ("out of memory, or cannot find our own executable");
         kiln_worker_destroy (&self);
@@ -847,7 +894,8 @@ kiln_worker_new (const kiln_worker_options_t *options)
         kiln_worker_destroy (&self);
         return NULL;
     }
-    if (kiln_mkdir_p (self->artifact_dir, 0755) == -1 || kiln_mkdir_p (self->status_dir, 0755) == -1) {
+    if (kiln_mkdir_p (self->artifact_dir, 0755) == -1 || kiln_mkdir_p (self->status_dir, 0755) == -1
+    ||  kiln_mkdir_p (self->app_dir, 0755) == -1) {
         kiln_log_error ("cannot create %s/worker: %s", options->state_dir, strerror (errno));
         kiln_worker_destroy (&self);
         return NULL;
@@ -932,6 +980,7 @@ kiln_worker_destroy (kiln_worker_t **self_p)
     free (self->public_url);
     free (self->runner_path);
     free (self->artifact_dir);
+    free (self->app_dir);
     free (self->status_dir);
     free (self);
     *self_p = NULL;

@@ -1,0 +1,299 @@
+/*  =========================================================================
+    bundle — unpacks a process app's artifact (a flat ustar archive)
+
+    The archive comes from Redis and was made by a client: every header is
+    checked (checksum, size, name, type) before a byte is written, and the
+    whole archive lands in a temporary directory that is renamed into
+    place only when it is complete, so a runner never sees half a bundle.
+    =========================================================================
+*/
+#include "bundle.h"
+#include "kiln_util.h"
+
+#include <assert.h>
+
+#include <czmq.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define TAR_BLOCK_BYTES 512
+//  A flat bundle of a few files; more than this is not something we made.
+#define MAX_BUNDLE_FILES 256
+
+bool
+kiln_bundle_is_tar (const uint8_t *data, size_t size)
+{
+    return data && size >= TAR_BLOCK_BYTES && memcmp (data + 257, "ustar", 5) == 0;
+}
+
+//  Reads an octal field (NUL or space ended). -1 when it is not octal.
+static int64_t
+s_octal (const uint8_t *field, size_t size)
+{
+    int64_t value = 0;
+    size_t i = 0;
+    while (i < size && field [i] == ' ')
+        i++;
+    size_t digits = 0;
+    for (; i < size && field [i] >= '0' && field [i] <= '7'; i++, digits++) {
+        if (value > (INT64_MAX >> 3))
+            return -1;
+        value = value * 8 + (field [i] - '0');
+    }
+    for (; i < size; i++)
+        if (field [i] != ' ' && field [i] != 0)
+            return -1;
+    return digits? value: -1;
+}
+
+static bool
+s_zero_block (const uint8_t *block)
+{
+    for (size_t i = 0; i < TAR_BLOCK_BYTES; i++)
+        if (block [i])
+            return false;
+    return true;
+}
+
+//  A name we will create in the bundle's directory: no '/', no "." or
+//  "..", no control characters.
+static bool
+s_name_valid (const char *name)
+{
+    if (!*name || streq (name, ".") || streq (name, "..") || strchr (name, '/'))
+        return false;
+    for (const char *p = name; *p; p++)
+        if ((unsigned char) *p < ' ')
+            return false;
+    return true;
+}
+
+static void
+s_remove_tree (const char *dir)
+{
+    zdir_t *tree = zdir_new (dir, NULL);
+    if (tree) {
+        zdir_remove (tree, true);
+        zdir_destroy (&tree);
+    }
+    rmdir (dir);
+}
+
+//  Unpacks into dir, which exists and is empty. 0 or -1 with *error.
+static int
+s_extract (const uint8_t *data, size_t size, const char *dir, char **error)
+{
+    size_t offset = 0;
+    size_t files = 0;
+    while (true) {
+        if (offset + TAR_BLOCK_BYTES > size) {
+            *error = strdup ("the bundle ends inside a header");
+            return -1;
+        }
+        const uint8_t *header = data + offset;
+        if (s_zero_block (header))
+            return 0;               //  end of archive
+        int64_t sum = 0;
+        for (size_t i = 0; i < TAR_BLOCK_BYTES; i++)
+            sum += (i >= 148 && i < 156)? ' ': header [i];
+        if (s_octal (header + 148, 8) != sum) {
+            *error = strdup ("the bundle has a header with a bad checksum");
+            return -1;
+        }
+        char name [260];
+        char prefix [156], base [101];
+        memcpy (prefix, header + 345, 155);
+        prefix [155] = 0;
+        memcpy (base, header + 0, 100);
+        base [100] = 0;
+        if (*prefix)
+            snprintf (name, sizeof name, "%s/%s", prefix, base);
+        else
+            snprintf (name, sizeof name, "%s", base);
+        int64_t file_size = s_octal (header + 124, 12);
+        char type = (char) header [156];
+        if (file_size < 0 || (uint64_t) file_size > size - offset - TAR_BLOCK_BYTES) {
+            *error = zsys_sprintf ("the bundle's entry '%.100s' has a bad size", name);
+            return -1;
+        }
+        if (type != '0' && type != 0) {
+            *error = zsys_sprintf ("the bundle's entry '%.100s' is not a regular file", name);
+            return -1;
+        }
+        if (!s_name_valid (name)) {
+            *error = zsys_sprintf ("the bundle's entry '%.100s' has a name we refuse "
+                                   "(a path, '.', '..' or control characters)", name);
+            return -1;
+        }
+        if (++files > MAX_BUNDLE_FILES) {
+            *error = strdup ("the bundle has too many files");
+            return -1;
+        }
+        char *path = zsys_sprintf ("%s/%s", dir, name);
+        //  O_EXCL: an entry listed twice is refused, not silently replaced.
+        int fd = path? open (path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644): -1;
+        if (fd < 0) {
+            *error = zsys_sprintf ("cannot write %s: %s", path? path: name, strerror (errno));
+            free (path);
+            return -1;
+        }
+        const uint8_t *bytes = header + TAR_BLOCK_BYTES;
+        size_t left = (size_t) file_size;
+        while (left > 0) {
+            ssize_t written = write (fd, bytes, left);
+            if (written < 0 && errno == EINTR)
+                continue;
+            if (written <= 0) {
+                *error = zsys_sprintf ("cannot write %s: %s", path, strerror (errno));
+                close (fd);
+                free (path);
+                return -1;
+            }
+            bytes += written;
+            left -= (size_t) written;
+        }
+        close (fd);
+        free (path);
+        size_t blocks = ((size_t) file_size + TAR_BLOCK_BYTES - 1) / TAR_BLOCK_BYTES;
+        offset += TAR_BLOCK_BYTES + blocks * TAR_BLOCK_BYTES;
+    }
+}
+
+int
+kiln_bundle_unpack (const uint8_t *data, size_t size, const char *dest, char **error)
+{
+    *error = NULL;
+    struct stat info;
+    if (stat (dest, &info) == 0 && S_ISDIR (info.st_mode))
+        return 0;
+    if (!kiln_bundle_is_tar (data, size)) {
+        *error = strdup ("the artifact is not a bundle (no ustar header)");
+        return -1;
+    }
+    char *temp = zsys_sprintf ("%s.tmp-%d", dest, (int) getpid ());
+    if (!temp) {
+        *error = strdup ("out of memory");
+        return -1;
+    }
+    s_remove_tree (temp);           //  left by an earlier process of that pid
+    if (mkdir (temp, 0755) != 0) {
+        *error = zsys_sprintf ("cannot make %s: %s", temp, strerror (errno));
+        free (temp);
+        return -1;
+    }
+    int rc = s_extract (data, size, temp, error);
+    if (rc == 0 && rename (temp, dest) != 0) {
+        //  Another process got there first: theirs is as good as ours.
+        if (!(stat (dest, &info) == 0 && S_ISDIR (info.st_mode))) {
+            *error = zsys_sprintf ("cannot rename %s to %s: %s", temp, dest, strerror (errno));
+            rc = -1;
+        }
+    }
+    if (rc != 0 || access (temp, F_OK) == 0)
+        s_remove_tree (temp);
+    free (temp);
+    return rc;
+}
+
+//  -------------------------------------------------------------------------
+//  Selftest
+
+//  Appends one ustar entry to buffer at *offset.
+static void
+s_test_entry (uint8_t *buffer, size_t *offset, const char *name, char type,
+              const char *content)
+{
+    uint8_t *header = buffer + *offset;
+    memset (header, 0, TAR_BLOCK_BYTES);
+    snprintf ((char *) header, 100, "%s", name);
+    memcpy (header + 100, "0000644", 7);
+    size_t size = content? strlen (content): 0;
+    snprintf ((char *) header + 124, 12, "%011o", (unsigned) size);
+    header [156] = (uint8_t) type;
+    memcpy (header + 257, "ustar", 6);
+    memcpy (header + 263, "00", 2);
+    memset (header + 148, ' ', 8);
+    unsigned sum = 0;
+    for (size_t i = 0; i < TAR_BLOCK_BYTES; i++)
+        sum += header [i];
+    snprintf ((char *) header + 148, 8, "%06o", sum);
+    *offset += TAR_BLOCK_BYTES;
+    if (size) {
+        memcpy (buffer + *offset, content, size);
+        *offset += (size + TAR_BLOCK_BYTES - 1) / TAR_BLOCK_BYTES * TAR_BLOCK_BYTES;
+    }
+}
+
+void
+kiln_bundle_test (bool verbose)
+{
+    if (verbose)
+        printf (" * bundle: ");
+    char root [] = "/tmp/kiln-bundle-test-XXXXXX";
+    assert (mkdtemp (root));
+    uint8_t *buffer = calloc (1, 16 * TAR_BLOCK_BYTES);
+    assert (buffer);
+    char *error = NULL;
+
+    size_t size = 0;
+    s_test_entry (buffer, &size, "hello.py", '0', "print('hi')\n");
+    s_test_entry (buffer, &size, "kiln.json", '0', "{}");
+    size += 2 * TAR_BLOCK_BYTES;
+    assert (kiln_bundle_is_tar (buffer, size));
+    char *dest = zsys_sprintf ("%s/good", root);
+    assert (kiln_bundle_unpack (buffer, size, dest, &error) == 0 && !error);
+    char *file = zsys_sprintf ("%s/hello.py", dest);
+    size_t read_size = 0;
+    char *text = (char *) kiln_read_file (file, &read_size);
+    assert (text && read_size == 12 && memcmp (text, "print('hi')\n", 12) == 0);
+    free (text);
+    free (file);
+    //  Done once: a second unpack finds it there.
+    assert (kiln_bundle_unpack (buffer, size, dest, &error) == 0);
+    s_remove_tree (dest);
+    free (dest);
+
+    //  Refused: paths, dot-dot, links, bad checksums, truncation.
+    const char *bad_names [] = { "../evil.py", "/etc/passwd", "a/b.py", "..", NULL };
+    for (const char **name = bad_names; *name; name++) {
+        memset (buffer, 0, 16 * TAR_BLOCK_BYTES);
+        size = 0;
+        s_test_entry (buffer, &size, *name, '0', "x");
+        size += 2 * TAR_BLOCK_BYTES;
+        dest = zsys_sprintf ("%s/bad", root);
+        assert (kiln_bundle_unpack (buffer, size, dest, &error) == -1 && error);
+        assert (access (dest, F_OK) != 0);
+        zstr_free (&error);
+        free (dest);
+    }
+    memset (buffer, 0, 16 * TAR_BLOCK_BYTES);
+    size = 0;
+    s_test_entry (buffer, &size, "link", '2', NULL);
+    size += 2 * TAR_BLOCK_BYTES;
+    dest = zsys_sprintf ("%s/bad", root);
+    assert (kiln_bundle_unpack (buffer, size, dest, &error) == -1 && strstr (error, "regular"));
+    zstr_free (&error);
+    size = 0;
+    s_test_entry (buffer, &size, "a.py", '0', "x");
+    buffer [0] = 'b';               //  checksum no longer matches
+    size += 2 * TAR_BLOCK_BYTES;
+    assert (kiln_bundle_unpack (buffer, size, dest, &error) == -1 && strstr (error, "checksum"));
+    zstr_free (&error);
+    size = 0;
+    s_test_entry (buffer, &size, "a.py", '0', "x");
+    assert (kiln_bundle_unpack (buffer, TAR_BLOCK_BYTES + 10, dest, &error) == -1);
+    zstr_free (&error);
+    assert (kiln_bundle_unpack ((const uint8_t *) "nope", 4, dest, &error) == -1);
+    zstr_free (&error);
+    assert (access (dest, F_OK) != 0);
+    free (dest);
+    free (buffer);
+    s_remove_tree (root);
+    if (verbose)
+        printf ("OK\n");
+}
