@@ -1,5 +1,5 @@
 /*  =========================================================================
-    apps — kiln apps list | show OWNER/APP | scale OWNER/APP | delete OWNER/APP
+    apps — kiln apps list | show | scale | delete | revisions | rollback
 
     The gateway's /v1/apps routes, printed for people (or raw with --json).
     An app as the gateway gives it: {name, revision, artifact, manifest,
@@ -9,9 +9,15 @@
     `kiln apps scale` sets (PATCH /v1/apps/OWNER/APP) and `effective` the
     bounds the broker scales by; an older gateway sends neither, and then
     the manifest's own values are shown.
+
+    Every deploy is a revision: `apps revisions` lists them (GET
+    /v1/apps/OWNER/APP/revisions, newest first) and `apps rollback`
+    makes an older one current (POST .../rollback {revision}); requests
+    already running finish on the revision they started on.
     =========================================================================
 */
 #include "cli.h"
+#include "table.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -29,8 +35,15 @@ static const char *s_help_text =
     "       kiln apps scale OWNER/APP [--min N] [--max N] [--buffer N] [--keep-alive S]\n"
     "                       [--reset] [--json]\n"
     "       kiln apps delete OWNER/APP\n"
+    "       kiln apps revisions OWNER/APP [--json]\n"
+    "       kiln apps rollback OWNER/APP REVISION [--json]\n"
     "\n"
     "Lists, shows, scales and deletes deployed apps.\n"
+    "\n"
+    "Every deploy makes a new revision. 'apps revisions' lists them, newest\n"
+    "first, with * on the one that serves; 'apps rollback' makes an older\n"
+    "revision serve at once: new requests go to its runners, and requests\n"
+    "already running finish on the revision they started on.\n"
     "\n"
     "'apps scale' changes a running app's bounds at once, without a redeploy:\n"
     "the broker starts or retires runners to meet them. Options not given keep\n"
@@ -415,6 +428,114 @@ s_delete (kiln_cli_t *cli, const char *name)
     return KILN_EXIT_OK;
 }
 
+//  "/v1/apps/NAME/SUFFIX" (suffix may be empty), malloc'd or NULL.
+static char *
+s_app_path (const char *name, const char *suffix)
+{
+    char *path = NULL;
+    if (asprintf (&path, "/v1/apps/%s%s", name, suffix) < 0)
+        return NULL;
+    return path;
+}
+
+//  Sends one /v1 call; prints the answer raw when raw. 0 with *answer
+//  (caller decrefs), else the exit code, reported.
+static int
+s_call (kiln_cli_t *cli, const char *method, const char *path, json_t *body,
+        json_t **answer)
+{
+    *answer = NULL;
+    if (!path)
+        return kiln_cli_fail ("out of memory");
+    kiln_http_t *http = s_http (cli);
+    if (!http)
+        return KILN_EXIT_FAILURE;
+    char *error = NULL;
+    int rc = kiln_http_json (http, method, path, body, answer, &error);
+    kiln_http_destroy (&http);
+    if (rc) {
+        kiln_cli_fail ("%s", error ? error : "out of memory");
+        free (error);
+        return KILN_EXIT_FAILURE;
+    }
+    return KILN_EXIT_OK;
+}
+
+static void
+s_print_raw (json_t *answer)
+{
+    char *text = answer ? json_dumps (answer, JSON_INDENT (2)) : NULL;
+    printf ("%s\n", text ? text : "null");
+    free (text);
+}
+
+static int
+s_revisions (kiln_cli_t *cli, const char *name, bool raw)
+{
+    json_t *answer = NULL;
+    char *path = s_app_path (name, "/revisions");
+    int rc = s_call (cli, "GET", path, NULL, &answer);
+    free (path);
+    if (rc)
+        return rc;
+    if (raw) {
+        s_print_raw (answer);
+        json_decref (answer);
+        return KILN_EXIT_OK;
+    }
+    json_t *revisions = json_object_get (answer, "revisions");
+    if (!json_is_array (revisions)) {
+        json_decref (answer);
+        return kiln_cli_fail ("the gateway's answer holds no list of revisions");
+    }
+    long long current = s_integer (answer, "current");
+    kiln_table_t *table = kiln_table_new (4);
+    if (!table) {
+        json_decref (answer);
+        return kiln_cli_fail ("out of memory");
+    }
+    kiln_table_add (table, "REVISION");
+    kiln_table_add (table, "ARTIFACT");
+    kiln_table_add (table, "CREATED");
+    kiln_table_add (table, "CURRENT");
+    size_t index;
+    json_t *revision;
+    json_array_foreach (revisions, index, revision) {
+        char created [32];
+        long long number = s_integer (revision, "revision");
+        s_format_time (s_integer (revision, "created_ms"), created, sizeof created);
+        kiln_table_addf (table, "%lld", number);
+        kiln_table_addf (table, "%.12s", s_string (revision, "artifact", "-"));
+        kiln_table_add (table, created);
+        kiln_table_add (table, number == current ? "*" : "");
+    }
+    kiln_table_print (table, stdout);
+    kiln_table_destroy (&table);
+    json_decref (answer);
+    return KILN_EXIT_OK;
+}
+
+static int
+s_rollback (kiln_cli_t *cli, const char *name, long long revision, bool raw)
+{
+    json_t *body = json_pack ("{s:I}", "revision", (json_int_t) revision);
+    json_t *answer = NULL;
+    char *path = s_app_path (name, "/rollback");
+    int rc = body ? s_call (cli, "POST", path, body, &answer) : kiln_cli_fail ("out of memory");
+    free (path);
+    json_decref (body);
+    if (rc)
+        return rc;
+    if (raw)
+        s_print_raw (answer);
+    else
+        printf ("rolled %s back to revision %lld (artifact %.12s)\n",
+                s_string (answer, "name", name), s_integer (answer, "revision"),
+                s_string (answer, "artifact", "-"));
+    json_decref (answer);
+    return KILN_EXIT_OK;
+}
+
 int
 kiln_apps_main (kiln_cli_t *cli, int argc, char *argv [])
 {
@@ -461,7 +582,8 @@ kiln_apps_main (kiln_cli_t *cli, int argc, char *argv [])
             return kiln_cli_bad_option ("apps", opt, argv);
     }
     if (optind >= argc)
-        return kiln_cli_usage ("apps", "apps needs a subcommand: list, show, scale or delete");
+        return kiln_cli_usage ("apps", "apps needs a subcommand: list, show, scale, delete, "
+                               "revisions or rollback");
     const char *verb = argv [optind];
     int operands = argc - optind - 1;
     const char *name = operands > 0 ? argv [optind + 1] : NULL;
@@ -476,9 +598,25 @@ kiln_apps_main (kiln_cli_t *cli, int argc, char *argv [])
     }
     bool show = strcmp (verb, "show") == 0;
     bool delete = strcmp (verb, "delete") == 0 || strcmp (verb, "rm") == 0;
-    if (!show && !delete && !scale)
-        return kiln_cli_usage ("apps", "unknown apps subcommand '%s' (list, show, scale, delete)",
-                               verb);
+    bool revisions = strcmp (verb, "revisions") == 0;
+    bool rollback = strcmp (verb, "rollback") == 0;
+    if (rollback) {
+        if (operands != 2)
+            return kiln_cli_usage ("apps", "apps rollback needs an app and a revision: "
+                                   "kiln apps rollback OWNER/APP REVISION");
+        const char *problem = kiln_cli_app_name_problem (name);
+        if (problem)
+            return kiln_cli_usage ("apps", "invalid app name '%s': %s", name, problem);
+        const char *text = argv [optind + 2];
+        long long revision = s_bound_value (text);
+        if (revision < 1)
+            return kiln_cli_usage ("apps", "revision must be a whole number from 1, not '%s'",
+                                   text);
+        return s_rollback (cli, name, revision, raw);
+    }
+    if (!show && !delete && !scale && !revisions)
+        return kiln_cli_usage ("apps", "unknown apps subcommand '%s' (list, show, scale, delete, "
+                               "revisions, rollback)", verb);
     if (operands != 1)
         return kiln_cli_usage ("apps", "apps %s needs one app name: kiln apps %s OWNER/APP",
                                verb, verb);
@@ -489,6 +627,8 @@ kiln_apps_main (kiln_cli_t *cli, int argc, char *argv [])
         return kiln_cli_usage ("apps", "apps delete does not take --json");
     if (show)
         return s_show (cli, name, raw);
+    if (revisions)
+        return s_revisions (cli, name, raw);
     if (delete)
         return s_delete (cli, name);
 

@@ -3,7 +3,7 @@
 
     main.c parses the global options and hands the rest of the command
     line to one command group: up.c, deploy.c, apps.c, runners.c (kiln
-    runners, kiln workers). Each command
+    runners, kiln workers), requests.c. Each command
     prints its result on stdout and, when it fails, ONE line on stderr
     ("kiln: ..."), then exits 1 (a failure) or 2 (a usage error).
     =========================================================================
@@ -79,6 +79,7 @@ int kiln_deploy_main (kiln_cli_t *cli, int argc, char *argv []);
 int kiln_apps_main (kiln_cli_t *cli, int argc, char *argv []);
 int kiln_runners_main (kiln_cli_t *cli, int argc, char *argv []);
 int kiln_workers_main (kiln_cli_t *cli, int argc, char *argv []);
+int kiln_requests_main (kiln_cli_t *cli, int argc, char *argv []);
 
 //  Deploys the app at path as name (NULL: local/<manifest name>) and
 //  prints "deployed NAME revision N" and its URLs. Returns 0, or -1 with

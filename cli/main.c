@@ -34,6 +34,12 @@ static const char *s_usage =
     "                      change a running app's scaling bounds\n"
     "  apps delete OWNER/APP\n"
     "                      delete an app\n"
+    "  apps revisions OWNER/APP\n"
+    "                      list an app's revisions, the current one marked\n"
+    "  apps rollback OWNER/APP REV\n"
+    "                      make an earlier revision serve, at once\n"
+    "  requests show|logs|cancel ID\n"
+    "                      show a request, print (--follow) its logs, or cancel it\n"
     "  runners [--app OWNER/APP]\n"
     "                      list every runner: app, worker, machine, GPU, state, load\n"
     "  workers             list every worker: host, slots, slots in use\n"
@@ -171,6 +177,8 @@ s_dispatch (kiln_cli_t *cli, int argc, char *argv [])
         return kiln_deploy_main (cli, argc, argv);
     if (strcmp (command, "apps") == 0)
         return kiln_apps_main (cli, argc, argv);
+    if (strcmp (command, "requests") == 0)
+        return kiln_requests_main (cli, argc, argv);
     if (strcmp (command, "runners") == 0)
         return kiln_runners_main (cli, argc, argv);
     if (strcmp (command, "workers") == 0)

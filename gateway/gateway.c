@@ -1352,6 +1352,10 @@ s_on_http (struct evhttp_request *req, void *arg)
         case KILN_ROUTE_APP_SCALE:
         case KILN_ROUTE_RUNNERS_LIST:
         case KILN_ROUTE_WORKERS_LIST:
+        case KILN_ROUTE_APP_REVISIONS:
+        case KILN_ROUTE_APP_ROLLBACK:
+        case KILN_ROUTE_REQUEST_GET:
+        case KILN_ROUTE_REQUEST_CANCEL:
             kiln_gateway_v1 (call);
             break;
         case KILN_ROUTE_QUEUE_STATUS:

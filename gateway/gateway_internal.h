@@ -168,6 +168,9 @@ void kiln_gateway_submit (kiln_call_t *call);
 void kiln_gateway_v1 (kiln_call_t *call);
 //  gateway_queue.c: status, stream, result, cancel
 void kiln_gateway_queue (kiln_call_t *call);
+//  gateway_queue.c: one stored log line as {message, level, source,
+//  timestamp}; NULL when out of memory
+json_t *kiln_gateway_log_json (const redisReply *line);
 //  gateway_metrics.c: GET /metrics (answers even while Redis is down)
 void kiln_gateway_metrics (kiln_call_t *call);
 

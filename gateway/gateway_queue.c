@@ -56,8 +56,8 @@ s_set_url (kiln_call_t *call, json_t *json, const char *key, const char *suffix)
 
 //  One stored log line (JSON text) as {message, level, source,
 //  timestamp}, whatever the line held: fal's clients read all four.
-static json_t *
-s_log_json (const redisReply *line)
+json_t *
+kiln_gateway_log_json (const redisReply *line)
 {
     json_t *stored = line->type == REDIS_REPLY_STRING
                    ? json_loadb (line->str, line->len, 0, NULL) : NULL;
@@ -96,7 +96,7 @@ s_logs_json (const redisReply *lines, size_t from, size_t to)
     if (!logs || !lines || lines->type != REDIS_REPLY_ARRAY)
         return logs;
     for (size_t i = from; i < to && i < lines->elements; i++) {
-        json_t *entry = s_log_json (lines->element [i]);
+        json_t *entry = kiln_gateway_log_json (lines->element [i]);
         if (entry)
             json_array_append_new (logs, entry);
     }

@@ -12,6 +12,13 @@
     |   {min_concurrency?, max_concurrency?, concurrency_buffer?,            |   (bounds that make no    |
     |    keep_alive?, reset?}                                                |   sense)                  |
     | DELETE /v1/apps/{owner}/{app}       | EVAL UNDEPLOY                       | 200 {deleted} or 404      |
+    | GET /v1/apps/{owner}/{app}/revisions| HGET revision, HVALS revisions      | 200 {revisions, current}  |
+    |                                     |                                     |   or 404                  |
+    | POST /v1/apps/{owner}/{app}/rollback| EVAL ROLLBACK                       | 200 {app}, 404, or 422    |
+    |   {revision}                        |                                     |   (unknown revision)      |
+    | GET /v1/requests/{id}               | EVAL REQUEST_SHOW                   | 200 {request} or 404      |
+    | PUT /v1/requests/{id}/cancel        | HGET app, then the queue API's      | as the queue API's cancel |
+    |                                     |   cancel with the record's app      |                           |
     | GET /v1/runners[?app=OWNER/APP]     | HVALS kiln:runners                  | 200 {runners: [...]}      |
     | GET /v1/workers                     | HVALS kiln:workers                  | 200 {workers: [...]}      |
 
@@ -21,6 +28,12 @@
     keep_alive} (what the broker scales by: an override, else the
     manifest's value), failed_starts (in a row), last_error (null when
     none), last_error_ms (null when none)}.
+
+    Revisions are answered newest first, each {revision, artifact,
+    manifest, created_ms}; current is the revision that serves. A request
+    is answered as {id, app, path, state, status, error, error_type,
+    priority, created_ms, started_ms, completed_ms, attempts, runner,
+    queue_position (IN_QUEUE only), logs}: never its body or result.
 
     Runners and workers are the broker's view, which it rewrites every
     second (kiln_keys.h); they are answered as the broker wrote them,
@@ -251,10 +264,12 @@ s_apps_deploy (kiln_call_t *call)
             snprintf (call->route.id, sizeof call->route.id, "%s", artifact);
             kiln_key_t app_key = kiln_key_app (name);
             kiln_key_t artifact_key = kiln_key_artifact (artifact);
+            kiln_key_t revisions_key = kiln_key_revisions (name);
             char now [24];
             snprintf (now, sizeof now, "%" PRId64, kiln_now_ms ());
             const char *argv [] = {
-                "EVAL", KILN_SCRIPT_DEPLOY, "3", app_key.s, KILN_KEY_APPS, artifact_key.s,
+                "EVAL", KILN_SCRIPT_DEPLOY, "4", app_key.s, KILN_KEY_APPS, artifact_key.s,
+                revisions_key.s,
                 name, artifact, canonical, now
             };
             size_t argvlen [sizeof argv / sizeof argv [0]];
@@ -435,6 +450,223 @@ s_app_scale (kiln_call_t *call)
 
 
 //  --------------------------------------------------------------------------
+//  GET /v1/apps/{owner}/{app}/revisions
+
+static int
+s_compare_revisions (const void *a, const void *b)
+{
+    json_int_t left = json_integer_value (json_object_get (*(json_t * const *) a, "revision"));
+    json_int_t right = json_integer_value (json_object_get (*(json_t * const *) b, "revision"));
+    return left < right ? 1 : left > right ? -1 : 0;    //  newest first
+}
+
+//  EXEC's answer: HGET revision, HVALS revisions
+static void
+s_on_revisions (redisAsyncContext *ctx, void *r, void *privdata)
+{
+    (void) ctx;
+    kiln_call_t *call = privdata;
+    redisReply *reply = r;
+    if (kiln_call_usable (call, reply)) {
+        if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2
+        ||  reply->element [1]->type != REDIS_REPLY_ARRAY)
+            kiln_call_error (call, 500, "internal_error", "Unexpected answer from Redis");
+        else
+        if (reply->element [0]->type != REDIS_REPLY_STRING)
+            kiln_call_error (call, 404, "not_found", "App %s is not deployed", call->route.app);
+        else {
+            redisReply *stored = reply->element [1];
+            json_t **items = calloc (stored->elements + 1, sizeof *items);
+            size_t count = 0;
+            for (size_t i = 0; items && i < stored->elements; i++) {
+                json_t *item = s_object (stored->element [i]);
+                if (item && json_is_integer (json_object_get (item, "revision")))
+                    items [count++] = item;
+                else
+                    json_decref (item);
+            }
+            if (items)
+                qsort (items, count, sizeof *items, s_compare_revisions);
+            json_t *list = items ? json_array () : NULL;
+            for (size_t i = 0; i < count; i++) {
+                if (list)
+                    json_array_append (list, items [i]);
+                json_decref (items [i]);
+            }
+            free (items);
+            kiln_call_reply_json (call, 200, list
+                ? json_pack ("{s:o, s:I}", "revisions", list,
+                             "current", (json_int_t) s_number (reply->element [0]))
+                : NULL);
+        }
+    }
+    kiln_call_unref (&call);
+}
+
+static void
+s_app_revisions (kiln_call_t *call)
+{
+    kiln_key_t app_key = kiln_key_app (call->route.app);
+    kiln_key_t revisions_key = kiln_key_revisions (call->route.app);
+    //  One snapshot, so current is always one of the revisions listed
+    if (kiln_call_redisf_quiet (call, "MULTI") == 0
+    &&  kiln_call_redisf_quiet (call, "HGET %s revision", app_key.s) == 0
+    &&  kiln_call_redisf_quiet (call, "HVALS %s", revisions_key.s) == 0)
+        kiln_call_redisf (call, s_on_revisions, "EXEC");
+}
+
+
+//  --------------------------------------------------------------------------
+//  POST /v1/apps/{owner}/{app}/rollback {revision}
+
+//  ROLLBACK's answer; then the app as it now is
+static void
+s_on_rolled_back (redisAsyncContext *ctx, void *r, void *privdata)
+{
+    (void) ctx;
+    kiln_call_t *call = privdata;
+    redisReply *reply = r;
+    if (kiln_call_usable (call, reply)) {
+        if (reply->type != REDIS_REPLY_INTEGER)
+            kiln_call_error (call, 500, "internal_error", "Unexpected answer from the rollback script");
+        else
+        if (reply->integer == -1)
+            kiln_call_error (call, 404, "not_found", "App %s is not deployed", call->route.app);
+        else
+        if (reply->integer == -2)
+            kiln_call_error (call, 422, "bad_request", "App %s has no revision %" PRId64,
+                             call->route.app, call->number);
+        else {
+            kiln_log_info ("rolled %s back to revision %lld", call->route.app, reply->integer);
+            kiln_key_t key = kiln_key_app (call->route.app);
+            kiln_call_redisf (call, s_on_app, "HMGET %s " KILN_APP_FIELDS, key.s);
+        }
+    }
+    kiln_call_unref (&call);
+}
+
+static void
+s_app_rollback (kiln_call_t *call)
+{
+    if (!kiln_call_body_fits (call))
+        return;
+    size_t size;
+    const char *body = kiln_call_body (call, &size);
+    json_t *request = json_loadb (body, size, 0, NULL);
+    json_t *revision = json_object_get (request, "revision");
+    if (!json_is_integer (revision) || json_integer_value (revision) < 1) {
+        json_decref (request);
+        kiln_call_error (call, 422, "bad_request",
+                         "Body must be a JSON object {\"revision\": N}, N a whole number from 1");
+        return;
+    }
+    call->number = json_integer_value (revision);
+    json_decref (request);
+    kiln_key_t app_key = kiln_key_app (call->route.app);
+    kiln_key_t revisions_key = kiln_key_revisions (call->route.app);
+    kiln_call_redisf (call, s_on_rolled_back, "EVAL %s 2 %s %s %s %" PRId64 " %" PRId64,
+                      KILN_SCRIPT_ROLLBACK, app_key.s, revisions_key.s, call->route.app,
+                      call->number, kiln_now_ms ());
+}
+
+
+//  --------------------------------------------------------------------------
+//  GET /v1/requests/{id}, PUT /v1/requests/{id}/cancel
+
+//  A stored number, or null when missing
+static json_t *
+s_number_json (const redisReply *stored)
+{
+    long long value = s_number (stored);
+    return value >= 0 ? json_integer (value) : json_null ();
+}
+
+//  A stored text, or null when missing or empty
+static json_t *
+s_text_json (const redisReply *stored)
+{
+    const char *text = kiln_reply_str (stored);
+    return *text ? kiln_json_text (text, strlen (text)) : json_null ();
+}
+
+static void
+s_on_request (redisAsyncContext *ctx, void *r, void *privdata)
+{
+    (void) ctx;
+    kiln_call_t *call = privdata;
+    redisReply *reply = r;
+    enum { R_ID, R_APP, R_PATH, R_STATE, R_STATUS, R_ERROR, R_ERROR_TYPE, R_PRIORITY,
+           R_CREATED, R_STARTED, R_COMPLETED, R_ATTEMPTS, R_RUNNER };
+    if (kiln_call_usable (call, reply)) {
+        if (reply->type != REDIS_REPLY_ARRAY)
+            kiln_call_error (call, 500, "internal_error", "Unexpected answer from Redis");
+        else
+        if (reply->elements == 0)
+            kiln_call_error (call, 404, "not_found", "Request %s not found", call->route.id);
+        else
+        if (reply->elements != KILN_REQUEST_SHOW_FIELD_COUNT + 2)
+            kiln_call_error (call, 500, "internal_error", "Unexpected answer from Redis");
+        else {
+            redisReply **f = reply->element;
+            json_t *json = json_object ();
+            if (json) {
+                json_object_set_new (json, "id", json_string (call->route.id));
+                json_object_set_new (json, "app", s_text_json (f [R_APP]));
+                json_object_set_new (json, "path", s_text_json (f [R_PATH]));
+                json_object_set_new (json, "state", s_text_json (f [R_STATE]));
+                json_object_set_new (json, "status", s_number_json (f [R_STATUS]));
+                json_object_set_new (json, "error", s_text_json (f [R_ERROR]));
+                json_object_set_new (json, "error_type", s_text_json (f [R_ERROR_TYPE]));
+                json_object_set_new (json, "priority", s_text_json (f [R_PRIORITY]));
+                json_object_set_new (json, "created_ms", s_number_json (f [R_CREATED]));
+                json_object_set_new (json, "started_ms", s_number_json (f [R_STARTED]));
+                json_object_set_new (json, "completed_ms", s_number_json (f [R_COMPLETED]));
+                long long attempts = s_number (f [R_ATTEMPTS]);
+                json_object_set_new (json, "attempts", json_integer (attempts > 0 ? attempts : 0));
+                json_object_set_new (json, "runner", s_text_json (f [R_RUNNER]));
+                redisReply *rank = f [KILN_REQUEST_SHOW_FIELD_COUNT];
+                if (strcmp (kiln_reply_str (f [R_STATE]), "IN_QUEUE") == 0)
+                    json_object_set_new (json, "queue_position",
+                                         json_integer (rank->type == REDIS_REPLY_INTEGER
+                                                       ? rank->integer : 0));
+                json_t *logs = json_array ();
+                redisReply *lines = f [KILN_REQUEST_SHOW_FIELD_COUNT + 1];
+                for (size_t i = 0; logs && lines->type == REDIS_REPLY_ARRAY
+                                   && i < lines->elements; i++) {
+                    json_t *entry = kiln_gateway_log_json (lines->element [i]);
+                    if (entry)
+                        json_array_append_new (logs, entry);
+                }
+                json_object_set_new (json, "logs", logs ? logs : json_null ());
+            }
+            kiln_call_reply_json (call, 200, json);
+        }
+    }
+    kiln_call_unref (&call);
+}
+
+//  The record's app: then it is the queue API's cancel, under that app
+static void
+s_on_cancel_app (redisAsyncContext *ctx, void *r, void *privdata)
+{
+    (void) ctx;
+    kiln_call_t *call = privdata;
+    redisReply *reply = r;
+    if (kiln_call_usable (call, reply)) {
+        const char *app = kiln_reply_str (reply);
+        if (!kiln_app_name_valid (app))
+            kiln_call_error (call, 404, "not_found", "Request %s not found", call->route.id);
+        else {
+            snprintf (call->route.app, sizeof call->route.app, "%s", app);
+            call->route.kind = KILN_ROUTE_QUEUE_CANCEL;
+            kiln_gateway_queue (call);
+        }
+    }
+    kiln_call_unref (&call);
+}
+
+
+//  --------------------------------------------------------------------------
 //  GET /v1/runners, GET /v1/workers
 
 //  Orders runners by app, then id; workers (no app) by id.
@@ -572,8 +804,24 @@ kiln_gateway_v1 (kiln_call_t *call)
             s_views_list (call);
             break;
         case KILN_ROUTE_APP_DELETE:
-            kiln_call_redisf (call, s_on_undeployed, "EVAL %s 2 %s %s %s",
-                              KILN_SCRIPT_UNDEPLOY, key.s, KILN_KEY_APPS, call->route.app);
+            kiln_call_redisf (call, s_on_undeployed, "EVAL %s 3 %s %s %s %s",
+                              KILN_SCRIPT_UNDEPLOY, key.s, KILN_KEY_APPS,
+                              kiln_key_revisions (call->route.app).s, call->route.app);
+            break;
+        case KILN_ROUTE_APP_REVISIONS:
+            s_app_revisions (call);
+            break;
+        case KILN_ROUTE_APP_ROLLBACK:
+            s_app_rollback (call);
+            break;
+        case KILN_ROUTE_REQUEST_GET:
+            kiln_call_redisf (call, s_on_request, "EVAL %s 2 %s %s %s", KILN_SCRIPT_REQUEST_SHOW,
+                              kiln_key_request (call->route.id).s,
+                              kiln_key_logs (call->route.id).s, "kiln:queue:");
+            break;
+        case KILN_ROUTE_REQUEST_CANCEL:
+            kiln_call_redisf (call, s_on_cancel_app, "HGET %s app",
+                              kiln_key_request (call->route.id).s);
             break;
         default:
             kiln_call_error (call, 404, "not_found", "Not found");

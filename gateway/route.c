@@ -287,7 +287,28 @@ s_match_v1 (kiln_route_t *self, const char *method, const s_path_t *path)
                 return s_error (self, 404, "not_found", "No such app: the name is not valid");
             return self->kind = kind;
         }
+        if (path->count == 5 && (s_is (path, 4, "revisions") || s_is (path, 4, "rollback"))) {
+            bool revisions = s_is (path, 4, "revisions");
+            if (revisions && !s_is_get (method))
+                return s_bad_method (self, method, "GET, HEAD");
+            if (!revisions && strcmp (method, "POST") != 0)
+                return s_bad_method (self, method, "POST");
+            if (!s_take_app (self, path, 2))
+                return s_error (self, 404, "not_found", "No such app: the name is not valid");
+            return self->kind = revisions ? KILN_ROUTE_APP_REVISIONS : KILN_ROUTE_APP_ROLLBACK;
+        }
         return s_not_found (self);
+    }
+    if (s_is (path, 1, "requests") && (path->count == 3
+    ||  (path->count == 4 && s_is (path, 3, "cancel")))) {
+        bool cancel = path->count == 4;
+        if (cancel && strcmp (method, "PUT") != 0)
+            return s_bad_method (self, method, "PUT");
+        if (!cancel && !s_is_get (method))
+            return s_bad_method (self, method, "GET, HEAD");
+        if (!s_take_id (self, path, 2))
+            return s_error (self, 404, "not_found", "Request not found");
+        return self->kind = cancel ? KILN_ROUTE_REQUEST_CANCEL : KILN_ROUTE_REQUEST_GET;
     }
     if ((s_is (path, 1, "runners") || s_is (path, 1, "workers")) && path->count == 2) {
         if (!s_is_get (method))
@@ -396,6 +417,10 @@ kiln_route_kind_name (kiln_route_kind_t kind)
         case KILN_ROUTE_APP_SCALE:    return "APP_SCALE";
         case KILN_ROUTE_RUNNERS_LIST: return "RUNNERS_LIST";
         case KILN_ROUTE_WORKERS_LIST: return "WORKERS_LIST";
+        case KILN_ROUTE_APP_REVISIONS: return "APP_REVISIONS";
+        case KILN_ROUTE_APP_ROLLBACK: return "APP_ROLLBACK";
+        case KILN_ROUTE_REQUEST_GET:  return "REQUEST_GET";
+        case KILN_ROUTE_REQUEST_CANCEL: return "REQUEST_CANCEL";
     }
     return "?";
 }
@@ -645,6 +670,27 @@ kiln_route_test (bool verbose)
     s_expect_error ("GET", "/v1/artifacts/" SHA, 405, "PUT");
     s_expect_error ("GET", "/v1/apps/local", 404, NULL);
     s_expect_error ("GET", "/v1/apps/local/echo/x", 404, NULL);
+    //  Revisions and rollback
+    s_expect ("GET", "/v1/apps/local/echo/revisions", KILN_ROUTE_APP_REVISIONS,
+              "local/echo", NULL, NULL);
+    s_expect ("HEAD", "/v1/apps/local/echo/revisions/", KILN_ROUTE_APP_REVISIONS,
+              "local/echo", NULL, NULL);
+    s_expect ("POST", "/v1/apps/local/echo/rollback", KILN_ROUTE_APP_ROLLBACK,
+              "local/echo", NULL, NULL);
+    s_expect_error ("POST", "/v1/apps/local/echo/revisions", 405, "GET, HEAD");
+    s_expect_error ("GET", "/v1/apps/local/echo/rollback", 405, "POST");
+    s_expect_error ("GET", "/v1/apps/Local/echo/revisions", 404, NULL);
+    s_expect_error ("POST", "/v1/apps/v1/echo/rollback", 404, NULL);
+    s_expect_error ("GET", "/v1/apps/local/echo/revisions/1", 404, NULL);
+    //  Requests by id alone
+    s_expect ("GET", "/v1/requests/" UUID, KILN_ROUTE_REQUEST_GET, NULL, NULL, UUID);
+    s_expect ("HEAD", "/v1/requests/" UUID "/", KILN_ROUTE_REQUEST_GET, NULL, NULL, UUID);
+    s_expect ("PUT", "/v1/requests/" UUID "/cancel", KILN_ROUTE_REQUEST_CANCEL, NULL, NULL, UUID);
+    s_expect_error ("POST", "/v1/requests/" UUID, 405, "GET, HEAD");
+    s_expect_error ("GET", "/v1/requests/" UUID "/cancel", 405, "PUT");
+    s_expect_error ("GET", "/v1/requests/NOT-AN-ID", 404, NULL);
+    s_expect_error ("GET", "/v1/requests", 404, NULL);
+    s_expect_error ("GET", "/v1/requests/" UUID "/status", 404, NULL);
     s_expect_error ("GET", "/v1/apps/Local/echo", 404, NULL);
     s_expect_error ("DELETE", "/v1/apps/local/ec.ho", 404, NULL);
     s_expect_error ("GET", "/v1", 404, NULL);

@@ -25,6 +25,10 @@
     | GET        | /v1/apps/{owner}/{app}                          | APP_GET         |
     | PATCH      | /v1/apps/{owner}/{app}                          | APP_SCALE       |
     | DELETE     | /v1/apps/{owner}/{app}                          | APP_DELETE      |
+    | GET        | /v1/apps/{owner}/{app}/revisions                | APP_REVISIONS   |
+    | POST       | /v1/apps/{owner}/{app}/rollback                 | APP_ROLLBACK    |
+    | GET        | /v1/requests/{id}                               | REQUEST_GET     |
+    | PUT        | /v1/requests/{id}/cancel                        | REQUEST_CANCEL  |
     | GET        | /v1/runners                                     | RUNNERS_LIST    |
     | GET        | /v1/workers                                     | WORKERS_LIST    |
 
@@ -73,10 +77,14 @@ typedef enum {
     KILN_ROUTE_APP_SCALE,
     KILN_ROUTE_RUNNERS_LIST,
     KILN_ROUTE_WORKERS_LIST,
+    KILN_ROUTE_APP_REVISIONS,
+    KILN_ROUTE_APP_ROLLBACK,
+    KILN_ROUTE_REQUEST_GET,
+    KILN_ROUTE_REQUEST_CANCEL,
 } kiln_route_kind_t;
 
 //  The last kind, for loops over every kind.
-#define KILN_ROUTE_KIND_LAST KILN_ROUTE_WORKERS_LIST
+#define KILN_ROUTE_KIND_LAST KILN_ROUTE_REQUEST_CANCEL
 
 typedef struct {
     kiln_route_kind_t kind;

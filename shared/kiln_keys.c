@@ -31,6 +31,12 @@ kiln_key_app (const char *app)
 }
 
 kiln_key_t
+kiln_key_revisions (const char *app)
+{
+    return s_key ("kiln:app:", app, ":revisions");
+}
+
+kiln_key_t
 kiln_key_artifact (const char *sha256_hex)
 {
     return s_key ("kiln:artifact:", sha256_hex, "");
@@ -119,6 +125,7 @@ kiln_keys_test (bool verbose)
 
     const char *id = "0f8fad5b-d9cb-469f-a165-70867728950e";
     assert (strcmp (kiln_key_app ("local/echo").s, "kiln:app:local/echo") == 0);
+    assert (strcmp (kiln_key_revisions ("local/echo").s, "kiln:app:local/echo:revisions") == 0);
     assert (strcmp (kiln_key_queue ("local/echo").s, "kiln:queue:local/echo") == 0);
     assert (strcmp (kiln_key_request (id).s,
                     "kiln:req:0f8fad5b-d9cb-469f-a165-70867728950e") == 0);

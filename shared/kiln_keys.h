@@ -9,7 +9,9 @@
     |---------------------------|--------|------------------------------------------|
     | kiln:apps                 | set    | every deployed app name ("owner/app")    |
     | kiln:app:{app}            | hash   | name, revision, artifact, manifest (JSON), updated_ms; |
-    |                           |        | scale (JSON overrides), failed_starts, last_error, last_error_ms |
+    |                           |        | scale (JSON overrides), failed_starts, last_error, last_error_ms, |
+    |                           |        | latest_revision (the newest deployed; revision is the current) |
+    | kiln:app:{app}:revisions  | hash   | revision → JSON {revision, artifact, manifest, created_ms} |
     | kiln:artifact:{sha256}    | string | the artifact's bytes                     |
     | kiln:seq                  | string | counter: queue order                     |
     | kiln:headseq              | string | counter: order of re-queued requests, ahead of their band |
@@ -69,6 +71,7 @@ typedef struct {
 } kiln_key_t;
 
 kiln_key_t kiln_key_app (const char *app);
+kiln_key_t kiln_key_revisions (const char *app);
 kiln_key_t kiln_key_artifact (const char *sha256_hex);
 kiln_key_t kiln_key_queue (const char *app);
 kiln_key_t kiln_key_request (const char *request_id);

@@ -257,16 +257,30 @@ const char *KILN_SCRIPT_APP_STATUS =
     "if #ARGV >= 2 then redis.call('HSET', KEYS[1], unpack(ARGV)) end\n"
     "return 1\n";
 
+//  KILN_REQUEST_SHOW_FIELDS as a Lua argument list.
+#define S_LUA_REQUEST_FIELDS \
+    "'id', 'app', 'path', 'state', 'status', 'error', 'error_type', 'priority', " \
+    "'created_ms', 'started_ms', 'completed_ms', 'attempts', 'runner'"
+
+//  The revision number comes from latest_revision, not revision: after a
+//  rollback the current revision is older than the newest one. Apps
+//  deployed before revisions were kept have only `revision`.
 const char *KILN_SCRIPT_DEPLOY =
     "if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end\n"
-    "local revision = redis.call('HINCRBY', KEYS[1], 'revision', 1)\n"
-    "redis.call('HSET', KEYS[1], 'name', ARGV[1], 'artifact', ARGV[2],\n"
+    "local f = redis.call('HMGET', KEYS[1], 'latest_revision', 'revision')\n"
+    "local revision = math.max(tonumber(f[1]) or 0, tonumber(f[2]) or 0) + 1\n"
+    "redis.call('HSET', KEYS[1], 'name', ARGV[1], 'revision', revision,\n"
+    "  'latest_revision', revision, 'artifact', ARGV[2],\n"
     "  'manifest', ARGV[3], 'updated_ms', ARGV[4])\n"
+    "redis.call('HSET', KEYS[4], revision, '{\"revision\":' .. revision ..\n"
+    "  ',\"artifact\":' .. cjson.encode(ARGV[2]) .. ',\"manifest\":' .. ARGV[3] ..\n"
+    "  ',\"created_ms\":' .. ARGV[4] .. '}')\n"
     "redis.call('SADD', KEYS[2], ARGV[1])\n"
     "redis.call('PUBLISH', 'kiln:wake', ARGV[1])\n"
     "return revision\n";
 
 const char *KILN_SCRIPT_UNDEPLOY =
+    "if #KEYS >= 3 then redis.call('DEL', KEYS[3]) end\n"
     "if redis.call('DEL', KEYS[1]) == 0 then\n"
     "  redis.call('SREM', KEYS[2], ARGV[1])\n"
     "  return 0\n"
@@ -274,6 +288,28 @@ const char *KILN_SCRIPT_UNDEPLOY =
     "redis.call('SREM', KEYS[2], ARGV[1])\n"
     "redis.call('PUBLISH', 'kiln:wake', ARGV[1])\n"
     "return 1\n";
+
+const char *KILN_SCRIPT_ROLLBACK =
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end\n"
+    "local stored = redis.call('HGET', KEYS[2], ARGV[2])\n"
+    "if not stored then return -2 end\n"
+    "local ok, rev = pcall(cjson.decode, stored)\n"
+    "if not ok or type(rev) ~= 'table' or type(rev.artifact) ~= 'string' then return -2 end\n"
+    "local manifest = string.match(stored, '\"manifest\":(.*),\"created_ms\":')\n"
+    "if not manifest then return -2 end\n"
+    "redis.call('HSET', KEYS[1], 'revision', tonumber(ARGV[2]), 'artifact', rev.artifact,\n"
+    "  'manifest', manifest, 'updated_ms', ARGV[3])\n"
+    "redis.call('PUBLISH', 'kiln:wake', ARGV[1])\n"
+    "return tonumber(ARGV[2])\n";
+
+const char *KILN_SCRIPT_REQUEST_SHOW =
+    "local f = redis.call('HMGET', KEYS[1], " S_LUA_REQUEST_FIELDS ")\n"
+    "if not f[1] then return {} end\n"
+    "local rank = false\n"
+    "if f[4] == 'IN_QUEUE' then rank = redis.call('ZRANK', ARGV[1] .. f[2], f[1]) end\n"
+    "f[#f + 1] = rank\n"
+    "f[#f + 1] = redis.call('LRANGE', KEYS[2], 0, -1)\n"
+    "return f\n";
 
 //  KILN_APP_FIELDS as a Lua argument list.
 #define S_LUA_APP_FIELDS \
@@ -1078,6 +1114,90 @@ s_test_app_status (redisContext *ctx, const char *app)
     CHECK (s_int (ctx, "EXISTS %s", gone.s) == 0);
 }
 
+//  DEPLOY numbers revisions from latest_revision and keeps each one;
+//  ROLLBACK brings one back; UNDEPLOY drops them all.
+static long long
+s_deploy (redisContext *ctx, const char *app, const char *sha, const char *manifest,
+          const char *now)
+{
+    kiln_key_t key = kiln_key_app (app);
+    kiln_key_t artifact = kiln_key_artifact (sha);
+    kiln_key_t revisions = kiln_key_revisions (app);
+    const char *keys [] = { key.s, KILN_KEY_APPS, artifact.s, revisions.s };
+    const char *args [] = { app, sha, manifest, now };
+    redisReply *reply = s_eval (ctx, KILN_SCRIPT_DEPLOY, 4, keys, 4, args, NULL);
+    CHECK (reply->type == REDIS_REPLY_INTEGER);
+    long long revision = reply->integer;
+    freeReplyObject (reply);
+    return revision;
+}
+
+static long long
+s_rollback (redisContext *ctx, const char *app, const char *revision)
+{
+    kiln_key_t key = kiln_key_app (app);
+    kiln_key_t revisions = kiln_key_revisions (app);
+    const char *keys [] = { key.s, revisions.s };
+    const char *args [] = { app, revision, "1700000000300" };
+    redisReply *reply = s_eval (ctx, KILN_SCRIPT_ROLLBACK, 2, keys, 3, args, NULL);
+    CHECK (reply->type == REDIS_REPLY_INTEGER);
+    long long answer = reply->integer;
+    freeReplyObject (reply);
+    return answer;
+}
+
+static void
+s_test_revisions (redisContext *ctx)
+{
+    const char *app = "local/revs";
+    kiln_key_t key = kiln_key_app (app);
+    kiln_key_t revisions = kiln_key_revisions (app);
+    const char *one = "1111111111111111111111111111111111111111111111111111111111111111";
+    const char *two = "2222222222222222222222222222222222222222222222222222222222222222";
+    freeReplyObject (redisCommand (ctx, "SET %s x", kiln_key_artifact (one).s));
+    freeReplyObject (redisCommand (ctx, "SET %s y", kiln_key_artifact (two).s));
+    CHECK (s_deploy (ctx, app, "3333333333333333333333333333333333333333333333333333333333333333",
+                     "{}", "1") == -1);
+    CHECK (s_int (ctx, "EXISTS %s %s", key.s, revisions.s) == 0);
+    //  The manifest is stored as an object, even with empty arrays in it
+    CHECK (s_deploy (ctx, app, one, "{\"endpoints\":[],\"n\":1}", "1700000000100") == 1);
+    CHECK (s_deploy (ctx, app, two, "{\"endpoints\":[\"/\"],\"n\":2}", "1700000000200") == 2);
+    HGET_IS (revisions.s, "1", "{\"revision\":1,\"artifact\":\"1111111111111111111111111111111111111111"
+             "111111111111111111111111\",\"manifest\":{\"endpoints\":[],\"n\":1},"
+             "\"created_ms\":1700000000100}");
+    HGET_IS (key.s, "revision", "2");
+    HGET_IS (key.s, "latest_revision", "2");
+
+    CHECK (s_rollback (ctx, "local/none", "1") == -1);
+    CHECK (s_rollback (ctx, app, "9") == -2);
+    CHECK (s_rollback (ctx, app, "x") == -2);
+    HGET_IS (key.s, "revision", "2");
+    CHECK (s_rollback (ctx, app, "1") == 1);
+    HGET_IS (key.s, "revision", "1");
+    HGET_IS (key.s, "artifact", one);
+    HGET_IS (key.s, "manifest", "{\"endpoints\":[],\"n\":1}");
+    HGET_IS (key.s, "updated_ms", "1700000000300");
+    HGET_IS (key.s, "latest_revision", "2");
+    //  A deploy after a rollback never reuses a number
+    CHECK (s_deploy (ctx, app, two, "{}", "1700000000400") == 3);
+    HGET_IS (key.s, "revision", "3");
+    CHECK (s_int (ctx, "HLEN %s", revisions.s) == 3);
+
+    //  An app deployed before revisions were kept goes on from its revision
+    freeReplyObject (redisCommand (ctx, "HDEL %s latest_revision", key.s));
+    CHECK (s_deploy (ctx, app, one, "{}", "1700000000500") == 4);
+
+    const char *undeploy_keys [] = { key.s, KILN_KEY_APPS, revisions.s };
+    const char *undeploy_args [] = { app };
+    redisReply *reply = s_eval (ctx, KILN_SCRIPT_UNDEPLOY, 3, undeploy_keys, 1, undeploy_args, NULL);
+    CHECK (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1);
+    freeReplyObject (reply);
+    CHECK (s_int (ctx, "EXISTS %s %s", key.s, revisions.s) == 0);
+    CHECK (s_deploy (ctx, app, one, "{}", "1700000000600") == 1);
+    reply = s_eval (ctx, KILN_SCRIPT_UNDEPLOY, 3, undeploy_keys, 1, undeploy_args, NULL);
+    freeReplyObject (reply);
+}
+
 void
 kiln_scripts_test (bool verbose)
 {
@@ -1283,6 +1403,7 @@ kiln_scripts_test (bool verbose)
     s_test_webhooks (ctx, app);
     s_test_requeue (ctx, sub, app);
     s_test_app_status (ctx, app);
+    s_test_revisions (ctx);
 
     redisFree (sub);
     redisFree (ctx);

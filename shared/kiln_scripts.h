@@ -124,17 +124,37 @@
     The app registry changes the same way:
 
     KILN_SCRIPT_DEPLOY — a new revision of an app
-      KEYS  app, apps, artifact             (kiln_key_app, KILN_KEY_APPS, kiln_key_artifact)
+      KEYS  app, apps, artifact, revisions  (kiln_key_app, KILN_KEY_APPS, kiln_key_artifact,
+                                             kiln_key_revisions)
       ARGV  name, artifact sha256, manifest (compact JSON), now_ms
       →     -1 if the artifact is not stored (nothing written), else the
-            new revision (1 for a first deploy). Publishes the name on
-            kiln:wake so the broker sees the new revision.
+            new revision: latest_revision + 1 (1 for a first deploy), so
+            a deploy after a rollback never reuses a number. Stores it in
+            the revisions hash as {revision, artifact, manifest, created_ms}
+            and publishes the name on kiln:wake so the broker sees it.
 
     KILN_SCRIPT_UNDEPLOY — delete an app
-      KEYS  app, apps
+      KEYS  app, apps[, revisions]
       ARGV  name
-      →     0 if the app was not deployed, else 1. Publishes the name on
-            kiln:wake (the broker retires its runners).
+      →     0 if the app was not deployed, else 1. Deletes the revisions
+            too when given. Publishes the name on kiln:wake (the broker
+            retires its runners).
+
+    KILN_SCRIPT_ROLLBACK — make a stored revision the current one
+      KEYS  app, revisions                  (kiln_key_app, kiln_key_revisions)
+      ARGV  name, revision, now_ms
+      →     -1 unknown app, -2 unknown revision (nothing written), else the
+            revision. Sets the app's revision, artifact, manifest and
+            updated_ms (latest_revision stays) and publishes the name on
+            kiln:wake: the broker sends new requests to runners of that
+            revision only and retires the others when idle.
+
+    KILN_SCRIPT_REQUEST_SHOW — a request record for people, in one step
+      KEYS  req, logs                       (kiln_key_request, kiln_key_logs)
+      ARGV  queue key prefix ("kiln:queue:")
+      →     {} when unknown, else the fields of KILN_REQUEST_SHOW_FIELDS
+            (nil when missing), then the queue rank (nil unless IN_QUEUE),
+            then every log line.
 
     KILN_SCRIPT_SCALE — change an app's live scale overrides
       KEYS  app                                (kiln_key_app)
@@ -190,6 +210,14 @@ extern const char *KILN_SCRIPT_UNDEPLOY;
 extern const char *KILN_SCRIPT_LIST_APPS;
 extern const char *KILN_SCRIPT_SCALE;
 extern const char *KILN_SCRIPT_METRICS;
+extern const char *KILN_SCRIPT_ROLLBACK;
+extern const char *KILN_SCRIPT_REQUEST_SHOW;
+
+//  What KILN_SCRIPT_REQUEST_SHOW answers first, in this order.
+#define KILN_REQUEST_SHOW_FIELDS \
+    "id app path state status error error_type priority created_ms started_ms " \
+    "completed_ms attempts runner"
+#define KILN_REQUEST_SHOW_FIELD_COUNT 13
 
 //  What an app answer is built from, in this order: HMGET arguments
 //  (KILN_SCRIPT_LIST_APPS, KILN_SCRIPT_SCALE).
