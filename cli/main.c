@@ -27,7 +27,7 @@ static const char *s_usage =
     "\n"
     "commands:\n"
     "  up                  run a local stack (redis, broker, gateway, worker) in the foreground\n"
-    "  deploy APP.so       deploy an app and print its URLs\n"
+    "  deploy APP          deploy an app (APP.so or FILE.py::Class), print its URLs\n"
     "  apps list           list deployed apps\n"
     "  apps show OWNER/APP show one app\n"
     "  apps scale OWNER/APP [--min N] [--max N] [--buffer N] [--keep-alive S]\n"

@@ -1,7 +1,7 @@
 """hello — a small kiln Python app, in the shape of a fal app
 
-    kiln run examples/python/hello.py::Hello
-    curl -X POST $URL -H 'Content-Type: application/json' -d '{"name": "kiln", "excited": true}'
+    kiln deploy examples/python/hello.py::Hello
+    curl -X POST http://127.0.0.1:8080/local/hello -H 'Content-Type: application/json' -d '{"name": "kiln", "excited": true}'
 
     → {"greeting": "Hello, kiln!", "served": 1,
        "badge": {"url": ".../files/<id>", "content_type": "image/png",
