@@ -237,18 +237,7 @@ s_eval (kiln_webhooks_t *self, const char *what, const char *script,
 {
     if (!self->redis)
         return NULL;
-    const char *argv [16];
-    char numkeys [8];
-    snprintf (numkeys, sizeof numkeys, "%d", nkeys);
-    int argc = 0;
-    argv [argc++] = "EVAL";
-    argv [argc++] = script;
-    argv [argc++] = numkeys;
-    for (int i = 0; i < nkeys && argc < 16; i++)
-        argv [argc++] = keys [i];
-    for (int i = 0; i < nargs && argc < 16; i++)
-        argv [argc++] = args [i];
-    redisReply *reply = redisCommandArgv (self->redis, argc, argv, NULL);
+    redisReply *reply = kiln_redis_eval (self->redis, script, nkeys, keys, nargs, args, NULL);
     if (!reply)
         s_redis_lost (self, what);
     return reply;

@@ -46,8 +46,6 @@
 #include <unistd.h>
 
 //  In kiln_redis.c, for tests only (see there).
-extern pid_t kiln_redis_test_server_start (int *port, char dir [64], const char *const *extra_args);
-extern void kiln_redis_test_server_stop (pid_t pid, const char *dir);
 
 #define REDIS_SERVER_BIN "/usr/bin/redis-server"
 #define APP "local/echo"
@@ -347,23 +345,7 @@ static redisReply *
 s_eval (const char *script, int nkeys, const char *const *keys,
         int nargs, const char *const *args, const size_t *lens)
 {
-    const char *argv [32];
-    size_t argvlen [32];
-    char numkeys [8];
-    snprintf (numkeys, sizeof numkeys, "%d", nkeys);
-    int argc = 0;
-    argv [argc] = "EVAL"; argvlen [argc++] = 4;
-    argv [argc] = script; argvlen [argc++] = strlen (script);
-    argv [argc] = numkeys; argvlen [argc++] = strlen (numkeys);
-    for (int i = 0; i < nkeys; i++) {
-        argv [argc] = keys [i];
-        argvlen [argc++] = strlen (keys [i]);
-    }
-    for (int i = 0; i < nargs; i++) {
-        argv [argc] = args [i];
-        argvlen [argc++] = lens? lens [i]: strlen (args [i]);
-    }
-    redisReply *reply = redisCommandArgv (s_redis, argc, argv, argvlen);
+    redisReply *reply = kiln_redis_eval (s_redis, script, nkeys, keys, nargs, args, lens);
     CHECK (reply);
     if (reply->type == REDIS_REPLY_ERROR)
         fprintf (stderr, "script error: %s\n", reply->str);

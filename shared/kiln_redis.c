@@ -7,9 +7,9 @@
     sees the URL itself) authenticates as a named ACL user; the parsed
     form authenticates with the password alone, as the default user.
 
-    Also here, for selftests: a throwaway redis-server on a free port
-    (kiln_redis_test_server_start / _stop). They are not in the header
-    because no program should start a Redis this way; tests declare them.
+    Also here: EVAL with binary-safe arguments, and, for selftests only, a
+    throwaway redis-server on a free port (kiln_redis_test_server_start /
+    _stop).
     =========================================================================
 */
 #include "kiln_redis.h"
@@ -297,6 +297,35 @@ s_free_port (void)
     return port;
 }
 
+redisReply *
+kiln_redis_eval (redisContext *ctx, const char *script,
+                 int nkeys, const char *const *keys,
+                 int nargs, const char *const *args, const size_t *lens)
+{
+    if (!ctx || nkeys < 0 || nargs < 0 || nkeys + nargs > KILN_REDIS_EVAL_MAX_ARGS)
+        return NULL;
+    const char *argv [3 + KILN_REDIS_EVAL_MAX_ARGS];
+    size_t argvlen [3 + KILN_REDIS_EVAL_MAX_ARGS];
+    char numkeys [16];
+    snprintf (numkeys, sizeof numkeys, "%d", nkeys);
+    int argc = 0;
+    argv [argc] = "EVAL";
+    argvlen [argc++] = 4;
+    argv [argc] = script;
+    argvlen [argc++] = strlen (script);
+    argv [argc] = numkeys;
+    argvlen [argc++] = strlen (numkeys);
+    for (int i = 0; i < nkeys; i++) {
+        argv [argc] = keys [i];
+        argvlen [argc++] = strlen (keys [i]);
+    }
+    for (int i = 0; i < nargs; i++) {
+        argv [argc] = args [i];
+        argvlen [argc++] = lens? lens [i]: strlen (args [i]);
+    }
+    return (redisReply *) redisCommandArgv (ctx, argc, argv, argvlen);
+}
+
 //  Starts redis-server on a free loopback port with no persistence, in a
 //  new temp dir, and waits until it answers PING. extra_args (may be
 //  NULL) is a NULL-terminated list of more server arguments. Returns the
@@ -496,6 +525,18 @@ kiln_redis_test (bool verbose)
         ok = reply && reply->type == REDIS_REPLY_STRING && strstr (reply->str, " db=3 ");
         if (reply)
             freeReplyObject (reply);
+        //  EVAL: keys and binary-safe args reach the script; too many
+        //  arguments are refused before anything is sent.
+        const char *keys [] = { "k" };
+        const char *args [] = { "a\0b" };
+        size_t lens [] = { 3 };
+        reply = kiln_redis_eval (ctx, "return {KEYS[1], ARGV[1]}", 1, keys, 1, args, lens);
+        ok = ok && reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2
+          && strcmp (reply->element [0]->str, "k") == 0
+          && reply->element [1]->len == 3 && memcmp (reply->element [1]->str, "a\0b", 3) == 0;
+        if (reply)
+            freeReplyObject (reply);
+        ok = ok && !kiln_redis_eval (ctx, "return 1", 0, NULL, KILN_REDIS_EVAL_MAX_ARGS + 1, NULL, NULL);
         redisFree (ctx);
     }
     snprintf (text, sizeof text, "redis://alice:alicepw@127.0.0.1:%d", port);

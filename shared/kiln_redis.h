@@ -12,6 +12,8 @@
 
 #include <hiredis/hiredis.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
 
 typedef struct {
     char *host;
@@ -31,6 +33,25 @@ redisContext *kiln_redis_connect (const char *url, int timeout_ms);
 //  Sends AUTH / SELECT on a fresh connection when the URL asks for them.
 //  0 or -1 (logged).
 int kiln_redis_prepare (redisContext *ctx, const kiln_redis_url_t *url);
+
+//  Most keys + arguments kiln_redis_eval takes.
+#define KILN_REDIS_EVAL_MAX_ARGS 61
+
+//  EVAL with binary-safe arguments: the keys, then the args (lens NULL:
+//  every arg NUL-terminated; else one length per arg). The reply (caller
+//  frees; it may be an error reply), or NULL when the command could not
+//  be sent (the connection is gone) or there are too many arguments.
+redisReply *kiln_redis_eval (redisContext *ctx, const char *script,
+                             int nkeys, const char *const *keys,
+                             int nargs, const char *const *args, const size_t *lens);
+
+//  For selftests: starts redis-server on a free loopback port with no
+//  persistence, in a new temp dir, and waits until it answers PING.
+//  extra_args (may be NULL) is a NULL-terminated list of more server
+//  arguments. Returns the pid and fills *port and dir, or -1 (reason on
+//  stderr). _stop kills it and removes the dir.
+pid_t kiln_redis_test_server_start (int *port, char dir [64], const char *const *extra_args);
+void kiln_redis_test_server_stop (pid_t pid, const char *dir);
 
 void kiln_redis_test (bool verbose);
 

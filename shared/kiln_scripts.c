@@ -386,8 +386,6 @@ const char *KILN_SCRIPT_METRICS =
 //  Selftest: the scripts against a real redis-server
 
 //  In kiln_redis.c, for selftests only.
-extern pid_t kiln_redis_test_server_start (int *port, char dir [64], const char *const *extra_args);
-extern void kiln_redis_test_server_stop (pid_t pid, const char *dir);
 
 static pid_t s_server_pid = 0;
 static char s_server_dir [64] = "";
@@ -411,24 +409,7 @@ static redisReply *
 s_eval (redisContext *ctx, const char *script, int nkeys, const char *const *keys,
         int nargs, const char *const *args, const size_t *lens)
 {
-    const char *argv [64];
-    size_t argvlen [64];
-    char numkeys [16];
-    CHECK (3 + nkeys + nargs <= 64);
-    snprintf (numkeys, sizeof numkeys, "%d", nkeys);
-    int argc = 0;
-    argv [argc] = "EVAL"; argvlen [argc++] = 4;
-    argv [argc] = script; argvlen [argc++] = strlen (script);
-    argv [argc] = numkeys; argvlen [argc++] = strlen (numkeys);
-    for (int i = 0; i < nkeys; i++) {
-        argv [argc] = keys [i];
-        argvlen [argc++] = strlen (keys [i]);
-    }
-    for (int i = 0; i < nargs; i++) {
-        argv [argc] = args [i];
-        argvlen [argc++] = lens ? lens [i] : strlen (args [i]);
-    }
-    redisReply *reply = redisCommandArgv (ctx, argc, argv, argvlen);
+    redisReply *reply = kiln_redis_eval (ctx, script, nkeys, keys, nargs, args, lens);
     CHECK (reply);
     if (reply->type == REDIS_REPLY_ERROR)
         fprintf (stderr, "kiln_scripts_test: script error: %s\n", reply->str);
