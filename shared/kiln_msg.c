@@ -43,13 +43,14 @@ typedef enum {
     K_SLOTS,                        //  map machine_type → count
     K_LOGS,                         //  array of maps
     K_FILES,                        //  array of maps
+    K_STRS,                         //  array of strings
 } s_kind_t;
 
 typedef enum {
     F_WORKER_ID, F_RUNNER_ID, F_HOST, F_APP, F_REVISION, F_ARTIFACT,
     F_MACHINE_TYPE, F_GPU, F_MAX_MULTIPLEXING, F_SLOTS, F_REQUEST_ID,
     F_PATH, F_CONTENT_TYPE, F_BODY, F_STATUS, F_ERROR, F_ERROR_TYPE,
-    F_INFERENCE_MS, F_LOGS, F_FILES, F_DRAINING,
+    F_INFERENCE_MS, F_LOGS, F_FILES, F_DRAINING, F_REQUESTS,
     F_COUNT
 } s_field_id_t;
 
@@ -93,6 +94,7 @@ static const s_field_t s_fields [F_COUNT] = {
     FIELD (F_LOGS, logs, K_LOGS),
     FIELD (F_FILES, files, K_FILES),
     FIELD (F_DRAINING, draining, K_BOOL),
+    FIELD (F_REQUESTS, requests, K_STRS),
 };
 
 #define BIT(f) (1u << (f))
@@ -111,7 +113,9 @@ static const s_type_t s_types [] = {
         BIT (F_RUNNER_ID) | BIT (F_WORKER_ID) | BIT (F_APP) | BIT (F_REVISION) | BIT (F_MAX_MULTIPLEXING)
         | BIT (F_GPU),
         BIT (F_RUNNER_ID) | BIT (F_WORKER_ID) | BIT (F_APP) | BIT (F_MAX_MULTIPLEXING) },
-    [KILN_MSG_HEARTBEAT] = { "HEARTBEAT", 0, 0 },
+    [KILN_MSG_HEARTBEAT] = { "HEARTBEAT",
+        BIT (F_REQUESTS),
+        0 },
     [KILN_MSG_RUNNER_START] = { "RUNNER_START",
         BIT (F_RUNNER_ID) | BIT (F_APP) | BIT (F_REVISION) | BIT (F_ARTIFACT) | BIT (F_MACHINE_TYPE) | BIT (F_GPU),
         BIT (F_RUNNER_ID) | BIT (F_APP) | BIT (F_REVISION) | BIT (F_ARTIFACT) | BIT (F_MACHINE_TYPE) },
@@ -129,8 +133,8 @@ static const s_type_t s_types [] = {
         | BIT (F_ERROR_TYPE) | BIT (F_INFERENCE_MS) | BIT (F_FILES),
         BIT (F_REQUEST_ID) | BIT (F_STATUS) },
     [KILN_MSG_LOG] = { "LOG",
-        BIT (F_REQUEST_ID) | BIT (F_LOGS),
-        BIT (F_REQUEST_ID) | BIT (F_LOGS) },
+        BIT (F_REQUEST_ID) | BIT (F_RUNNER_ID) | BIT (F_LOGS),
+        BIT (F_LOGS) },
     [KILN_MSG_DISCONNECT] = { "DISCONNECT", 0, 0 },
     [KILN_MSG_CANCEL] = { "CANCEL",
         BIT (F_REQUEST_ID),
@@ -194,6 +198,9 @@ kiln_msg_destroy (kiln_msg_t **self_p)
         free (self->files [i].data);
     }
     free (self->files);
+    for (size_t i = 0; self->requests && i < self->request_count; i++)
+        free (self->requests [i]);
+    free (self->requests);
     free (self);
     *self_p = NULL;
 }
@@ -252,6 +259,8 @@ s_field_present (const kiln_msg_t *self, s_field_id_t f, bool required)
             return required || self->log_count > 0;
         case K_FILES:
             return required || self->file_count > 0;
+        case K_STRS:
+            return required || self->request_count > 0;
     }
     return false;
 }
@@ -332,6 +341,15 @@ s_pack_field (msgpack_packer *pk, const kiln_msg_t *self, s_field_id_t f)
                 if (s_pack_str (pk, "data") || s_pack_bin (pk, file->data, file->size))
                     return -1;
             }
+            return 0;
+        case K_STRS:
+            if (self->request_count > KILN_MSG_MAX_ITEMS || (self->request_count && !self->requests))
+                return -1;
+            if (msgpack_pack_array (pk, self->request_count))
+                return -1;
+            for (size_t i = 0; i < self->request_count; i++)
+                if (!self->requests [i] || s_pack_str (pk, self->requests [i]))
+                    return -1;
             return 0;
     }
     return -1;
@@ -628,6 +646,23 @@ s_decode_logs (kiln_msg_t *self, const msgpack_object *o)
 }
 
 static const char *
+s_decode_requests (kiln_msg_t *self, const msgpack_object *o)
+{
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size > KILN_MSG_MAX_ITEMS)
+        return s_fields [F_REQUESTS].invalid;
+    size_t n = o->via.array.size;
+    self->requests = calloc (n ? n : 1, sizeof (char *));
+    if (!self->requests)
+        return "out of memory";
+    for (size_t i = 0; i < n; i++) {
+        if (!(self->requests [i] = s_get_str (&o->via.array.ptr [i])))
+            return "field 'requests' has a malformed item";
+        self->request_count++;
+    }
+    return NULL;
+}
+
+static const char *
 s_decode_files (kiln_msg_t *self, const msgpack_object *o)
 {
     static const char *invalid = "field 'files' has a malformed item";
@@ -721,6 +756,8 @@ s_decode_field (kiln_msg_t *self, s_field_id_t f, const msgpack_object *val, boo
             return s_decode_logs (self, val);
         case K_FILES:
             return s_decode_files (self, val);
+        case K_STRS:
+            return s_decode_requests (self, val);
     }
     return field->invalid;
 }
@@ -951,6 +988,10 @@ s_test_full (kiln_msg_type_t type)
     m->files [1].id = strdup ("2b4e28ba-2fa1-41d2-883f-0016d3cca427");
     m->files [1].size = 0;
     m->files [1].data = malloc (1);   //  empty file: present, 0 bytes
+    m->request_count = 2;
+    m->requests = calloc (2, sizeof (char *));
+    m->requests [0] = strdup ("0f8fad5b-d9cb-469f-a165-70867728950e");
+    m->requests [1] = strdup ("");
     return m;
 }
 
@@ -1028,6 +1069,13 @@ s_test_check (const kiln_msg_t *a, const kiln_msg_t *b)
     }
     else
         assert (!b->files && b->file_count == 0);
+    if (has & BIT (F_REQUESTS)) {
+        assert (b->request_count == a->request_count);
+        for (size_t i = 0; i < a->request_count; i++)
+            assert (s_test_str_eq (b->requests [i], a->requests [i]));
+    }
+    else
+        assert (!b->requests && b->request_count == 0);
 #undef CHECK_STR
 #undef CHECK_NUM
 }

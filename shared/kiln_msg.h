@@ -23,7 +23,8 @@
     |                |                  | draining (true: leaving; place no runner there)     |
     | RUNNER_HELLO   | runner → broker  | runner_id*, worker_id*, app*, revision,             |
     |                |                  | max_multiplexing*, gpu (its CUDA device, if one)    |
-    | HEARTBEAT      | any ↔ broker     | (none)                                              |
+    | HEARTBEAT      | any ↔ broker     | requests (from a runner: the ids of every request   |
+    |                |                  | it holds; its leases are renewed, see broker.c)     |
     | RUNNER_START   | broker → worker  | runner_id*, app*, revision*, artifact*, machine_type*, gpu |
     | RUNNER_STOP    | broker → worker  | runner_id*                                          |
     | RUNNER_EXITED  | worker → broker  | runner_id*, status* (exit code, or -signal), error  |
@@ -31,7 +32,10 @@
     | RESULT         | runner → broker  | request_id*, status*, content_type, body, error,    |
     |                |                  | error_type, inference_ms, files [{id, content_type, |
     |                |                  | file_name, data}]                                   |
-    | LOG            | runner → broker  | request_id*, logs* [{level, message, source, timestamp}] |
+    | LOG            | runner → broker  | request_id, logs* [{level, message, source,         |
+    |                |                  | timestamp}]: a request's lines (its handler's)      |
+    | LOG            | worker → broker  | runner_id, logs*: a runner's own output, not tied   |
+    |                |                  | to a request (setup, pip, crashes)                  |
     | DISCONNECT     | any ↔ broker     | (none): the sender is going away                    |
     | CANCEL         | broker → runner  | request_id*: its client cancelled it while it runs  |
 
@@ -129,6 +133,7 @@ typedef struct {
     uint64_t inference_ms;
     kiln_msg_log_t *logs;    size_t log_count;
     kiln_msg_file_t *files;  size_t file_count;
+    char **requests;         size_t request_count;  //  HEARTBEAT of a runner: the ids it holds
 } kiln_msg_t;
 
 //  Makes an empty message of that type (gpu = -1). NULL on failure.
