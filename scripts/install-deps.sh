@@ -10,8 +10,8 @@ set -euo pipefail
 packages=(
     build-essential cmake pkg-config
     libzmq3-dev libczmq-dev libhiredis-dev libmsgpack-dev
-    libcurl4-openssl-dev libevent-dev libjansson-dev libpng-dev
-    redis-server python3 curl ca-certificates docker-compose
+    libcurl4-openssl-dev libevent-dev libjansson-dev libpng-dev libsodium-dev
+    redis-server python3 python3-venv curl ca-certificates docker-compose
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1; then

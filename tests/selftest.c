@@ -5,6 +5,7 @@
     failure names its module.
     =========================================================================
 */
+#include "kiln_auth.h"
 #include "kiln_config.h"
 #include "kiln_keys.h"
 #include "kiln_log.h"
@@ -33,6 +34,7 @@ static const s_module_t s_modules [] = {
     { "manifest", kiln_manifest_test },
     { "redis", kiln_redis_test },
     { "route", kiln_route_test },
+    { "auth", kiln_auth_test },
     { NULL, NULL }
 };
 
