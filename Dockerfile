@@ -19,8 +19,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
         build-essential cmake pkg-config \
         libzmq3-dev libczmq-dev libhiredis-dev libmsgpack-dev \
-        libcurl4-openssl-dev libevent-dev libjansson-dev libpng-dev \
-        redis-server python3 curl ca-certificates \
+        libcurl4-openssl-dev libevent-dev libjansson-dev libpng-dev libsodium-dev \
+        redis-server python3 python3-venv curl ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 
 #  Optional CUDA toolkit (compiler and runtime only), from NVIDIA's repo.

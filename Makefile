@@ -6,7 +6,15 @@
 #                   what CI runs
 #   make test       build and run the suite
 #   make asan       the sanitizer build and its suite
+#   make chaos      build, then a long chaos soak (tests/chaos/chaos.py: kills and restarts
+#                   runners, worker, broker, gateway, redis under load; CHAOS_SECONDS=600,
+#                   CHAOS_SEED=random by default)
 #   make deps       install the Debian packages kiln needs (scripts/install-deps.sh)
+#   make fuzz       libFuzzer targets (clang, build-fuzz/), each run FUZZ_SECONDS (60)
+#                   over fuzz/corpus; fails on any finding (docs/FUZZING.md)
+#   make bench      install wrk, nginx, gnuplot, Node.js + BullMQ, build, run the
+#                   benchmarks on loopback (bench/kiln_bench.py): bench/results/REPORT.md;
+#                   BENCH_QUICK=1 for a smoke run (bench/README.md lists the knobs)
 #   make clean
 #
 #   make up UP_ARGS="--dir /tmp/kiln --no-examples" passes options to kiln up.
@@ -15,7 +23,7 @@ ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc)
 UP_ARGS    ?=
 
-.PHONY: all build test asan check up clean deps
+.PHONY: all build test asan check up clean deps bench
 
 all: build
 
@@ -27,6 +35,13 @@ build: $(BUILD)/Makefile
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+CHAOS_SECONDS ?= 600
+CHAOS_SEED    ?=
+.PHONY: chaos
+chaos: build
+	KILN_BUILD_DIR=$(abspath $(BUILD)) KILN_SOURCE_DIR=$(CURDIR) python3 -u tests/chaos/chaos.py \
+	    --seconds $(CHAOS_SECONDS) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
 
 $(ASAN_BUILD)/Makefile:
 	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DKILN_SANITIZE=ON
@@ -48,5 +63,20 @@ up: deps
 deps:
 	./scripts/install-deps.sh
 
+# The bench measures a RelWithDebInfo build (what $(BUILD)/Makefile configures).
+bench: deps
+	./scripts/install-bench-deps.sh
+	$(MAKE) --no-print-directory build
+	KILN_BUILD_DIR=$(abspath $(BUILD)) python3 bench/kiln_bench.py
+
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)
+
+#  clang only for this build; the targets alone (the rest may not build
+#  with clang's warnings). FUZZ_SECONDS=N make fuzz to run longer.
+.PHONY: fuzz
+fuzz: deps
+	./scripts/install-fuzz-deps.sh
+	CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DKILN_FUZZ=ON
+	cmake --build build-fuzz -j $(JOBS) --target kiln_fuzz_all
+	./fuzz/run.sh build-fuzz

@@ -21,7 +21,11 @@
     |               |                  | runners are DRAINING (the worker stops them)      |
     | RUNNER_HELLO  | runner           | marks it READY (adopts one it does not know, with |
     |               |                  | its in-flight requests from Redis); dispatches    |
-    | HEARTBEAT     | worker, runner   | refreshes last_seen (any message does)            |
+    | HEARTBEAT     | worker, runner   | refreshes last_seen (any message does). From a    |
+    |               |                  | runner, `requests` lists every request it holds:  |
+    |               |                  | their leases are renewed; one we gave it that it  |
+    |               |                  | no longer lists (UNLISTED_GRACE_MS after its      |
+    |               |                  | dispatch) is lost: re-queued, counted             |
     | RUNNER_EXITED | worker           | forgets the runner, frees its slot; its requests  |
     |               |                  | are re-queued (REQUEUE). Before hello: a failed   |
     |               |                  | start, except status 127 "no free … slot" (the    |
@@ -30,7 +34,10 @@
     |               |                  | handler: re-queued like a crash. 503 with         |
     |               |                  | runner_draining: handed back unstarted, re-queued |
     |               |                  | without counting an attempt                       |
-    | LOG           | runner           | LOG script, one JSON line per entry               |
+    | LOG           | runner           | LOG script, one JSON line per entry; and every    |
+    |               |                  | line to the app's stream kiln:logs:{app} (APP_LOG)|
+    | LOG           | worker           | a runner's own output (runner_id, no request_id): |
+    |               |                  | to its app's stream only                          |
     | DISCONNECT    | worker           | forgets it and its runners (requests re-queued)   |
     | DISCONNECT    | runner           | DRAINING: what it still holds never reached a     |
     |               |                  | handler, re-queued uncounted; its slot stays      |
@@ -46,10 +53,12 @@
     | RUNNER_START  | worker           | scale() places a runner                           |
     | RUNNER_STOP   | worker           | idle past keep_alive, old revision, startup       |
     |               |                  | timeout, app deleted, slot needed by another app, |
-    |               |                  | a READY runner silent or unreachable              |
+    |               |                  | a READY runner silent or unreachable. Twice in a  |
+    |               |                  | row: kill it now (a request past request_timeout) |
     | REQUEST       | runner           | TAKE gave it the head of its app's queue          |
     | CANCEL        | runner           | kiln:cancel named a request the runner holds      |
     | DISCONNECT    | peer             | an unknown peer spoke; every peer at shutdown     |
+    |               |                  | (after the drain, see below)                      |
 
     Redis in: kiln:wake (an app name) → dispatch (app); kiln:cancel (a
     request id, cancelled by its client while it runs) → CANCEL to the
@@ -65,6 +74,23 @@
     (RUNNER_EXITED, its worker gone, or DRAIN_TIMEOUT_MS). A runner lost
     while it holds requests (exit, silence, its worker gone) has them
     re-queued at the head of their queue, up to RETRY_LIMIT runs.
+
+    Leases (Paranoid Pirate). Every request in progress has a lease in
+    kiln:inflight (score: when it runs out, wall ms). TAKE sets it to
+    LEASE_MS; every tick renews, in one command, the lease of each request
+    whose runner's heartbeats still list it. A request whose runner stops
+    listing it (a REQUEST or RESULT lost on the wire) is re-queued; so is
+    one whose lease ran out while no runner we know holds it (its runner
+    died while no broker listened): after a restart, runners say hello
+    again within REGISTRATION_GRACE_MS and are given their requests back
+    from Redis first. A request running longer than its app's
+    request_timeout completes 504 request_timeout and its runner is
+    killed (its other requests are re-queued, counted: they ran too).
+
+    SIGTERM drains: no more dispatch or scaling; RESULTs of running
+    requests are recorded for up to SHUTDOWN_GRACE_MS, or until none is
+    in flight; then DISCONNECT to every peer, exit 0. What still runs
+    keeps its lease for the next broker (a second signal cuts it short).
     =========================================================================
 */
 #include "broker.h"
@@ -93,10 +119,15 @@
 //  Workers re-register within a heartbeat or two of a broker restart;
 //  until then "no worker offers X" would be a lie.
 #define REGISTRATION_GRACE_MS   3000
-//  A request leased in kiln:inflight that no runner we know holds, this
-//  long after the registration grace, lost its runner while no broker was
-//  listening (a broker restart): it is re-queued like any lost request.
-#define ORPHAN_GRACE_MS         5000
+//  A lease in kiln:inflight lasts this long unless the heartbeats of the
+//  runner that holds the request renew it.
+#define LEASE_MS                (HEARTBEAT_LIVENESS * HEARTBEAT_INTERVAL_MS)
+//  A request its runner's heartbeat does not list, this long after we
+//  sent it, is lost (so a REQUEST still on its way is not mistaken).
+#define UNLISTED_GRACE_MS       (2 * HEARTBEAT_INTERVAL_MS)
+//  SIGTERM: how long RESULTs of running requests may still come in.
+//  Under the 5 s `kiln up` gives each process it stops.
+#define SHUTDOWN_GRACE_MS       4000
 //  A worker that restarts (an upgrade, a crash) leaves for a few seconds;
 //  requests for its machine types wait that long before failing with
 //  runner_scheduling_failure. Types never offered fail at once.
@@ -104,7 +135,6 @@
 #define FAILED_STARTS_MAX       3       //  in a row, before queued requests fail
 #define START_BACKOFF_MS        1000    //  per failed start in a row, capped
 #define START_BACKOFF_MAX_MS    10000
-#define LEASE_MARGIN_S          30      //  added to request_timeout for the lease
 #define DRAIN_TIMEOUT_MS        60000   //  a stopped runner whose exit never came
 #define REDIS_TIMEOUT_MS        2000
 #define REDIS_BACKOFF_MIN_MS    1000
@@ -149,6 +179,12 @@ typedef struct {
     bool draining;              //  leaving: takes no runner
 } s_worker_t;
 
+//  A request a runner holds, as we know it.
+typedef struct {
+    int64_t sent_ms;            //  monotonic: when it was dispatched (request_timeout)
+    int64_t listed_ms;          //  monotonic: when its runner's heartbeat last listed it
+} s_held_t;
+
 typedef struct {
     char *id;                   //  also its routing identity
     char *worker_id;
@@ -156,7 +192,7 @@ typedef struct {
     uint64_t revision;
     char *machine_type;         //  NULL until known (an adopted runner)
     s_runner_state_t state;
-    zhashx_t *requests;         //  in-flight request ids (values unused)
+    zhashx_t *requests;         //  in-flight request id → s_held_t (owned)
     int max_multiplexing;
     int64_t startup_timeout_ms;
     int64_t started_ms;         //  monotonic, all of these
@@ -209,10 +245,10 @@ struct _kiln_broker_t {
     zhashx_t *runners;          //  id → s_runner_t
     zhashx_t *apps;             //  name → s_app_t
     zhashx_t *inflight;         //  request id → s_runner_t (not owned)
-    zhashx_t *orphans;          //  request id → int64_t *, unheld since (mono ms)
     zlistx_t *pending;          //  s_call_t, COMPLETEs waiting for Redis
     zhashx_t *offered;          //  machine type → int64_t *, when last offered (mono ms)
     int64_t started_ms;
+    bool stopping;              //  SIGTERM: draining, no dispatch
 };
 
 static void s_dispatch (kiln_broker_t *self, const char *name, bool reload);
@@ -243,6 +279,37 @@ s_worker_free (void **item)
     s_worker_destroy ((s_worker_t **) item);
 }
 
+static void
+s_held_free (void **item)
+{
+    free (*item);
+    *item = NULL;
+}
+
+//  Records that the runner holds the request, sent at sent_ms (monotonic).
+//  -1 when out of memory (nothing recorded).
+static int
+s_hold (kiln_broker_t *self, s_runner_t *runner, const char *request_id, int64_t sent_ms)
+{
+    s_held_t *held = calloc (1, sizeof *held);
+    if (!held)
+        return -1;
+    held->sent_ms = sent_ms;
+    held->listed_ms = kiln_mono_ms ();
+    zhashx_update (runner->requests, request_id, held);
+    zhashx_update (self->inflight, request_id, runner);
+    return 0;
+}
+
+//  Forgets that the runner holds the request.
+static void
+s_unhold (kiln_broker_t *self, s_runner_t *runner, const char *request_id)
+{
+    if (runner)
+        zhashx_delete (runner->requests, request_id);
+    zhashx_delete (self->inflight, request_id);
+}
+
 static s_runner_t *
 s_runner_new (const char *id, const char *worker_id, const char *app, uint64_t revision)
 {
@@ -261,6 +328,7 @@ s_runner_new (const char *id, const char *worker_id, const char *app, uint64_t r
         free (self);
         return NULL;
     }
+    zhashx_set_destructor (self->requests, s_held_free);
     self->revision = revision;
     self->max_multiplexing = 1;
     self->startup_timeout_ms = DEFAULT_STARTUP_TIMEOUT_S * 1000LL;
@@ -1137,6 +1205,18 @@ s_app_start_failed (kiln_broker_t *self, const char *name, bool timeout, const c
 //  -------------------------------------------------------------------------
 //  Runners
 
+static void
+s_send_stop (kiln_broker_t *self, s_runner_t *runner)
+{
+    kiln_msg_t *msg = kiln_msg_new (KILN_MSG_RUNNER_STOP);
+    if (msg && !(msg->runner_id = strdup (runner->id)))
+        kiln_msg_destroy (&msg);
+    //  A worker that cannot be told is about to be taken for dead, and
+    //  its runners with it.
+    if (msg)
+        s_send (self, &msg, runner->worker_id);
+}
+
 //  Asks the runner's worker to stop it; the runner is DRAINING from now
 //  on and keeps its slot until the worker reports its exit. False when
 //  its worker is not registered (then nothing changed).
@@ -1155,13 +1235,7 @@ s_runner_stop (kiln_broker_t *self, s_runner_t *runner, const char *why)
     if (runner->state != RUNNER_DRAINING)
         runner->draining_ms = kiln_mono_ms ();
     runner->state = RUNNER_DRAINING;
-    kiln_msg_t *msg = kiln_msg_new (KILN_MSG_RUNNER_STOP);
-    if (msg && !(msg->runner_id = strdup (runner->id)))
-        kiln_msg_destroy (&msg);
-    //  A worker that cannot be told is about to be taken for dead, and
-    //  its runners with it.
-    if (msg)
-        s_send (self, &msg, runner->worker_id);
+    s_send_stop (self, runner);
     return true;
 }
 
@@ -1211,6 +1285,21 @@ s_runner_lost (kiln_broker_t *self, s_runner_t *runner, const char *why)
         s_runner_forget (self, runner, why);
 }
 
+//  Kills a runner at once: a second RUNNER_STOP right after the first
+//  tells its worker not to wait for teardown (SIGKILL now; a handler
+//  stuck in a loop would never let it end). What it still holds goes
+//  back to its queue, counted. The pointer may be invalid afterwards.
+static void
+s_runner_kill (kiln_broker_t *self, s_runner_t *runner, const char *why)
+{
+    kiln_log_warn ("killing runner %s of %s (%s)", runner->id, runner->app, why);
+    s_runner_release (self, runner, true, why);
+    if (!s_runner_stop (self, runner, why))
+        s_runner_forget (self, runner, why);
+    else
+        s_send_stop (self, runner);
+}
+
 //  The machine type of a runner we adopted: the first of its app's types
 //  that its worker offers.
 static void
@@ -1232,7 +1321,9 @@ s_runner_resolve_type (kiln_broker_t *self, s_runner_t *runner)
 
 //  After a broker restart a runner may be working on requests the new
 //  broker never gave it: find them in Redis so they count against its
-//  capacity and their results are accepted.
+//  capacity and their results are accepted. Its heartbeats say which it
+//  really holds (one whose RESULT died with the old broker is not); the
+//  record's started_ms keeps its request_timeout running.
 static void
 s_runner_adopt_requests (kiln_broker_t *self, s_runner_t *runner)
 {
@@ -1245,16 +1336,25 @@ s_runner_adopt_requests (kiln_broker_t *self, s_runner_t *runner)
         ||  zhashx_lookup (self->inflight, id->str))
             continue;
         kiln_key_t req = kiln_key_request (id->str);
-        redisReply *fields = s_command (self, "HMGET %s state runner cancel_requested", req.s);
+        redisReply *fields = s_command (self, "HMGET %s state runner cancel_requested started_ms",
+                                        req.s);
         if (!fields)
             break;
-        if (fields->type == REDIS_REPLY_ARRAY && fields->elements == 3
+        if (fields->type == REDIS_REPLY_ARRAY && fields->elements == 4
         &&  fields->element [0]->type == REDIS_REPLY_STRING
         &&  fields->element [1]->type == REDIS_REPLY_STRING
         &&  streq (fields->element [0]->str, "IN_PROGRESS")
         &&  streq (fields->element [1]->str, runner->id)) {
-            zhashx_insert (runner->requests, id->str, runner);
-            zhashx_insert (self->inflight, id->str, runner);
+            int64_t ran_ms = 0;
+            if (fields->element [3]->type == REDIS_REPLY_STRING) {
+                int64_t started = strtoll (fields->element [3]->str, NULL, 10);
+                int64_t now = kiln_now_ms ();
+                ran_ms = started > 0 && started < now? now - started: 0;
+            }
+            if (s_hold (self, runner, id->str, kiln_mono_ms () - ran_ms) != 0) {
+                freeReplyObject (fields);
+                break;
+            }
             kiln_log_info ("runner %s: adopted in-flight request %s", runner->id, id->str);
             //  A cancel published while no broker listened was lost.
             if (fields->element [2]->type == REDIS_REPLY_STRING
@@ -1393,7 +1493,7 @@ s_app_take (kiln_broker_t *self, s_app_t *app)
 
         kiln_key_t queue = kiln_key_queue (app->name);
         int64_t now = kiln_now_ms ();
-        int64_t lease = now + ((int64_t) app->manifest->request_timeout + LEASE_MARGIN_S) * 1000;
+        int64_t lease = now + LEASE_MS;
         redisReply *reply = s_command (self, "EVAL %s 2 %s %s %s %" PRId64 " %" PRId64 " %d",
                                        KILN_SCRIPT_TAKE, queue.s, KILN_KEY_INFLIGHT,
                                        best->id, now, lease, self->cfg->result_retention_s);
@@ -1420,8 +1520,7 @@ s_app_take (kiln_broker_t *self, s_app_t *app)
             continue;
         }
         //  Recorded before the send, so that a failed send ends it cleanly.
-        zhashx_insert (best->requests, id, best);
-        zhashx_insert (self->inflight, id, best);
+        bool held = s_hold (self, best, id, kiln_mono_ms ()) == 0;
         best->last_request_ms = kiln_mono_ms ();
 
         kiln_msg_t *msg = kiln_msg_new (KILN_MSG_REQUEST);
@@ -1441,9 +1540,9 @@ s_app_take (kiln_broker_t *self, s_app_t *app)
             || (body_size && !msg->body))
                 kiln_msg_destroy (&msg);
         }
-        if (!msg) {
-            zhashx_delete (best->requests, id);
-            zhashx_delete (self->inflight, id);
+        if (!msg || !held) {
+            kiln_msg_destroy (&msg);
+            s_unhold (self, best, id);
             s_fail_request (self, id, app->name, 500, "Out of memory in the broker", "internal_error");
         }
         else {
@@ -1619,6 +1718,8 @@ s_app_scale (kiln_broker_t *self, s_app_t *app, int target, long long queued)
 static void
 s_dispatch (kiln_broker_t *self, const char *name_arg, bool reload)
 {
+    if (self->stopping)
+        return;                 //  draining: nothing new starts
     //  The name may live in a runner that this call forgets.
     char *name = strdup (name_arg);
     if (!name)
@@ -1964,18 +2065,80 @@ s_on_result (kiln_broker_t *self, const char *runner_id, s_runner_t *runner, kil
     free (app);
 }
 
+//  Appends a LOG's lines to its app's stream, kiln:logs:{app}: what
+//  `kiln logs` and GET /v1/apps/{app}/logs read. request_id may be NULL
+//  (a runner's own output, forwarded by its worker).
 static void
-s_on_log (kiln_broker_t *self, const char *runner_id, kiln_msg_t *msg)
+s_app_log (kiln_broker_t *self, const char *app, const char *runner_id, uint64_t revision,
+           const char *request_id, const kiln_msg_t *msg)
 {
-    char *app = NULL;
-    if (!s_holds (self, runner_id, msg->request_id, "LOG", &app))
-        return;
-    free (app);
-    if (msg->log_count == 0)
-        return;
-    s_call_t *call = s_call_new (5 + (int) msg->log_count);
+    s_call_t *call = s_call_new (6 + KILN_APP_LOG_LINE_ARGS * (int) msg->log_count);
     if (!call)
         return;
+    kiln_key_t app_key = kiln_key_app (app);
+    kiln_key_t stream = kiln_key_app_logs (app);
+    int rc = s_call_add_str (call, "EVAL")
+           | s_call_add_str (call, KILN_SCRIPT_APP_LOG)
+           | s_call_add_str (call, "2")
+           | s_call_add_str (call, app_key.s)
+           | s_call_add_str (call, stream.s)
+           | s_call_add_int (call, KILN_APP_LOG_MAXLEN);
+    int64_t now = kiln_now_ms ();
+    for (size_t i = 0; i < msg->log_count && rc == 0; i++) {
+        const kiln_msg_log_t *entry = &msg->logs [i];
+        char ts [KILN_ISO8601_LEN + 1];
+        kiln_iso8601_ms (entry->timestamp_ms > 0? entry->timestamp_ms: now, ts);
+        rc = s_call_add_str (call, ts)
+           | s_call_add_str (call, entry->level && *entry->level? entry->level: "INFO")
+           | s_call_add_str (call, entry->source && *entry->source? entry->source:
+                                   request_id? "app": "runner")
+           | s_call_add_str (call, entry->message? entry->message: "")
+           | s_call_add_str (call, runner_id)
+           | s_call_add_str (call, request_id? request_id: "")
+           | s_call_add_int (call, (int64_t) revision);
+    }
+    if (rc != 0) {
+        s_call_destroy (&call);
+        return;
+    }
+    s_call_run (self, &call, false, "APP_LOG");
+}
+
+//  LOG from a runner: its handler's lines for a request it holds (into
+//  the request's log list and the app's stream). LOG from a worker: a
+//  runner's own output, with runner_id and no request_id (into the app's
+//  stream only).
+static void
+s_on_log (kiln_broker_t *self, const char *identity, s_worker_t *worker, kiln_msg_t *msg)
+{
+    if (msg->log_count == 0)
+        return;
+    if (worker) {
+        s_runner_t *runner = msg->runner_id?
+            (s_runner_t *) zhashx_lookup (self->runners, msg->runner_id): NULL;
+        if (!runner || !streq (runner->worker_id, identity) || msg->request_id) {
+            kiln_log_debug ("LOG from worker %s for runner %s, which is not its; dropped",
+                            identity, msg->runner_id? msg->runner_id: "(none)");
+            return;
+        }
+        s_app_log (self, runner->app, runner->id, runner->revision, NULL, msg);
+        return;
+    }
+    s_runner_t *runner = (s_runner_t *) zhashx_lookup (self->runners, identity);
+    if (!runner)
+        return;
+    if (!msg->request_id) {
+        s_app_log (self, runner->app, runner->id, runner->revision, NULL, msg);
+        return;
+    }
+    char *app = NULL;
+    if (!s_holds (self, identity, msg->request_id, "LOG", &app))
+        return;
+    s_call_t *call = s_call_new (5 + (int) msg->log_count);
+    if (!call) {
+        free (app);
+        return;
+    }
     kiln_key_t req = kiln_key_request (msg->request_id);
     kiln_key_t logs = kiln_key_logs (msg->request_id);
     int rc = s_call_add_str (call, "EVAL")
@@ -1991,12 +2154,58 @@ s_on_log (kiln_broker_t *self, const char *runner_id, kiln_msg_t *msg)
         rc = line? s_call_add_str (call, line): -1;
         free (line);
     }
-    if (rc != 0) {
+    if (rc != 0)
         s_call_destroy (&call);
+    else
+        //  Log lines are not worth keeping through an outage; results are.
+        s_call_run (self, &call, false, "LOG");
+    s_app_log (self, app, identity, runner->revision, msg->request_id, msg);
+    free (app);
+}
+
+//  A runner's heartbeat lists every request it holds. A listed one keeps
+//  its lease (renewed on the next tick). One we sent it more than
+//  UNLISTED_GRACE_MS ago that it does not list is not there: its REQUEST
+//  or its RESULT was lost on the wire. It goes back to the head of its
+//  queue, counted (it may have run); a RESULT that turns up later finds
+//  the request re-queued or completed, and is dropped.
+static void
+s_on_runner_heartbeat (kiln_broker_t *self, s_runner_t *runner, kiln_msg_t *msg)
+{
+    if (runner->state == RUNNER_STARTING || zhashx_size (runner->requests) == 0)
         return;
+    int64_t now = kiln_mono_ms ();
+    zlistx_t *lost = NULL;
+    for (s_held_t *held = (s_held_t *) zhashx_first (runner->requests);
+         held; held = (s_held_t *) zhashx_next (runner->requests)) {
+        const char *id = (const char *) zhashx_cursor (runner->requests);
+        bool listed = false;
+        for (size_t i = 0; i < msg->request_count && !listed; i++)
+            listed = msg->requests [i] && streq (msg->requests [i], id);
+        if (listed)
+            held->listed_ms = now;
+        else
+        if (now - held->sent_ms > UNLISTED_GRACE_MS) {
+            if (!lost) {
+                lost = zlistx_new ();
+                if (!lost)
+                    break;
+                zlistx_set_destructor (lost, (czmq_destructor *) zstr_free);
+                zlistx_set_duplicator (lost, (czmq_duplicator *) strdup);
+            }
+            zlistx_add_end (lost, (void *) id);
+        }
     }
-    //  Log lines are not worth keeping through an outage; results are.
-    s_call_run (self, &call, false, "LOG");
+    for (const char *id = lost? zlistx_first (lost): NULL; id; id = zlistx_next (lost)) {
+        kiln_log_warn ("request %s: runner %s no longer holds it (its REQUEST or RESULT "
+                       "was lost)", id, runner->id);
+        s_unhold (self, runner, id);
+        s_requeue (self, id, runner->app, true, false, "its runner no longer holds it");
+    }
+    if (lost) {
+        zlistx_destroy (&lost);
+        s_dispatch (self, runner->app, false);
+    }
 }
 
 //  A runner said DISCONNECT: it retires (or was stopped), and says so
@@ -2072,6 +2281,8 @@ s_on_message (kiln_broker_t *self, const char *identity, kiln_msg_t *msg)
     }
     switch (msg->type) {
         case KILN_MSG_HEARTBEAT:
+            if (runner)
+                s_on_runner_heartbeat (self, runner, msg);
             break;
         case KILN_MSG_RUNNER_EXITED:
             if (worker)
@@ -2086,10 +2297,7 @@ s_on_message (kiln_broker_t *self, const char *identity, kiln_msg_t *msg)
                 kiln_log_warn ("RESULT from worker %s; dropped", identity);
             break;
         case KILN_MSG_LOG:
-            if (runner)
-                s_on_log (self, identity, msg);
-            else
-                kiln_log_warn ("LOG from worker %s; dropped", identity);
+            s_on_log (self, identity, worker, msg);
             break;
         default:
             kiln_log_warn ("unexpected %s from %s; dropped",
@@ -2382,45 +2590,109 @@ s_publish_view (kiln_broker_t *self)
     }
 }
 
-//  Re-queues requests in kiln:inflight that no runner holds (see
-//  ORPHAN_GRACE_MS). A live runner says hello again within a few
-//  heartbeats of a broker restart and is given its requests back, so only
-//  the requests of runners that died meanwhile stay unheld.
+//  Renews, in one command, the lease of every request whose runner's
+//  heartbeats list it (or that was sent too recently to be listed yet).
+//  XX: a request completed or re-queued meanwhile does not come back.
 static void
-s_requeue_orphans (kiln_broker_t *self)
+s_renew_leases (kiln_broker_t *self)
 {
-    int64_t now = kiln_mono_ms ();
-    if (!self->redis || now - self->started_ms <= REGISTRATION_GRACE_MS)
+    size_t count = zhashx_size (self->inflight);
+    if (!self->redis || count == 0 || count > INT32_MAX / 4)
         return;
-    redisReply *ids = s_command (self, "ZRANGE %s 0 -1", KILN_KEY_INFLIGHT);
-    zhashx_t *unheld = zhashx_new ();
-    if (!ids || !unheld || ids->type != REDIS_REPLY_ARRAY) {
-        if (ids)
-            freeReplyObject (ids);
-        zhashx_destroy (&unheld);
+    s_call_t *call = s_call_new (3 + 2 * (int) count);
+    if (!call)
+        return;
+    int64_t now = kiln_mono_ms ();
+    int rc = s_call_add_str (call, "ZADD")
+           | s_call_add_str (call, KILN_KEY_INFLIGHT)
+           | s_call_add_str (call, "XX");
+    int64_t lease = kiln_now_ms () + LEASE_MS;
+    for (s_runner_t *runner = (s_runner_t *) zhashx_first (self->runners);
+         runner && rc == 0; runner = (s_runner_t *) zhashx_next (self->runners))
+        for (s_held_t *held = (s_held_t *) zhashx_first (runner->requests);
+             held && rc == 0; held = (s_held_t *) zhashx_next (runner->requests))
+            if (now - held->listed_ms <= LEASE_MS || now - held->sent_ms <= UNLISTED_GRACE_MS)
+                rc = s_call_add_int (call, lease)
+                   | s_call_add_str (call, (const char *) zhashx_cursor (runner->requests));
+    if (rc != 0 || call->argc == 3) {
+        s_call_destroy (&call);
         return;
     }
-    zhashx_set_destructor (unheld, (zhashx_destructor_fn *) zstr_free);
-    for (size_t i = 0; i < ids->elements; i++) {
+    //  Not kept through an outage: the next tick renews again.
+    s_call_run (self, &call, false, "lease renewal");
+}
+
+//  Re-queues each request whose lease ran out while no runner we know
+//  holds it: its runner died, or lost it, while no broker listened (a
+//  restart). Live runners say hello again within REGISTRATION_GRACE_MS
+//  of our start and are given their requests back first (adoption), so
+//  this waits that long. One that REQUEUE finds not in progress is a
+//  stale entry: it leaves kiln:inflight.
+static void
+s_expire_leases (kiln_broker_t *self)
+{
+    if (!self->redis || kiln_mono_ms () - self->started_ms <= REGISTRATION_GRACE_MS)
+        return;
+    redisReply *ids = s_command (self, "ZRANGEBYSCORE %s -inf %" PRId64 " LIMIT 0 %d",
+                                 KILN_KEY_INFLIGHT, kiln_now_ms (), EXPIRE_BATCH);
+    if (!ids)
+        return;
+    for (size_t i = 0; ids->type == REDIS_REPLY_ARRAY && i < ids->elements; i++) {
         const redisReply *id = ids->element [i];
         if (id->type != REDIS_REPLY_STRING || !kiln_id_valid (id->str)
         ||  zhashx_lookup (self->inflight, id->str))
             continue;
-        int64_t *before = (int64_t *) zhashx_lookup (self->orphans, id->str);
-        int64_t since = before? *before: now;
-        if (now - since >= ORPHAN_GRACE_MS)
-            s_requeue (self, id->str, "?", true, false, "no runner holds it");
-        else {
-            int64_t *kept = malloc (sizeof *kept);
-            if (kept) {
-                *kept = since;
-                zhashx_insert (unheld, id->str, kept);
-            }
+        long long requeued = s_requeue (self, id->str, "?", true, false,
+                                        "its lease ran out and no runner holds it");
+        if (requeued == REQUEUE_NOT_RUNNING) {
+            redisReply *gone = s_command (self, "ZREM %s %s", KILN_KEY_INFLIGHT, id->str);
+            if (gone)
+                freeReplyObject (gone);
         }
     }
     freeReplyObject (ids);
-    zhashx_destroy (&self->orphans);
-    self->orphans = unheld;
+}
+
+//  Ends each request that has run longer than its app's request_timeout
+//  with 504 request_timeout, and kills its runner: a handler that does
+//  not return in time may never return. The runner's other requests go
+//  back to their queue, counted (they were running too).
+static void
+s_check_request_timeouts (kiln_broker_t *self)
+{
+    int64_t now = kiln_mono_ms ();
+    zlistx_t *ids = zhashx_keys (self->runners);
+    for (const char *runner_id = zlistx_first (ids); runner_id; runner_id = zlistx_next (ids)) {
+        s_runner_t *runner = (s_runner_t *) zhashx_lookup (self->runners, runner_id);
+        s_app_t *app = runner? (s_app_t *) zhashx_lookup (self->apps, runner->app): NULL;
+        if (!app || !app->manifest || zhashx_size (runner->requests) == 0)
+            continue;
+        int64_t timeout_ms = (int64_t) app->manifest->request_timeout * 1000;
+        bool timed_out = false;
+        zlistx_t *late = zhashx_keys (runner->requests);
+        for (const char *id = late? zlistx_first (late): NULL; id; id = zlistx_next (late)) {
+            s_held_t *held = (s_held_t *) zhashx_lookup (runner->requests, id);
+            if (!held || now - held->sent_ms <= timeout_ms)
+                continue;
+            char *detail = zsys_sprintf ("Request did not finish within the app's "
+                                         "request_timeout (%d s); its runner was stopped",
+                                         app->manifest->request_timeout);
+            s_unhold (self, runner, id);
+            s_fail_request (self, id, runner->app, 504, detail? detail: "Request timed out",
+                            "request_timeout");
+            zstr_free (&detail);
+            timed_out = true;
+        }
+        zlistx_destroy (&late);
+        if (timed_out) {
+            char *app_name = strdup (runner->app);
+            s_runner_kill (self, runner, "a request ran past its request_timeout");
+            if (app_name)
+                s_dispatch (self, app_name, false);
+            free (app_name);
+        }
+    }
+    zlistx_destroy (&ids);
 }
 
 static int
@@ -2436,7 +2708,9 @@ s_on_timer (zloop_t *loop, int timer_id, void *arg)
     s_offered_refresh (self);
     s_send_heartbeats (self);
     s_expire_deadlines (self);
-    s_requeue_orphans (self);
+    s_check_request_timeouts (self);
+    s_renew_leases (self);
+    s_expire_leases (self);
     s_sweep_apps (self);
     s_publish_view (self);
     return 0;
@@ -2482,13 +2756,11 @@ kiln_broker_new (const kiln_config_t *cfg)
         return NULL;
     }
     self->offered = zhashx_new ();
-    self->orphans = zhashx_new ();
-    if (!self->offered || !self->orphans) {
+    if (!self->offered) {
         kiln_broker_destroy (&self);
         return NULL;
     }
     zhashx_set_destructor (self->offered, (zhashx_destructor_fn *) zstr_free);
-    zhashx_set_destructor (self->orphans, (zhashx_destructor_fn *) zstr_free);
     self->started_ms = kiln_mono_ms ();
     self->redis_backoff_ms = self->sub_backoff_ms = REDIS_BACKOFF_MIN_MS;
     zloop_reader (self->loop, self->router, s_on_router, self);
@@ -2522,15 +2794,50 @@ kiln_broker_destroy (kiln_broker_t **self_p)
     zhashx_destroy (&self->workers);
     zhashx_destroy (&self->apps);
     zhashx_destroy (&self->offered);
-    zhashx_destroy (&self->orphans);
     free (self);
     *self_p = NULL;
+}
+
+//  SIGTERM: takes no new work, but records the RESULTs of what runs for
+//  up to SHUTDOWN_GRACE_MS, or until nothing is in flight. Heartbeats and
+//  lease renewals go on meanwhile. What has not finished by then keeps
+//  its lease in Redis: its runner says hello to the next broker, which
+//  adopts it. A second signal ends the drain at once.
+static void
+s_drain (kiln_broker_t *self)
+{
+    self->stopping = true;
+    zsys_interrupted = 0;
+    int64_t deadline = kiln_mono_ms () + SHUTDOWN_GRACE_MS;
+    int64_t next_tick = 0;
+    size_t running = zhashx_size (self->inflight);
+    if (running)
+        kiln_log_info ("stopping: waiting up to %d ms for %zu running request(s)",
+                       SHUTDOWN_GRACE_MS, running);
+    while (zhashx_size (self->inflight) > 0 && kiln_mono_ms () < deadline && !zsys_interrupted) {
+        if (kiln_mono_ms () >= next_tick) {
+            s_redis_reconnect (self);
+            s_pending_flush (self);
+            s_send_heartbeats (self);
+            s_renew_leases (self);
+            next_tick = kiln_mono_ms () + HEARTBEAT_INTERVAL_MS;
+        }
+        zmq_pollitem_t item = { zsock_resolve (self->router), 0, ZMQ_POLLIN, 0 };
+        if (zmq_poll (&item, 1, 100) > 0 && (item.revents & ZMQ_POLLIN))
+            s_on_router (self->loop, self->router, self);
+    }
+    s_pending_flush (self);
+    running = zhashx_size (self->inflight);
+    if (running)
+        kiln_log_warn ("stopping with %zu request(s) still running: they keep their "
+                       "leases for the next broker", running);
 }
 
 int
 kiln_broker_run (kiln_broker_t *self)
 {
     zloop_start (self->loop);
+    s_drain (self);
     //  Peers that hear DISCONNECT say hello again, to whichever broker
     //  comes up next on this endpoint.
     size_t told = 0;

@@ -23,7 +23,10 @@ kiln_broker_t *kiln_broker_new (const kiln_config_t *cfg);
 //  Frees the broker; nulls the pointer.
 void kiln_broker_destroy (kiln_broker_t **self_p);
 
-//  Runs until SIGINT or SIGTERM, then tells every peer DISCONNECT.
+//  Runs until SIGINT or SIGTERM, then drains: no new dispatch, the
+//  RESULTs of running requests recorded for a few seconds (or until none
+//  runs; a second signal cuts it short), then tells every peer
+//  DISCONNECT. What still runs keeps its lease for the next broker.
 //  Returns 0.
 int kiln_broker_run (kiln_broker_t *self);
 

@@ -358,6 +358,8 @@ typedef struct {
     zsock_t *sock;
     zlistx_t *inbox;                //  kiln_msg_t, heartbeats left out
     bool heartbeats;                //  sends HEARTBEAT while pumped
+    zhashx_t *held;                 //  request ids a runner got and has not answered,
+                                    //  listed in its heartbeats as a real runner does
     int64_t last_heartbeat_ms;
     size_t heartbeats_seen;
 } s_peer_t;
@@ -384,6 +386,8 @@ s_peer_new (const char *id)
     CHECK (zsock_connect (self->sock, "%s", s_endpoint) == 0);
     self->inbox = zlistx_new ();
     zlistx_set_destructor (self->inbox, s_msg_free);
+    self->held = zhashx_new ();
+    CHECK (self->held);
     self->heartbeats = true;
     self->last_heartbeat_ms = kiln_mono_ms ();
     for (int i = 0; i < PEERS_MAX; i++)
@@ -404,6 +408,7 @@ s_peer_destroy (s_peer_t **self_p)
             s_peers [i] = NULL;
     zsock_destroy (&self->sock);
     zlistx_destroy (&self->inbox);
+    zhashx_destroy (&self->held);
     free (self->id);
     free (self);
     *self_p = NULL;
@@ -420,6 +425,22 @@ static void
 s_peer_send_simple (s_peer_t *self, kiln_msg_type_t type)
 {
     s_peer_send (self, kiln_msg_new (type));
+}
+
+//  A HEARTBEAT that lists the requests the peer holds.
+static void
+s_peer_heartbeat (s_peer_t *self)
+{
+    kiln_msg_t *msg = kiln_msg_new (KILN_MSG_HEARTBEAT);
+    CHECK (msg);
+    size_t count = zhashx_size (self->held);
+    if (count) {
+        msg->requests = calloc (count, sizeof (char *));
+        CHECK (msg->requests);
+        for (void *item = zhashx_first (self->held); item; item = zhashx_next (self->held))
+            msg->requests [msg->request_count++] = strdup ((const char *) zhashx_cursor (self->held));
+    }
+    s_peer_send (self, msg);
 }
 
 //  Receives for every peer and sends their heartbeats, for ms.
@@ -440,12 +461,15 @@ s_pump (int ms)
                     peer->heartbeats_seen++;
                     kiln_msg_destroy (&msg);
                 }
-                else
+                else {
+                    if (msg->type == KILN_MSG_REQUEST)
+                        zhashx_update (peer->held, msg->request_id, (void *) 1);
                     zlistx_add_end (peer->inbox, msg);
+                }
             }
             if (peer->heartbeats
             &&  kiln_mono_ms () - peer->last_heartbeat_ms >= PEER_HEARTBEAT_MS) {
-                s_peer_send_simple (peer, KILN_MSG_HEARTBEAT);
+                s_peer_heartbeat (peer);
                 peer->last_heartbeat_ms = kiln_mono_ms ();
             }
         }
@@ -562,6 +586,7 @@ s_start_runner (s_peer_t *worker, const char *app)
 static void
 s_result (s_peer_t *runner, const char *request_id, int status, const char *body)
 {
+    zhashx_delete (runner->held, request_id);
     kiln_msg_t *result = kiln_msg_new (KILN_MSG_RESULT);
     result->request_id = strdup (request_id);
     result->status = status;
@@ -576,6 +601,7 @@ s_result (s_peer_t *runner, const char *request_id, int status, const char *body
 static void
 s_result_error (s_peer_t *runner, const char *request_id, int status, const char *error_type)
 {
+    zhashx_delete (runner->held, request_id);
     kiln_msg_t *result = kiln_msg_new (KILN_MSG_RESULT);
     result->request_id = strdup (request_id);
     result->status = status;
@@ -848,6 +874,121 @@ s_scenarios_scale (void)
     s_peer_destroy (&runner);
 }
 
+//  The lease of a request in kiln:inflight (wall ms), or -1 when it has none.
+static long long
+s_lease (const char *id)
+{
+    redisReply *reply = s_command ("ZSCORE %s %s", KILN_KEY_INFLIGHT, id);
+    long long lease = reply->type == REDIS_REPLY_STRING? atoll (reply->str): -1;
+    freeReplyObject (reply);
+    return lease;
+}
+
+//  Leases (issue 6): renewed by the heartbeats that list a request; a
+//  request its runner stops listing, or whose lease runs out with no
+//  runner holding it, is re-queued; one past its app's request_timeout
+//  ends 504 and its runner is killed.
+static void
+s_scenarios_leases (void)
+{
+    char a [KILN_UUID_LEN + 1], b [KILN_UUID_LEN + 1], x [KILN_UUID_LEN + 1];
+    s_step ("a runner's heartbeats renew the leases of the requests they list");
+    s_deploy ("local/lease", 1, T4_MANIFEST ("lease", ",\"max_concurrency\":1,\"keep_alive\":300"));
+    s_submit ("local/lease", "{\"n\":\"a\"}", a);
+    s_peer_t *runner = s_start_runner (s_one, "local/lease");
+    kiln_msg_t *msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, a));
+    kiln_msg_destroy (&msg);
+    long long first = s_lease (a);
+    CHECK (first > 0 && first <= kiln_now_ms () + 3000);
+    s_pump (2500);
+    long long renewed = s_lease (a);
+    CHECK (renewed > first);
+    CHECK (s_field_is (a, "state", "IN_PROGRESS"));
+    CHECK (s_field_is (a, "attempts", "1"));
+
+    s_step ("a request its runner stops listing (its RESULT lost) runs again; "
+            "the late RESULT is dropped: one result");
+    //  As if its RESULT had been sent and lost on the wire.
+    zhashx_delete (runner->held, a);
+    msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, a));
+    kiln_msg_destroy (&msg);
+    CHECK (s_field_is (a, "attempts", "2"));
+    s_result (runner, a, 200, "{\"run\":2}");
+    CHECK (s_wait_field (a, "state", "COMPLETED", WAIT_MS));
+    s_result (runner, a, 200, "{\"run\":1}");
+    s_pump (300);
+    CHECK (s_field_is (a, "result_body", "{\"run\":2}"));
+    CHECK (s_lease (a) == -1);
+
+    s_step ("a lease that runs out while no runner holds it: re-queued, counted");
+    //  The runner is kept busy with c, so that b waits in the queue; the
+    //  test takes b for a runner that is gone, as a broker that died
+    //  would have left it.
+    char c [KILN_UUID_LEN + 1];
+    s_submit ("local/lease", "{\"n\":\"c\"}", c);
+    msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, c));
+    kiln_msg_destroy (&msg);
+    s_submit ("local/lease", "{\"n\":\"b\"}", b);
+    kiln_key_t queue = kiln_key_queue ("local/lease");
+    redisReply *reply = s_command ("EVAL %s 2 %s %s %s %lld %lld %d", KILN_SCRIPT_TAKE, queue.s,
+                                   KILN_KEY_INFLIGHT, "r-ghost", (long long) kiln_now_ms (),
+                                   (long long) kiln_now_ms () + 500, 600);
+    CHECK (reply->type == REDIS_REPLY_ARRAY && reply->elements == 4
+        && streq (reply->element [0]->str, b));
+    freeReplyObject (reply);
+    CHECK (s_field_is (b, "runner", "r-ghost"));
+    CHECK (s_wait_field (b, "state", "IN_QUEUE", 500 + 2000));
+    CHECK (s_field_is (b, "attempts", "1"));
+    CHECK (s_lease (b) == -1);
+    s_result (runner, c, 200, "{}");
+    msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, b));
+    kiln_msg_destroy (&msg);
+    CHECK (s_field_is (b, "attempts", "2"));
+    CHECK (s_field_is (c, "state", "COMPLETED"));
+    s_result (runner, b, 200, "{}");
+    CHECK (s_wait_field (b, "state", "COMPLETED", WAIT_MS));
+    s_undeploy ("local/lease");
+    msg = s_expect (s_one, KILN_MSG_RUNNER_STOP, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->runner_id, runner->id));
+    kiln_msg_destroy (&msg);
+    s_exited (s_one, runner->id, 0, NULL);
+    s_peer_destroy (&runner);
+
+    s_step ("a request past its app's request_timeout ends 504 request_timeout; "
+            "its runner is killed (RUNNER_STOP twice)");
+    s_deploy ("local/stuck", 1, T4_MANIFEST ("stuck", ",\"max_concurrency\":1,"
+                                             "\"keep_alive\":300,\"request_timeout\":1"));
+    s_submit ("local/stuck", "{}", x);
+    runner = s_start_runner (s_one, "local/stuck");
+    msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, x));
+    kiln_msg_destroy (&msg);
+    int64_t sent = kiln_mono_ms ();
+    CHECK (s_wait_field (x, "state", "COMPLETED", 1000 + 2000));
+    CHECK (kiln_mono_ms () - sent >= 1000);
+    CHECK (s_field_is (x, "status", "504"));
+    CHECK (s_field_is (x, "error_type", "request_timeout"));
+    char *error = s_field (x, "error");
+    CHECK (strstr (error, "request_timeout (1 s)"));
+    free (error);
+    for (int stop = 0; stop < 2; stop++) {
+        msg = s_expect (s_one, KILN_MSG_RUNNER_STOP, NULL, WAIT_MS);
+        CHECK (msg && streq (msg->runner_id, runner->id));
+        kiln_msg_destroy (&msg);
+    }
+    //  Its answer, should it come after all, changes nothing.
+    s_result (runner, x, 200, "{\"late\":true}");
+    s_pump (300);
+    CHECK (s_field_is (x, "status", "504"));
+    s_exited (s_one, runner->id, -9, "killed by signal 9");
+    s_peer_destroy (&runner);
+    s_undeploy ("local/stuck");
+}
+
 //  A worker that drains (its SIGTERM): no runner placed there, its
 //  runners' results still count, and a worker that joins takes over.
 static void
@@ -990,6 +1131,7 @@ main (int argc, char *argv [])
     result->files [0].file_name = strdup ("out.png");
     result->files [0].data = (uint8_t *) strdup ("PNG!");
     result->files [0].size = 4;
+    zhashx_delete (runner->held, id);
     s_peer_send (runner, result);
     CHECK (s_wait_field (id, "state", "COMPLETED", WAIT_MS));
     CHECK (s_field_is (id, "status", "201"));
@@ -1258,14 +1400,67 @@ main (int argc, char *argv [])
     s_scenarios_requeue ();
     s_scenarios_slots ();
     s_scenarios_scale ();
+    s_scenarios_leases ();
     s_scenarios_drain ();
     s_peer_destroy (&runner);
+
+    int status = 0;
+    s_step ("SIGTERM drains: a RESULT within the grace is recorded, what still runs "
+            "keeps its lease, exit 0; the next broker finishes it, once");
+    s_peer_t *last = s_worker ("w-last", "GPU-L4", 2);
+    s_deploy ("local/last", 1, "{\"name\":\"last\",\"machine_types\":[\"GPU-L4\"],"
+              "\"max_concurrency\":2,\"keep_alive\":300,\"endpoints\":[\"/\"]}");
+    s_submit ("local/last", "{\"n\":1}", id);
+    s_submit ("local/last", "{\"n\":2}", id2);
+    s_peer_t *quick = s_start_runner (last, "local/last");
+    s_peer_t *slow = s_start_runner (last, "local/last");
+    kiln_msg_t *quick_request = s_expect (quick, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    kiln_msg_t *slow_request = s_expect (slow, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (quick_request && slow_request);
+    s_pump (200);
+    zlistx_purge (last->inbox);
+    kill (s_broker_pid, SIGTERM);
+    s_pump (300);
+    s_result (quick, quick_request->request_id, 200, "{\"drained\":1}");
+    CHECK (s_wait_field (quick_request->request_id, "state", "COMPLETED", 3000));
+    int64_t stopping = kiln_mono_ms ();
+    pid_t gone = 0;
+    while ((gone = waitpid (s_broker_pid, &status, WNOHANG)) == 0
+    &&     kiln_mono_ms () - stopping < 8000)
+        s_pump (50);
+    CHECK (gone == s_broker_pid);
+    s_broker_pid = -1;
+    CHECK (WIFEXITED (status) && WEXITSTATUS (status) == 0);
+    msg = s_expect (last, KILN_MSG_DISCONNECT, NULL, 2000);
+    CHECK (msg);
+    kiln_msg_destroy (&msg);
+    CHECK (s_field_is (slow_request->request_id, "state", "IN_PROGRESS"));
+    CHECK (s_lease (slow_request->request_id) > 0);
+    s_broker_start ();
+    s_runner_hello (quick, last->id, "local/last", 1);
+    s_runner_hello (slow, last->id, "local/last", 1);
+    s_worker_hello (last, "GPU-L4", 2, false);
+    s_worker_hello (worker, "CPU", 2, false);
+    s_pump (1500);
+    CHECK (s_field_is (slow_request->request_id, "state", "IN_PROGRESS"));
+    s_result (slow, slow_request->request_id, 200, "{\"after\":\"drain\"}");
+    CHECK (s_wait_field (slow_request->request_id, "state", "COMPLETED", WAIT_MS));
+    CHECK (s_field_is (slow_request->request_id, "attempts", "1"));
+    CHECK (s_field_is (slow_request->request_id, "result_body", "{\"after\":\"drain\"}"));
+    kiln_msg_destroy (&quick_request);
+    kiln_msg_destroy (&slow_request);
+    s_exited (last, quick->id, 0, NULL);
+    s_exited (last, slow->id, 0, NULL);
+    s_peer_send_simple (last, KILN_MSG_DISCONNECT);
+    s_pump (100);
+    s_peer_destroy (&quick);
+    s_peer_destroy (&slow);
+    s_peer_destroy (&last);
 
     s_step ("SIGTERM: DISCONNECT to the peers, exit 0");
     s_pump (200);
     zlistx_purge (worker->inbox);
     kill (s_broker_pid, SIGTERM);
-    int status = 0;
     CHECK (waitpid (s_broker_pid, &status, 0) == s_broker_pid);
     s_broker_pid = -1;
     CHECK (WIFEXITED (status) && WEXITSTATUS (status) == 0);

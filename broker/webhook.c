@@ -9,12 +9,16 @@
 
     | step          | Redis                     | what it does                          |
     |---------------|---------------------------|---------------------------------------|
+    | key           | GET / SET NX              | at start and after each reconnect:    |
+    |               | kiln:signing_key          | the signing key pair (made if absent) |
     | claim         | KILN_SCRIPT_WEBHOOK_CLAIM | takes up to CLAIM_LIMIT due ids, each |
     |               |                           | leased (re-scored) to now + lease     |
     | renew         | KILN_SCRIPT_WEBHOOK_LEASE          | before a POST, when the lease would   |
     |               |                           | not outlast it: re-leases the id, or  |
     |               |                           | skips it when the lease is lost       |
-    | deliver       | (HTTP POST, libcurl)      | fal's body, JSON, no redirects        |
+    | owner         | HGET kiln:req:{id} app    | the user id the signature names       |
+    | deliver       | (HTTP POST, libcurl)      | fal's body, JSON, no redirects,       |
+    |               |                           | signed; private addresses refused     |
     | record        | KILN_SCRIPT_WEBHOOK_DONE  | delivered (2xx) / retry / failed      |
     | release       | KILN_SCRIPT_WEBHOOK_LEASE          | at stop: unsent claims due at once    |
 
@@ -35,6 +39,19 @@
     about two hours by default), until webhook_tries; then the record is
     marked failed. Either way the record then expires after
     result_retention_s.
+
+    Signatures: every try is signed anew (a fresh timestamp), over the
+    exact body bytes sent, so a receiver can refuse old or replayed
+    deliveries by their timestamp. Without a key pair nothing is sent:
+    an unsigned delivery would be refused by a receiver that verifies.
+
+    Private targets: the address libcurl is about to connect to (after
+    DNS, so a name that resolves to 127.0.0.1 — or re-resolves to it
+    later — is caught) is checked in the open-socket callback; a private
+    one is not connected to. When every address of the target was
+    refused, the delivery fails at once: retrying cannot help. Behind a
+    proxy (http_proxy, https_proxy in the environment) it is the proxy's
+    address that is checked.
     =========================================================================
 */
 #include "webhook.h"
@@ -43,19 +60,24 @@
 #include "kiln_log.h"
 #include "kiln_redis.h"
 #include "kiln_scripts.h"
+#include "kiln_signing_key.h"
 #include "kiln_util.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sodium.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #define CLAIM_LIMIT             16      //  deliveries per claim
@@ -63,6 +85,7 @@
 #define RENEW_MARGIN_MS         5000    //  renew a lease this close to running out
 #define IDLE_WAIT_MS            100     //  between claims that found little
 #define ERROR_WAIT_MS           1000    //  after a script error reply
+#define KEY_WAIT_MS             5000    //  before asking again for a key pair Redis could not give
 #define REDIS_TIMEOUT_MS        2000
 #define REDIS_BACKOFF_MIN_MS    1000
 #define REDIS_BACKOFF_MAX_MS    16000
@@ -96,6 +119,7 @@ struct _kiln_webhooks_t {
     int64_t timeout_ms;
     int64_t lease_ms;
     int retention_s;
+    bool allow_private;         //  KILN_WEBHOOK_ALLOW_PRIVATE
 
     pthread_t thread;
     pthread_mutex_t mutex;
@@ -108,6 +132,13 @@ struct _kiln_webhooks_t {
     int64_t redis_backoff_ms;
     CURL *curl;
     s_done_t *pending;
+    kiln_sign_keypair_t key;    //  valid while key_loaded
+    bool key_loaded;
+
+    //  The current POST's connection attempts (the open-socket callback)
+    int addresses_refused;
+    int addresses_allowed;
+    char refused_address [INET6_ADDRSTRLEN];
 };
 
 //  -------------------------------------------------------------------------
@@ -165,6 +196,61 @@ kiln_webhook_delay_ms (int64_t backoff_ms, int attempts)
     return delay > WEBHOOK_DELAY_MAX_MS? WEBHOOK_DELAY_MAX_MS: delay;
 }
 
+//  The first bits bits of a and b (both 4 or 16 bytes) are the same.
+static bool
+s_prefix (const uint8_t *a, const uint8_t *b, int bits)
+{
+    int bytes = bits / 8;
+    if (memcmp (a, b, bytes) != 0)
+        return false;
+    int rest = bits % 8;
+    uint8_t mask = (uint8_t) (0xff << (8 - rest));
+    return rest == 0 || (a [bytes] & mask) == (b [bytes] & mask);
+}
+
+static bool
+s_ipv4_private (const uint8_t ip [4])
+{
+    static const struct {
+        uint8_t net [4];
+        int bits;
+    } ranges [] = {
+        { {   0, 0, 0, 0 },  8 },    //  "this network"
+        { {  10, 0, 0, 0 },  8 },    //  private
+        { { 127, 0, 0, 0 },  8 },    //  loopback
+        { { 169, 254, 0, 0 }, 16 },  //  link-local (cloud metadata lives here)
+        { { 172, 16, 0, 0 }, 12 },   //  private
+        { { 192, 168, 0, 0 }, 16 },  //  private
+    };
+    for (size_t i = 0; i < sizeof ranges / sizeof ranges [0]; i++)
+        if (s_prefix (ip, ranges [i].net, ranges [i].bits))
+            return true;
+    return false;
+}
+
+bool
+kiln_webhook_address_private (const struct sockaddr *addr)
+{
+    if (!addr)
+        return true;
+    if (addr->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *) addr;
+        return s_ipv4_private ((const uint8_t *) &in->sin_addr);
+    }
+    if (addr->sa_family != AF_INET6)
+        return true;
+    const uint8_t *ip = ((const struct sockaddr_in6 *) addr)->sin6_addr.s6_addr;
+    static const uint8_t zero [16] = { 0 };
+    static const uint8_t mapped [12] = { 0,0,0,0, 0,0,0,0, 0,0,0xff,0xff };
+    static const uint8_t unique_local [16] = { 0xfc };
+    static const uint8_t link_local [16] = { 0xfe, 0x80 };
+    if (memcmp (ip, zero, 15) == 0 && (ip [15] == 0 || ip [15] == 1))
+        return true;                //  :: and ::1
+    if (memcmp (ip, mapped, 12) == 0)
+        return s_ipv4_private (ip + 12);
+    return s_prefix (ip, unique_local, 7) || s_prefix (ip, link_local, 10);
+}
+
 //  -------------------------------------------------------------------------
 //  Stop flag and waits
 
@@ -206,6 +292,9 @@ s_redis_lost (kiln_webhooks_t *self, const char *during)
     redisFree (self->redis);
     self->redis = NULL;
     self->redis_retry_ms = kiln_mono_ms () + self->redis_backoff_ms;
+    //  Read the key pair again on the new connection (it may be another
+    //  Redis, or the key may have been rotated).
+    self->key_loaded = false;
 }
 
 //  Connects when the backoff allows. True when connected.
@@ -347,11 +436,51 @@ s_url_valid (const char *url)
         || (strncmp (url, "https://", 8) == 0 && url [8]);
 }
 
-//  POSTs body to url. On a 2xx, DELIVERED; else the error text goes into
-//  error (RETRY, or FAILED when trying again cannot help).
+//  libcurl's open-socket callback: sees each address it is about to
+//  connect to, after name resolution, and refuses private ones.
+static curl_socket_t
+s_open_socket (void *arg, curlsocktype purpose, struct curl_sockaddr *address)
+{
+    kiln_webhooks_t *self = (kiln_webhooks_t *) arg;
+    if (purpose == CURLSOCKTYPE_IPCXN && !self->allow_private
+    &&  kiln_webhook_address_private (&address->addr)) {
+        const void *ip = address->addr.sa_family == AF_INET6
+            ? (const void *) &((struct sockaddr_in6 *) &address->addr)->sin6_addr
+            : (const void *) &((struct sockaddr_in *) &address->addr)->sin_addr;
+        if (!inet_ntop (address->addr.sa_family, ip, self->refused_address,
+                        sizeof self->refused_address))
+            snprintf (self->refused_address, sizeof self->refused_address, "(unknown)");
+        self->addresses_refused++;
+        return CURL_SOCKET_BAD;
+    }
+    self->addresses_allowed++;
+    return socket (address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+}
+
+//  Appends "name: value" to headers. False when out of memory (headers
+//  are then freed).
+static bool
+s_header (struct curl_slist **headers, const char *name, const char *value)
+{
+    //  "Name:" with nothing after it tells libcurl not to send one of its own.
+    char line [KILN_SIGN_HEX_LEN + 128];
+    snprintf (line, sizeof line, *value? "%s: %s": "%s:", name, value);
+    struct curl_slist *more = curl_slist_append (*headers, line);
+    if (!more) {
+        curl_slist_free_all (*headers);
+        *headers = NULL;
+    }
+    else
+        *headers = more;
+    return more != NULL;
+}
+
+//  POSTs body to url, signed for request_id and user_id. On a 2xx,
+//  DELIVERED; else the error text goes into error (RETRY, or FAILED when
+//  trying again cannot help).
 static s_outcome_t
-s_post (kiln_webhooks_t *self, const char *url, const char *body,
-        long *code, char *error, size_t error_size)
+s_post (kiln_webhooks_t *self, const char *url, const char *request_id, const char *user_id,
+        const char *body, long *code, char *error, size_t error_size)
 {
     *code = 0;
     *error = 0;
@@ -359,23 +488,37 @@ s_post (kiln_webhooks_t *self, const char *url, const char *body,
         snprintf (error, error_size, "not an http:// or https:// URL");
         return OUTCOME_FAILED;
     }
+    //  Signed now, so the timestamp is this try's.
+    size_t body_size = strlen (body);
+    char timestamp [24], signature [KILN_SIGN_HEX_LEN + 1];
+    snprintf (timestamp, sizeof timestamp, "%" PRId64, kiln_now_ms () / 1000);
+    if (kiln_sign_webhook (&self->key, request_id, user_id, timestamp,
+                           body, body_size, signature)) {
+        snprintf (error, error_size, "cannot sign the delivery");
+        return OUTCOME_RETRY;
+    }
     char curl_error [CURL_ERROR_SIZE] = "";
-    struct curl_slist *headers = curl_slist_append (NULL, "Content-Type: application/json");
+    struct curl_slist *headers = NULL;
     //  No "Expect: 100-continue" wait on large bodies.
-    struct curl_slist *more = headers? curl_slist_append (headers, "Expect:"): NULL;
-    if (!more) {
-        curl_slist_free_all (headers);
+    if (!s_header (&headers, "Content-Type", "application/json")
+    ||  !s_header (&headers, "Expect", "")
+    ||  !s_header (&headers, "x-fal-webhook-request-id", request_id)
+    ||  !s_header (&headers, "x-fal-webhook-user-id", user_id)
+    ||  !s_header (&headers, "x-fal-webhook-timestamp", timestamp)
+    ||  !s_header (&headers, "x-fal-webhook-signature", signature)) {
         snprintf (error, error_size, "out of memory");
         return OUTCOME_RETRY;
     }
-    headers = more;
+    self->addresses_refused = 0;
+    self->addresses_allowed = 0;
+    self->refused_address [0] = 0;
     CURL *curl = self->curl;
     curl_easy_reset (curl);     //  keeps open connections for the next POST
     curl_easy_setopt (curl, CURLOPT_URL, url);
     curl_easy_setopt (curl, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt (curl, CURLOPT_POST, 1L);
     curl_easy_setopt (curl, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt (curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) strlen (body));
+    curl_easy_setopt (curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) body_size);
     curl_easy_setopt (curl, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt (curl, CURLOPT_USERAGENT, USER_AGENT);
     curl_easy_setopt (curl, CURLOPT_FOLLOWLOCATION, 0L);
@@ -386,6 +529,8 @@ s_post (kiln_webhooks_t *self, const char *url, const char *body,
     curl_easy_setopt (curl, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt (curl, CURLOPT_XFERINFOFUNCTION, s_progress);
     curl_easy_setopt (curl, CURLOPT_XFERINFODATA, self);
+    curl_easy_setopt (curl, CURLOPT_OPENSOCKETFUNCTION, s_open_socket);
+    curl_easy_setopt (curl, CURLOPT_OPENSOCKETDATA, self);
     curl_easy_setopt (curl, CURLOPT_ERRORBUFFER, curl_error);
     CURLcode rc = curl_easy_perform (curl);
     curl_easy_setopt (curl, CURLOPT_ERRORBUFFER, NULL);
@@ -395,6 +540,11 @@ s_post (kiln_webhooks_t *self, const char *url, const char *body,
     if (rc == CURLE_ABORTED_BY_CALLBACK) {
         snprintf (error, error_size, "stopped while sending");
         return OUTCOME_ABORTED;
+    }
+    if (rc != CURLE_OK && self->addresses_refused > 0 && self->addresses_allowed == 0) {
+        snprintf (error, error_size, "webhook target %s is in a private range; "
+                  "set KILN_WEBHOOK_ALLOW_PRIVATE=1 to allow it", self->refused_address);
+        return OUTCOME_FAILED;
     }
     if (rc != CURLE_OK) {
         snprintf (error, error_size, "%s", *curl_error? curl_error: curl_easy_strerror (rc));
@@ -410,6 +560,26 @@ s_post (kiln_webhooks_t *self, const char *url, const char *body,
 
 //  -------------------------------------------------------------------------
 //  Delivery
+
+//  The user id a delivery names: the owner of the request's app (fal puts
+//  the user there), "" when the record has no valid app. -1 when Redis
+//  went away (logged).
+static int
+s_owner (kiln_webhooks_t *self, const char *id, char owner [KILN_NAME_MAX + 1])
+{
+    owner [0] = 0;
+    redisReply *reply = redisCommand (self->redis, "HGET %s app", kiln_key_request (id).s);
+    if (!reply) {
+        s_redis_lost (self, "HGET");
+        return -1;
+    }
+    if (reply->type == REDIS_REPLY_STRING && kiln_app_name_valid (reply->str)) {
+        size_t len = strcspn (reply->str, "/");
+        snprintf (owner, KILN_NAME_MAX + 1, "%.*s", (int) len, reply->str);
+    }
+    freeReplyObject (reply);
+    return 0;
+}
 
 //  A string field of the claim's answer ("" when it is not a string).
 static const char *
@@ -463,12 +633,15 @@ s_deliver (kiln_webhooks_t *self, redisReply **fields, int64_t lease_ms)
         lease_ms = renewed;
     }
 
+    char owner [KILN_NAME_MAX + 1];
+    if (s_owner (self, id, owner))
+        return false;
     char log_url [LOG_URL_MAX];
     s_url_for_log (url, log_url, sizeof log_url);
     char *body = kiln_webhook_body (id, status, result, result_size, error);
     long code = 0;
-    char why [CURL_ERROR_SIZE + 32] = "";
-    s_outcome_t outcome = body? s_post (self, url, body, &code, why, sizeof why)
+    char why [CURL_ERROR_SIZE + 128] = "";
+    s_outcome_t outcome = body? s_post (self, url, id, owner, body, &code, why, sizeof why)
                               : OUTCOME_RETRY;
     if (!body)
         snprintf (why, sizeof why, "out of memory");
@@ -572,6 +745,21 @@ s_run (void *arg)
                 continue;
             s_done_destroy (&self->pending);
         }
+        if (!self->key_loaded) {
+            //  Nothing goes out unsigned: no key, no claims.
+            if (kiln_signing_key_load (self->redis, &self->key) == 0) {
+                self->key_loaded = true;
+                kiln_log_info ("webhooks: signing with key %s", self->key.kid);
+            }
+            else
+            if (self->redis->err)
+                s_redis_lost (self, "GET " KILN_KEY_SIGNING_KEY);
+            else {
+                kiln_log_error ("webhooks: no signing key pair; deliveries wait");
+                s_wait (self, KEY_WAIT_MS);
+            }
+            continue;
+        }
         int claimed = s_claim_and_deliver (self);
         if (claimed < 0 && self->redis)
             s_wait (self, ERROR_WAIT_MS);
@@ -605,11 +793,15 @@ kiln_webhooks_new (const kiln_config_t *cfg)
     self->timeout_ms = cfg->webhook_timeout_ms > 0? cfg->webhook_timeout_ms: 1;
     self->lease_ms = self->timeout_ms + LEASE_MARGIN_MS;
     self->retention_s = cfg->result_retention_s > 0? cfg->result_retention_s: 1;
+    self->allow_private = cfg->webhook_allow_private;
     self->redis_backoff_ms = REDIS_BACKOFF_MIN_MS;
     atomic_init (&self->stopping, false);
     self->curl = curl_easy_init ();
     pthread_condattr_t attr;
-    bool ok = self->redis_url && self->curl
+    bool signing = kiln_auth_init () == 0;
+    if (!signing)
+        kiln_log_error ("webhooks: libsodium cannot start");
+    bool ok = self->redis_url && self->curl && signing
            && pthread_condattr_init (&attr) == 0;
     if (ok) {
         //  Waits are timed on the monotonic clock, like everything else.
@@ -643,8 +835,9 @@ kiln_webhooks_new (const kiln_config_t *cfg)
         curl_global_cleanup ();
         return NULL;
     }
-    kiln_log_info ("webhooks: delivering (%d tries, backoff %" PRId64 " ms, timeout %" PRId64 " ms)",
-                   self->tries, self->backoff_ms, self->timeout_ms);
+    kiln_log_info ("webhooks: delivering (%d tries, backoff %" PRId64 " ms, timeout %" PRId64 " ms%s)",
+                   self->tries, self->backoff_ms, self->timeout_ms,
+                   self->allow_private? "; private targets allowed": "");
     return self;
 }
 
@@ -665,6 +858,7 @@ kiln_webhooks_destroy (kiln_webhooks_t **self_p)
         redisFree (self->redis);
     curl_easy_cleanup (self->curl);
     curl_global_cleanup ();
+    sodium_memzero (&self->key, sizeof self->key);
     pthread_mutex_destroy (&self->mutex);
     pthread_cond_destroy (&self->cond);
     free (self->redis_url);

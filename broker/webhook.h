@@ -8,6 +8,13 @@
     else retried with exponential backoff until webhook_tries, then
     failed. Delivery is at least once; webhook.c says when a receiver can
     see one twice.
+
+    Each delivery is signed the way fal signs (kiln_auth.h): headers
+    x-fal-webhook-request-id, -user-id (the app's owner), -timestamp and
+    -signature, signed afresh on every try with the key pair shared in
+    Redis (kiln_signing_key.h). Targets whose address is loopback,
+    private, link-local or unique-local are refused (the delivery fails
+    at once) unless cfg->webhook_allow_private.
     =========================================================================
 */
 #ifndef KILN_WEBHOOK_H_INCLUDED
@@ -18,6 +25,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+struct sockaddr;
 
 typedef struct _kiln_webhooks_t kiln_webhooks_t;
 
@@ -40,5 +49,11 @@ char *kiln_webhook_body (const char *request_id, int status,
 //  Delay before the next try when a try has failed with `attempts` tries
 //  before it: backoff_ms · 2^attempts, capped at a day.
 int64_t kiln_webhook_delay_ms (int64_t backoff_ms, int attempts);
+
+//  Whether a webhook may not connect to addr (unless the operator allows
+//  it): IPv4 0/8, 10/8, 127/8, 169.254/16, 172.16/12, 192.168/16; IPv6
+//  :: and ::1, fc00::/7, fe80::/10, and the IPv4-mapped forms
+//  (::ffff:a.b.c.d) of the IPv4 ones. Any other family is refused too.
+bool kiln_webhook_address_private (const struct sockaddr *addr);
 
 #endif

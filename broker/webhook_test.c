@@ -13,7 +13,10 @@
     retries with growing gaps, giving up after the tries, a receiver that
     is down, a timeout, a stop mid-delivery and a restart, a lost Redis
     connection, leases (held by another deliverer; two deliverers at
-    once never send one completion twice), and the record's expiry.
+    once never send one completion twice), the record's expiry, the
+    signature headers (verified with the key pair from Redis, re-signed
+    on each try), the shared key pair, and targets in private ranges
+    (the address check, table-tested; a refused delivery fails at once).
     Exits 0 (also when redis-server is not installed: skipped), or 1
     naming the failed check.
     =========================================================================
@@ -25,6 +28,7 @@
 #include "kiln_log.h"
 #include "kiln_redis.h"
 #include "kiln_scripts.h"
+#include "kiln_signing_key.h"
 #include "kiln_util.h"
 
 #include <arpa/inet.h>
@@ -98,6 +102,7 @@ typedef struct {
     char *path;
     char *content_type;
     char *user_agent;
+    char *head;                     //  the request line and headers
     char *body;
     size_t body_size;
     int64_t at_ms;                  //  monotonic, when the request was in
@@ -162,6 +167,7 @@ s_read_request (int fd)
             hit->path = strndup (path, strcspn (path, " \r\n"));
             hit->content_type = s_header (data, "Content-Type");
             hit->user_agent = s_header (data, "User-Agent");
+            hit->head = strdup (data);
             hit->body = malloc (content_length + 1);
             memcpy (hit->body, end + 4, content_length);
             hit->body [content_length] = 0;
@@ -214,6 +220,7 @@ s_receiver_run (void *arg)
                 free (hit->path);
                 free (hit->content_type);
                 free (hit->user_agent);
+                free (hit->head);
                 free (hit->body);
             }
             free (hit);
@@ -271,6 +278,7 @@ s_receiver_destroy (s_receiver_t **self_p)
         free (self->hits [i].path);
         free (self->hits [i].content_type);
         free (self->hits [i].user_agent);
+        free (self->hits [i].head);
         free (self->hits [i].body);
     }
     pthread_mutex_destroy (&self->mutex);
@@ -445,9 +453,10 @@ s_in_outbox (const char *id)
     return in;
 }
 
-//  A deliverer with these settings.
+//  A deliverer with these settings; allow_private lets it reach the
+//  receivers here, on loopback.
 static kiln_webhooks_t *
-s_deliverer (int tries, int backoff_ms, int timeout_ms, int retention_s)
+s_deliverer_with (int tries, int backoff_ms, int timeout_ms, int retention_s, bool allow_private)
 {
     kiln_config_t *cfg = kiln_config_new (NULL);
     CHECK (cfg);
@@ -456,10 +465,17 @@ s_deliverer (int tries, int backoff_ms, int timeout_ms, int retention_s)
     cfg->webhook_backoff_ms = backoff_ms;
     cfg->webhook_timeout_ms = timeout_ms;
     cfg->result_retention_s = retention_s;
+    cfg->webhook_allow_private = allow_private;
     kiln_webhooks_t *webhooks = kiln_webhooks_new (cfg);
     kiln_config_destroy (&cfg);         //  the deliverer keeps copies
     CHECK (webhooks);
     return webhooks;
+}
+
+static kiln_webhooks_t *
+s_deliverer (int tries, int backoff_ms, int timeout_ms, int retention_s)
+{
+    return s_deliverer_with (tries, backoff_ms, timeout_ms, retention_s, true);
 }
 
 static void
@@ -812,6 +828,223 @@ s_test_redis_lost (void)
     s_receiver_destroy (&receiver);
 }
 
+//  Whether the deliverer refuses text, an IPv4 or IPv6 address.
+static bool
+s_refused (const char *text)
+{
+    struct sockaddr_storage storage;
+    memset (&storage, 0, sizeof storage);
+    if (strchr (text, ':')) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) &storage;
+        in6->sin6_family = AF_INET6;
+        CHECK (inet_pton (AF_INET6, text, &in6->sin6_addr) == 1);
+    }
+    else {
+        struct sockaddr_in *in = (struct sockaddr_in *) &storage;
+        in->sin_family = AF_INET;
+        CHECK (inet_pton (AF_INET, text, &in->sin_addr) == 1);
+    }
+    return kiln_webhook_address_private ((struct sockaddr *) &storage);
+}
+
+static void
+s_test_addresses (void)
+{
+    s_step ("webhook targets: loopback, private, link-local, unique-local refused");
+    static const struct {
+        const char *address;
+        bool refused;
+    } table [] = {
+        { "127.0.0.1", true },          { "127.255.255.254", true },
+        { "10.0.0.1", true },           { "10.255.255.255", true },
+        { "9.255.255.255", false },     { "11.0.0.0", false },
+        { "172.16.0.1", true },         { "172.31.255.255", true },
+        { "172.15.255.255", false },    { "172.32.0.0", false },
+        { "192.168.0.1", true },        { "192.168.255.255", true },
+        { "192.167.255.255", false },   { "192.169.0.0", false },
+        { "169.254.169.254", true },    { "169.254.0.0", true },
+        { "169.253.255.255", false },   { "169.255.0.0", false },
+        { "0.0.0.0", true },            { "0.255.255.255", true },
+        { "1.0.0.0", false },           { "8.8.8.8", false },
+        { "93.184.216.34", false },     { "100.64.0.1", false },
+        { "::1", true },                { "::", true },
+        { "::2", false },               { "::1:0", false },
+        { "fc00::1", true },            { "fdff:ffff:ffff::1", true },
+        { "fe00::1", false },           { "fbff::1", false },
+        { "fe80::1", true },            { "febf:ffff::1", true },
+        { "fec0::1", false },           { "fe7f::1", false },
+        { "::ffff:127.0.0.1", true },   { "::ffff:10.1.2.3", true },
+        { "::ffff:172.20.0.1", true },  { "::ffff:192.168.1.1", true },
+        { "::ffff:169.254.169.254", true }, { "::ffff:0.0.0.0", true },
+        { "::ffff:8.8.8.8", false },    { "::fffe:127.0.0.1", false },
+        { "2001:4860:4860::8888", false }, { "2606:4700::1111", false },
+    };
+    for (size_t i = 0; i < sizeof table / sizeof table [0]; i++) {
+        bool refused = s_refused (table [i].address);
+        if (refused != table [i].refused)
+            fprintf (stderr, "   %s: %s, expected %s\n", table [i].address,
+                     refused? "refused": "allowed", table [i].refused? "refused": "allowed");
+        CHECK (refused == table [i].refused);
+    }
+    //  Neither IPv4 nor IPv6: nothing we can judge, so refused.
+    struct sockaddr other = { .sa_family = AF_UNIX };
+    CHECK (kiln_webhook_address_private (&other));
+    CHECK (kiln_webhook_address_private (NULL));
+}
+
+static void
+s_test_private (void)
+{
+    s_step ("a loopback target is refused at once, unless private targets are allowed");
+    s_receiver_t *receiver = s_receiver_new (0, NULL, 0, 200);
+    char url [128], id [KILN_UUID_LEN + 1], named [KILN_UUID_LEN + 1], v6 [KILN_UUID_LEN + 1];
+    s_url (url, sizeof url, receiver->port, "/private");
+    kiln_webhooks_t *webhooks = s_deliverer_with (5, 50, 2000, 600, false);
+    s_seed (id, url, "200", "{}", 2, "");
+    CHECK (s_wait_field (id, "webhook_state", "failed", WAIT_MS));
+    CHECK (s_field_is (id, "webhook_attempts", "1"));
+    CHECK (s_field_is (id, "webhook_last_error", "webhook target 127.0.0.1 is in a private "
+                       "range; set KILN_WEBHOOK_ALLOW_PRIVATE=1 to allow it"));
+    CHECK (!s_in_outbox (id));
+
+    s_step ("a name that resolves to loopback, and ::1, are refused too");
+    snprintf (url, sizeof url, "http://localhost:%d/named", receiver->port);
+    s_seed (named, url, "200", "{}", 2, "");
+    snprintf (url, sizeof url, "http://[::1]:%d/v6", receiver->port);
+    s_seed (v6, url, "200", "{}", 2, "");
+    CHECK (s_wait_field (named, "webhook_state", "failed", WAIT_MS));
+    CHECK (s_wait_field (v6, "webhook_state", "failed", WAIT_MS));
+    char *error = s_field (named, "webhook_last_error");
+    if (s_verbose)
+        printf ("   localhost: %s\n", error? error: "(nil)");
+    CHECK (error && strncmp (error, "webhook target ", 15) == 0
+                 && strstr (error, " is in a private range; set KILN_WEBHOOK_ALLOW_PRIVATE=1"));
+    free (error);
+    CHECK (s_field_is (v6, "webhook_last_error", "webhook target ::1 is in a private "
+                       "range; set KILN_WEBHOOK_ALLOW_PRIVATE=1 to allow it"));
+    usleep (300000);
+    CHECK (s_hit_count (receiver) == 0);
+    kiln_webhooks_destroy (&webhooks);
+    s_receiver_destroy (&receiver);
+}
+
+//  The hit's x-fal-webhook-* headers verify with public_key for the body
+//  it got; its timestamp goes into *timestamp.
+static bool
+s_hit_verifies (s_receiver_t *self, int index, const uint8_t *public_key,
+                const char *request_id, const char *user_id, long long *timestamp)
+{
+    pthread_mutex_lock (&self->mutex);
+    s_hit_t *hit = &self->hits [index];
+    char *id = s_header (hit->head, "x-fal-webhook-request-id");
+    char *user = s_header (hit->head, "x-fal-webhook-user-id");
+    char *stamp = s_header (hit->head, "x-fal-webhook-timestamp");
+    char *signature = s_header (hit->head, "x-fal-webhook-signature");
+    bool valid = strcmp (id, request_id) == 0 && strcmp (user, user_id) == 0
+              && kiln_sign_webhook_verify (public_key, id, user, stamp,
+                                           hit->body, hit->body_size, signature);
+    //  A byte changed in the body, or another user: no longer valid.
+    if (valid && hit->body_size > 0) {
+        hit->body [0] ^= 1;
+        valid = !kiln_sign_webhook_verify (public_key, id, user, stamp,
+                                           hit->body, hit->body_size, signature);
+        hit->body [0] ^= 1;
+    }
+    valid = valid && !kiln_sign_webhook_verify (public_key, id, "someone-else", stamp,
+                                                hit->body, hit->body_size, signature);
+    if (!valid && s_verbose)
+        printf ("   hit %d: id '%s' user '%s' timestamp '%s' signature '%s'\n",
+                index, id, user, stamp, signature);
+    *timestamp = atoll (stamp);
+    pthread_mutex_unlock (&self->mutex);
+    free (id);
+    free (user);
+    free (stamp);
+    free (signature);
+    return valid;
+}
+
+static void
+s_test_signed (void)
+{
+    s_step ("every try is signed anew: the headers verify with the shared key");
+    const int script [] = { 500 };
+    s_receiver_t *receiver = s_receiver_new (0, script, 1, 200);
+    char url [128], id [KILN_UUID_LEN + 1];
+    s_url (url, sizeof url, receiver->port, "/signed");
+    long long before = kiln_now_ms () / 1000;
+    //  Over a second between tries, so the second timestamp is later.
+    kiln_webhooks_t *webhooks = s_deliverer (3, 1100, 2000, 600);
+    s_seed (id, url, "200", "{\"signed\":true}", 15, "");
+    CHECK (s_wait_hits (receiver, 2, WAIT_MS));
+    CHECK (s_wait_field (id, "webhook_state", "delivered", WAIT_MS));
+    long long after = kiln_now_ms () / 1000;
+    kiln_sign_keypair_t pair;
+    CHECK (kiln_signing_key_load (s_redis, &pair) == 0);
+    long long first, second;
+    CHECK (s_hit_verifies (receiver, 0, pair.public_key, id, "local", &first));
+    CHECK (s_hit_verifies (receiver, 1, pair.public_key, id, "local", &second));
+    if (s_verbose)
+        printf ("   timestamps %lld, %lld (between %lld and %lld)\n", first, second, before, after);
+    CHECK (first >= before && second <= after && second > first);
+    CHECK (strcmp (receiver->hits [0].body, receiver->hits [1].body) == 0);
+    kiln_webhooks_destroy (&webhooks);
+    s_receiver_destroy (&receiver);
+}
+
+static char *
+s_stored_key (void)
+{
+    redisReply *reply = redisCommand (s_redis, "GET %s", KILN_KEY_SIGNING_KEY);
+    CHECK (reply);
+    char *text = reply->type == REDIS_REPLY_STRING? strdup (reply->str): NULL;
+    freeReplyObject (reply);
+    return text;
+}
+
+static void
+s_test_key (void)
+{
+    s_step ("one key pair in Redis: made once, then read by everyone");
+    CHECK (s_int ("DEL %s", KILN_KEY_SIGNING_KEY) >= 0);
+    kiln_sign_keypair_t one, two;
+    CHECK (kiln_signing_key_load (s_redis, &one) == 0);
+    char *stored = s_stored_key ();
+    CHECK (stored && strncmp (stored, one.kid, KILN_SIGN_KID_LEN) == 0);
+    CHECK (kiln_signing_key_load (s_redis, &two) == 0);
+    CHECK (memcmp (&one, &two, sizeof one) == 0);
+    char *again = s_stored_key ();
+    CHECK (again && strcmp (stored, again) == 0);
+    free (again);
+
+    s_step ("a key that is not a pair: nothing is sent until it is fixed");
+    CHECK (s_int ("DEL %s", KILN_KEY_SIGNING_KEY) == 1);
+    redisReply *reply = redisCommand (s_redis, "SET %s %s", KILN_KEY_SIGNING_KEY, "not-a-key");
+    CHECK (reply && reply->type == REDIS_REPLY_STATUS);
+    freeReplyObject (reply);
+    kiln_sign_keypair_t broken;
+    CHECK (kiln_signing_key_load (s_redis, &broken) == -1 && s_redis->err == 0);
+    s_receiver_t *receiver = s_receiver_new (0, NULL, 0, 200);
+    char url [128], id [KILN_UUID_LEN + 1];
+    s_url (url, sizeof url, receiver->port, "/rekeyed");
+    kiln_webhooks_t *webhooks = s_deliverer (3, 50, 2000, 600);
+    s_seed (id, url, "200", "{}", 2, "");
+    usleep (700000);
+    CHECK (s_hit_count (receiver) == 0);
+    CHECK (s_field_is (id, "webhook_state", "pending"));
+    //  Restored (as an operator would): the deliverer picks it up.
+    reply = redisCommand (s_redis, "SET %s %s", KILN_KEY_SIGNING_KEY, stored);
+    CHECK (reply && reply->type == REDIS_REPLY_STATUS);
+    freeReplyObject (reply);
+    CHECK (s_wait_hits (receiver, 1, WAIT_MS + 5000));
+    CHECK (s_wait_field (id, "webhook_state", "delivered", WAIT_MS));
+    long long timestamp;
+    CHECK (s_hit_verifies (receiver, 0, one.public_key, id, "local", &timestamp));
+    kiln_webhooks_destroy (&webhooks);
+    s_receiver_destroy (&receiver);
+    free (stored);
+}
+
 int
 main (int argc, char *argv [])
 {
@@ -831,6 +1064,7 @@ main (int argc, char *argv [])
     CHECK (s_int ("HSET %s name %s", kiln_key_app (APP).s, APP) == 1);
 
     s_test_pure ();
+    s_test_addresses ();
     s_test_body ();
     s_test_retries ();
     s_test_give_up ();
@@ -839,6 +1073,9 @@ main (int argc, char *argv [])
     s_test_restart ();
     s_test_leases ();
     s_test_redis_lost ();
+    s_test_private ();
+    s_test_signed ();
+    s_test_key ();
 
     s_cleanup ();
     printf ("kiln-webhook-test: OK\n");

@@ -34,7 +34,7 @@ static const char *s_help_text =
     "       kiln apps show OWNER/APP [--json]\n"
     "       kiln apps scale OWNER/APP [--min N] [--max N] [--buffer N] [--keep-alive S]\n"
     "                       [--reset] [--json]\n"
-    "       kiln apps delete OWNER/APP\n"
+    "       kiln apps delete OWNER/APP [--json]\n"
     "       kiln apps revisions OWNER/APP [--json]\n"
     "       kiln apps rollback OWNER/APP REVISION [--json]\n"
     "\n"
@@ -188,11 +188,8 @@ s_list (kiln_cli_t *cli, bool raw)
     char *error = NULL;
     int rc = kiln_http_json (http, "GET", "/v1/apps", NULL, &answer, &error);
     kiln_http_destroy (&http);
-    if (rc) {
-        kiln_cli_fail ("%s", error ? error : "out of memory");
-        free (error);
-        return KILN_EXIT_FAILURE;
-    }
+    if (rc)
+        return kiln_cli_fail_http (error);
     if (raw) {
         char *text = answer ? json_dumps (answer, JSON_INDENT (2)) : NULL;
         printf ("%s\n", text ? text : "null");
@@ -271,10 +268,8 @@ s_show (kiln_cli_t *cli, const char *name, bool raw)
     int rc = kiln_http_json (http, "GET", path, NULL, &answer, &error);
     free (path);
     if (rc) {
-        kiln_cli_fail ("%s", error ? error : "out of memory");
-        free (error);
         kiln_http_destroy (&http);
-        return KILN_EXIT_FAILURE;
+        return kiln_cli_fail_http (error);
     }
     if (raw) {
         char *text = answer ? json_dumps (answer, JSON_INDENT (2)) : NULL;
@@ -381,11 +376,8 @@ s_scale (kiln_cli_t *cli, const char *name, json_t *patch, bool raw)
     int rc = kiln_http_json (http, "PATCH", path, patch, &answer, &error);
     free (path);
     kiln_http_destroy (&http);
-    if (rc) {
-        kiln_cli_fail ("%s", error ? error : "out of memory");
-        free (error);
-        return KILN_EXIT_FAILURE;
-    }
+    if (rc)
+        return kiln_cli_fail_http (error);
     if (raw) {
         char *text = answer ? json_dumps (answer, JSON_INDENT (2)) : NULL;
         printf ("%s\n", text ? text : "null");
@@ -403,7 +395,7 @@ s_scale (kiln_cli_t *cli, const char *name, json_t *patch, bool raw)
 }
 
 static int
-s_delete (kiln_cli_t *cli, const char *name)
+s_delete (kiln_cli_t *cli, const char *name, bool raw)
 {
     kiln_http_t *http = s_http (cli);
     if (!http)
@@ -418,13 +410,16 @@ s_delete (kiln_cli_t *cli, const char *name)
     int rc = kiln_http_json (http, "DELETE", path, NULL, &answer, &error);
     free (path);
     kiln_http_destroy (&http);
-    json_decref (answer);
-    if (rc) {
-        kiln_cli_fail ("%s", error ? error : "out of memory");
-        free (error);
-        return KILN_EXIT_FAILURE;
+    if (rc)
+        return kiln_cli_fail_http (error);
+    if (raw) {
+        char *text = answer ? json_dumps (answer, JSON_INDENT (2)) : NULL;
+        printf ("%s\n", text ? text : "null");
+        free (text);
     }
-    printf ("deleted %s\n", name);
+    else
+        printf ("deleted %s\n", name);
+    json_decref (answer);
     return KILN_EXIT_OK;
 }
 
@@ -453,11 +448,8 @@ s_call (kiln_cli_t *cli, const char *method, const char *path, json_t *body,
     char *error = NULL;
     int rc = kiln_http_json (http, method, path, body, answer, &error);
     kiln_http_destroy (&http);
-    if (rc) {
-        kiln_cli_fail ("%s", error ? error : "out of memory");
-        free (error);
-        return KILN_EXIT_FAILURE;
-    }
+    if (rc)
+        return kiln_cli_fail_http (error);
     return KILN_EXIT_OK;
 }
 
@@ -623,14 +615,12 @@ kiln_apps_main (kiln_cli_t *cli, int argc, char *argv [])
     const char *problem = kiln_cli_app_name_problem (name);
     if (problem)
         return kiln_cli_usage ("apps", "invalid app name '%s': %s", name, problem);
-    if (delete && raw)
-        return kiln_cli_usage ("apps", "apps delete does not take --json");
     if (show)
         return s_show (cli, name, raw);
     if (revisions)
         return s_revisions (cli, name, raw);
     if (delete)
-        return s_delete (cli, name);
+        return s_delete (cli, name, raw);
 
     if (!scale_option)
         return kiln_cli_usage ("apps", "apps scale needs at least one of --min, --max, "

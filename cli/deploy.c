@@ -43,16 +43,26 @@
 #define DESCRIBE_OUTPUT_MAX (1024 * 1024)
 
 static const char *s_help_text =
-    "usage: kiln deploy APP.so [--name OWNER/APP]\n"
-    "       kiln deploy FILE.py::ClassName [--name OWNER/APP]\n"
+    "usage: kiln deploy APP.so [--name OWNER/APP] [--progress] [--json]\n"
+    "       kiln deploy FILE.py::ClassName [--name OWNER/APP] [--progress] [--json]\n"
     "\n"
     "Uploads a native kiln app (a shared library built against\n"
     "include/kiln/app.h) or a Python app (a kiln.App subclass in FILE.py)\n"
     "and deploys it as a new revision, then prints its sync and queue URLs.\n"
+    "With progress (stderr a terminal, or --progress) it says what it does\n"
+    "on stderr and, for an app that keeps runners up (min_concurrency > 0),\n"
+    "waits until one of the new revision is ready.\n"
     "\n"
     "options:\n"
     "  -n, --name OWNER/APP the app's name (default local/<the app's own name>)\n"
+    "  --progress           show progress on stderr even when it is not a terminal\n"
+    "  --json               print the gateway's answer as it is (JSON)\n"
     KILN_CLI_COMMON_HELP;
+
+//  How long `kiln deploy` with progress waits for a runner to be ready.
+#define DEPLOY_READY_TIMEOUT_MS 300000
+//  getopt_long value of --progress.
+#define OPT_PROGRESS 0x3001
 
 //  Appends up to size bytes to a growing buffer, keeping at most
 //  DESCRIBE_OUTPUT_MAX. 0 or -1 (out of memory).
@@ -484,6 +494,7 @@ kiln_deploy_file (kiln_cli_t *cli, kiln_http_t *http, const char *path, bool pyt
 
     char *artifact_path = NULL;
     int rc = -1;
+    kiln_cli_progress (cli, "uploading %s (%zu bytes, sha256 %.12s)", path, size, sha);
     if (asprintf (&artifact_path, "/v1/artifacts/%s", sha) >= 0) {
         kiln_http_response_t response;
         if (kiln_http_request (http, "PUT", artifact_path, "application/octet-stream",
@@ -505,12 +516,20 @@ kiln_deploy_file (kiln_cli_t *cli, kiln_http_t *http, const char *path, bool pyt
 
     json_t *answer = NULL;
     if (rc == 0) {
+        kiln_cli_progress (cli, "deploying %s", full_name);
         json_t *request = json_pack ("{s:s, s:s, s:O}", "name", full_name,
                                      "artifact", sha, "manifest", manifest_json);
         rc = request ? kiln_http_json (http, "POST", "/v1/apps", request, &answer, error) : -1;
         json_decref (request);
     }
     json_decref (manifest_json);
+    if (rc == 0 && cli->json) {
+        char *text = answer ? json_dumps (answer, JSON_INDENT (2)) : NULL;
+        printf ("%s\n", text ? text : "null");
+        fflush (stdout);
+        free (text);
+    }
+    else
     if (rc == 0) {
         json_t *revision = json_object_get (answer, "revision");
         char *sync_url = s_answer_url (answer, "sync", kiln_http_base (http), "", full_name);
@@ -537,12 +556,34 @@ kiln_deploy_file (kiln_cli_t *cli, kiln_http_t *http, const char *path, bool pyt
     return rc;
 }
 
+//  The app's min_concurrency in force (an override, else its own), or 0.
+static long long
+s_min_concurrency (kiln_http_t *http, const char *name)
+{
+    char *path = NULL;
+    if (asprintf (&path, "/v1/apps/%s", name) < 0)
+        return 0;
+    json_t *app = NULL;
+    char *error = NULL;
+    long long value = 0;
+    if (kiln_http_json (http, "GET", path, NULL, &app, &error) == 0) {
+        json_t *min = json_object_get (json_object_get (app, "effective"), "min_concurrency");
+        value = json_is_integer (min) ? (long long) json_integer_value (min) : 0;
+    }
+    free (error);
+    free (path);
+    json_decref (app);
+    return value;
+}
+
 int
 kiln_deploy_main (kiln_cli_t *cli, int argc, char *argv [])
 {
     static const struct option options [] = {
         KILN_CLI_COMMON_OPTIONS,
         { "name", required_argument, NULL, 'n' },
+        { "progress", no_argument,   NULL, OPT_PROGRESS },
+        { "json",     no_argument,   NULL, 'j' },
         { NULL, 0, NULL, 0 }
     };
     const char *name = NULL;
@@ -556,6 +597,12 @@ kiln_deploy_main (kiln_cli_t *cli, int argc, char *argv [])
         }
         if (opt == 'n')
             name = optarg;
+        else
+        if (opt == OPT_PROGRESS)
+            cli->progress = true;
+        else
+        if (opt == 'j')
+            cli->json = true;
         else
         if (!kiln_cli_common_option (cli, opt, optarg))
             return kiln_cli_bad_option ("deploy", opt, argv);
@@ -574,10 +621,16 @@ kiln_deploy_main (kiln_cli_t *cli, int argc, char *argv [])
     if (!http)
         return KILN_EXIT_FAILURE;
     char *error = NULL;
-    int rc = kiln_deploy_app (cli, http, path, name, NULL, &error);
-    if (rc != 0)
-        kiln_cli_fail ("%s", error ? error : "out of memory");
-    free (error);
+    char *deployed = NULL;
+    int rc = kiln_deploy_app (cli, http, path, name, &deployed, &error) == 0
+           ? KILN_EXIT_OK : kiln_cli_fail_http (error);
+    //  An app that keeps runners up: say when the new revision serves.
+    if (rc == KILN_EXIT_OK && cli->progress && s_min_concurrency (http, deployed) > 0) {
+        int waited = kiln_cli_wait_ready (cli, http, deployed, DEPLOY_READY_TIMEOUT_MS, false, NULL);
+        if (waited > 0)
+            rc = waited;
+    }
+    free (deployed);
     kiln_http_destroy (&http);
-    return rc == 0 ? KILN_EXIT_OK : KILN_EXIT_FAILURE;
+    return rc;
 }

@@ -18,6 +18,15 @@
 //  there, and the user should hear so rather than wait.
 #define CONNECT_TIMEOUT_MS 5000
 
+//  See kiln_http_last_status: one blocking request at a time per process.
+static long s_last_status = -1;
+
+long
+kiln_http_last_status (void)
+{
+    return s_last_status;
+}
+
 struct _kiln_http_t {
     CURL *curl;
     char *base;                     //  no trailing slash
@@ -175,8 +184,10 @@ kiln_http_request (kiln_http_t *self, const char *method, const char *path,
 
     CURLcode code = curl_easy_perform (curl);
     int rc = 0;
+    s_last_status = 0;
     if (code == CURLE_OK) {
         curl_easy_getinfo (curl, CURLINFO_RESPONSE_CODE, &response->status);
+        s_last_status = response->status;
         const char *type = NULL;
         curl_easy_getinfo (curl, CURLINFO_CONTENT_TYPE, &type);
         response->content_type = strdup (type ? type : "");

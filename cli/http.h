@@ -41,6 +41,12 @@ int kiln_http_request (kiln_http_t *self, const char *method, const char *path,
                        const char *content_type, const void *body, size_t size,
                        kiln_http_response_t *response, char **error);
 
+//  How the last request of this process ended: its HTTP status, 0 when
+//  the gateway could not be reached, -1 before any request. The CLI
+//  makes one request at a time, so this is what a failure was about
+//  (kiln_cli_fail_http picks the exit code from it).
+long kiln_http_last_status (void);
+
 //  Frees what a response holds and zeroes it.
 void kiln_http_response_reset (kiln_http_response_t *response);
 

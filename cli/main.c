@@ -18,7 +18,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+
+//  secrets.c (declared here rather than in cli.h, which is not ours to edit)
+int kiln_secrets_main (kiln_cli_t *cli, int argc, char *argv []);
 
 static const char *s_usage =
     "usage: kiln [--url URL] [--key KEY] COMMAND [ARGS]\n"
@@ -27,6 +31,7 @@ static const char *s_usage =
     "\n"
     "commands:\n"
     "  up                  run a local stack (redis, broker, gateway, worker) in the foreground\n"
+    "  run APP             deploy APP under a fresh name, stream its logs, delete it on Ctrl-C\n"
     "  deploy APP          deploy an app (APP.so or FILE.py::Class), print its URLs\n"
     "  apps list           list deployed apps\n"
     "  apps show OWNER/APP show one app\n"
@@ -38,18 +43,69 @@ static const char *s_usage =
     "                      list an app's revisions, the current one marked\n"
     "  apps rollback OWNER/APP REV\n"
     "                      make an earlier revision serve, at once\n"
+    "  logs OWNER/APP [--follow]\n"
+    "                      print (and follow) an app's log lines: handlers and runners\n"
     "  requests show|logs|cancel ID\n"
     "                      show a request, print (--follow) its logs, or cancel it\n"
     "  runners [--app OWNER/APP]\n"
     "                      list every runner: app, worker, machine, GPU, state, load\n"
     "  workers             list every worker: host, slots, slots in use\n"
+    "  keys create|list|revoke\n"
+    "                      make (--scope API|ADMIN [--owner O]), list or revoke API keys\n"
+    "  secrets set|list|unset OWNER/APP ...\n"
+    "                      an app's secrets, given to its runners as environment variables\n"
     "  help [COMMAND]      show this help, or a command's\n"
     "\n"
     "options:\n"
     KILN_CLI_COMMON_HELP
     "  --version            print kiln's version\n"
     "\n"
-    "Run 'kiln COMMAND --help' for a command's options.\n";
+    "Run 'kiln COMMAND --help' for a command's options.\n"
+    "\n"
+    "exit status: 0 done, 1 failed, 2 bad command line, 3 no such app, request\n"
+    "or revision, 4 cannot reach the gateway; a failure prints one line on stderr.\n";
+
+volatile sig_atomic_t kiln_cli_stop = 0;
+
+static void
+s_on_stop_signal (int signum)
+{
+    (void) signum;
+    kiln_cli_stop = 1;
+}
+
+void
+kiln_cli_catch_signals (void)
+{
+    //  No SA_RESTART: a sleep or a poll returns at once on the signal.
+    struct sigaction action;
+    memset (&action, 0, sizeof action);
+    action.sa_handler = s_on_stop_signal;
+    sigemptyset (&action.sa_mask);
+    sigaction (SIGINT, &action, NULL);
+    sigaction (SIGTERM, &action, NULL);
+}
+
+void
+kiln_cli_sleep_ms (int ms)
+{
+    struct timespec delay = { ms / 1000, (long) (ms % 1000) * 1000000L };
+    if (!kiln_cli_stop)
+        nanosleep (&delay, NULL);
+}
+
+void
+kiln_cli_progress (kiln_cli_t *cli, const char *format, ...)
+{
+    if (!cli->progress)
+        return;
+    va_list args;
+    va_start (args, format);
+    fputs ("kiln: ", stderr);
+    vfprintf (stderr, format, args);
+    fputc ('\n', stderr);
+    va_end (args);
+}
 
 bool
 kiln_cli_common_option (kiln_cli_t *self, int opt, const char *arg)
@@ -92,6 +148,17 @@ kiln_cli_fail (const char *format, ...)
     fputc ('\n', stderr);
     va_end (args);
     return KILN_EXIT_FAILURE;
+}
+
+int
+kiln_cli_fail_http (char *error)
+{
+    kiln_cli_fail ("%s", error ? error : "out of memory");
+    free (error);
+    long status = kiln_http_last_status ();
+    return status == 0 ? KILN_EXIT_UNREACHABLE
+         : status == 404 ? KILN_EXIT_NOT_FOUND
+         : KILN_EXIT_FAILURE;
 }
 
 int
@@ -179,10 +246,18 @@ s_dispatch (kiln_cli_t *cli, int argc, char *argv [])
         return kiln_apps_main (cli, argc, argv);
     if (strcmp (command, "requests") == 0)
         return kiln_requests_main (cli, argc, argv);
+    if (strcmp (command, "logs") == 0)
+        return kiln_logs_main (cli, argc, argv);
+    if (strcmp (command, "run") == 0)
+        return kiln_run_main (cli, argc, argv);
     if (strcmp (command, "runners") == 0)
         return kiln_runners_main (cli, argc, argv);
     if (strcmp (command, "workers") == 0)
         return kiln_workers_main (cli, argc, argv);
+    if (strcmp (command, "keys") == 0)
+        return kiln_keys_main (cli, argc, argv);
+    if (strcmp (command, "secrets") == 0)
+        return kiln_secrets_main (cli, argc, argv);
     if (strcmp (command, "help") == 0)
         return s_help (cli, argc, argv);
     if (strcmp (command, "version") == 0) {
@@ -243,11 +318,14 @@ main (int argc, char *argv [])
         kiln_config_set (&config->url, url);
     if (key)
         kiln_config_set (&config->key, key);
+    //  Neither --key nor KILN_KEY: the operator key `kiln up` saved
+    kiln_cli_load_saved_key (config);
     if (curl_global_init (CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         kiln_config_destroy (&config);
         return kiln_cli_fail ("cannot initialise libcurl");
     }
-    kiln_cli_t cli = { config, s_bindir (argv [0]) };
+    kiln_cli_t cli = { .config = config, .bindir = s_bindir (argv [0]),
+                       .progress = isatty (STDERR_FILENO) == 1 };
     int rc = cli.bindir
            ? s_dispatch (&cli, argc - index, argv + index)
            : kiln_cli_fail ("out of memory");

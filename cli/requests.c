@@ -33,16 +33,18 @@
 
 static const char *s_help_text =
     "usage: kiln requests show ID [--json]\n"
-    "       kiln requests logs ID [--follow]\n"
-    "       kiln requests cancel ID\n"
+    "       kiln requests logs ID [--follow] [--json]\n"
+    "       kiln requests cancel ID [--json]\n"
     "\n"
     "Shows a request (its app, state, status, timings, runner and, while it\n"
     "waits, its place in the queue), prints its log lines, or cancels it: a\n"
     "queued request is cancelled at once, a running one is asked to stop.\n"
     "\n"
     "options:\n"
-    "  --json               print the gateway's answer as it is (JSON)\n"
+    "  --json               print the gateway's answer as it is (JSON; logs: one line\n"
+    "                       a JSON object)\n"
     "  -f, --follow         keep printing new log lines until the request completes\n"
+    "                       (or Ctrl-C)\n"
     KILN_CLI_COMMON_HELP;
 
 //  GET or PUT on /v1/requests/ID[suffix]. 0 with *answer (caller decrefs),
@@ -65,11 +67,8 @@ s_call (kiln_cli_t *cli, const char *method, const char *id, const char *suffix,
     int rc = kiln_http_json (http, method, path, NULL, answer, &error);
     kiln_http_destroy (&http);
     free (path);
-    if (rc) {
-        kiln_cli_fail ("%s", error ? error : "out of memory");
-        free (error);
-        return KILN_EXIT_FAILURE;
-    }
+    if (rc)
+        return kiln_cli_fail_http (error);
     return KILN_EXIT_OK;
 }
 
@@ -106,8 +105,15 @@ s_field (json_t *request, const char *key, char *out, size_t size)
 }
 
 static void
-s_print_line (json_t *line)
+s_print_line (json_t *line, bool raw)
 {
+    if (raw) {
+        char *text = json_dumps (line, JSON_COMPACT);
+        if (text)
+            printf ("%s\n", text);
+        free (text);
+        return;
+    }
     const char *level = json_string_value (json_object_get (line, "level"));
     const char *message = json_string_value (json_object_get (line, "message"));
     printf ("%-7s %s\n", level ? level : "INFO", message ? message : "");
@@ -151,9 +157,12 @@ s_show (kiln_cli_t *cli, const char *id, bool raw)
 }
 
 static int
-s_logs (kiln_cli_t *cli, const char *id, bool follow)
+s_logs (kiln_cli_t *cli, const char *id, bool follow, bool raw)
 {
     size_t printed = 0;
+    //  Ctrl-C ends a --follow with exit 0: stopping is what it is for.
+    if (follow)
+        kiln_cli_catch_signals ();
     while (true) {
         json_t *request = NULL;
         int rc = s_call (cli, "GET", id, "", &request);
@@ -161,25 +170,34 @@ s_logs (kiln_cli_t *cli, const char *id, bool follow)
             return rc;
         json_t *logs = json_object_get (request, "logs");
         for (size_t i = printed; i < json_array_size (logs); i++)
-            s_print_line (json_array_get (logs, i));
+            s_print_line (json_array_get (logs, i), raw);
         printed = json_array_size (logs) > printed ? json_array_size (logs) : printed;
         fflush (stdout);
         const char *state = json_string_value (json_object_get (request, "state"));
         bool done = !state || strcmp (state, "COMPLETED") == 0;
         json_decref (request);
-        if (!follow || done)
+        if (!follow || done || kiln_cli_stop)
             return KILN_EXIT_OK;
-        usleep (FOLLOW_POLL_MS * 1000);
+        kiln_cli_sleep_ms (FOLLOW_POLL_MS);
+        if (kiln_cli_stop)
+            return KILN_EXIT_OK;
     }
 }
 
 static int
-s_cancel (kiln_cli_t *cli, const char *id)
+s_cancel (kiln_cli_t *cli, const char *id, bool raw)
 {
     json_t *answer = NULL;
     int rc = s_call (cli, "PUT", id, "/cancel", &answer);
     if (rc)
         return rc;
+    if (raw) {
+        char *text = answer ? json_dumps (answer, JSON_INDENT (2)) : NULL;
+        printf ("%s\n", text ? text : "null");
+        free (text);
+        json_decref (answer);
+        return KILN_EXIT_OK;
+    }
     const char *status = json_string_value (json_object_get (answer, "status"));
     printf ("request %s: %s\n", id, status ? status : "CANCELLATION_REQUESTED");
     json_decref (answer);
@@ -232,11 +250,9 @@ kiln_requests_main (kiln_cli_t *cli, int argc, char *argv [])
                                "(0-9, a-f and -)", id);
     if (follow && !logs)
         return kiln_cli_usage ("requests", "--follow is for requests logs only");
-    if (raw && !show)
-        return kiln_cli_usage ("requests", "--json is for requests show only");
     if (show)
         return s_show (cli, id, raw);
     if (logs)
-        return s_logs (cli, id, follow);
-    return s_cancel (cli, id);
+        return s_logs (cli, id, follow, raw);
+    return s_cancel (cli, id, raw);
 }

@@ -56,11 +56,8 @@ s_fetch (kiln_cli_t *cli, const char *path, const char *key, bool raw, json_t **
     char *error = NULL;
     int rc = kiln_http_json (http, "GET", path, NULL, &answer, &error);
     kiln_http_destroy (&http);
-    if (rc) {
-        kiln_cli_fail ("%s", error ? error : "out of memory");
-        free (error);
-        return KILN_EXIT_FAILURE;
-    }
+    if (rc)
+        return kiln_cli_fail_http (error);
     if (raw) {
         char *text = answer ? json_dumps (answer, JSON_INDENT (2)) : NULL;
         printf ("%s\n", text ? text : "null");

@@ -65,11 +65,13 @@ class CommandLineTest(unittest.TestCase):
             result = kiln(*args)
             self.assertEqual(result.returncode, 0, result)
             self.assertIn('usage: kiln', result.stdout)
-            for command in ('up', 'deploy', 'apps', 'apps scale', 'runners', 'workers'):
+            for command in ('up', 'run', 'deploy', 'apps', 'apps scale', 'logs', 'requests',
+                            'runners', 'workers'):
                 self.assertIn(command, result.stdout)
 
     def test_every_command_has_help(self):
-        for command in ('up', 'deploy', 'apps', 'runners', 'workers', 'help'):
+        for command in ('up', 'run', 'deploy', 'apps', 'logs', 'requests', 'runners', 'workers',
+                        'help'):
             for args in ([command, '--help'], ['help', command]):
                 result = kiln(*args)
                 self.assertEqual(result.returncode, 0, result)
@@ -112,21 +114,37 @@ class CommandLineTest(unittest.TestCase):
         self.assertOneLineError(kiln('runners', '--app', 'nope'), 2, 'invalid app name')
         self.assertOneLineError(kiln('runners', '--bogus'), 2, 'unknown option --bogus')
         self.assertOneLineError(kiln('workers', '--app', 'me/app'), 2, 'unknown option --app')
+        self.assertOneLineError(kiln('logs'), 2, 'OWNER/APP')
+        self.assertOneLineError(kiln('logs', 'Bad'), 2, 'invalid app name')
+        self.assertOneLineError(kiln('logs', 'me/app', '--limit', 'x'), 2, '--limit needs')
+        self.assertOneLineError(kiln('run'), 2, 'APP.so')
+        self.assertOneLineError(kiln('run', 'a.so', 'b.so'), 2, 'one file')
+        self.assertOneLineError(kiln('run', 'a.so', '--bogus'), 2, 'unknown option --bogus')
 
     def test_unreachable_gateway(self):
+        #  Exit 4: the gateway could not be reached
         port = free_port()
         url = 'http://127.0.0.1:%d' % port
         want = r'^kiln: cannot reach the gateway at %s \(connection refused\)$' % re.escape(url)
-        self.assertOneLineError(kiln('apps', 'list', env=clean_env(KILN_URL=url)), 1, want)
-        self.assertOneLineError(kiln('--url', url, 'apps', 'list'), 1, want)
-        self.assertOneLineError(kiln('apps', 'delete', 'me/app', '--url', url), 1, want)
-        self.assertOneLineError(kiln('apps', 'scale', 'me/app', '--min', '1', '--url', url), 1, want)
-        self.assertOneLineError(kiln('runners', '--url', url), 1, want)
-        self.assertOneLineError(kiln('workers', '--url', url), 1, want)
+        self.assertOneLineError(kiln('apps', 'list', env=clean_env(KILN_URL=url)), 4, want)
+        self.assertOneLineError(kiln('--url', url, 'apps', 'list'), 4, want)
+        self.assertOneLineError(kiln('apps', 'show', 'me/app', '--url', url), 4, want)
+        self.assertOneLineError(kiln('apps', 'delete', 'me/app', '--url', url), 4, want)
+        self.assertOneLineError(kiln('apps', 'scale', 'me/app', '--min', '1', '--url', url), 4, want)
+        self.assertOneLineError(kiln('apps', 'revisions', 'me/app', '--url', url), 4, want)
+        self.assertOneLineError(kiln('runners', '--url', url), 4, want)
+        self.assertOneLineError(kiln('workers', '--url', url), 4, want)
+        self.assertOneLineError(kiln('logs', 'me/app', '--url', url), 4, want)
+        self.assertOneLineError(kiln('logs', 'me/app', '--follow', '--url', url), 4, want)
+        self.assertOneLineError(kiln('requests', 'show', '00000000-0000-4000-8000-000000000000',
+                                     '--url', url), 4, want)
 
     def test_deploy_missing_file(self):
+        #  Exit 1: a failure that is not the gateway's (no request was sent)
         self.assertOneLineError(kiln('deploy', '/nonexistent/app.so'), 1,
                                 'cannot read /nonexistent/app.so: No such file')
+        self.assertOneLineError(kiln('deploy', '/nope.so'), 1, 'cannot read /nope.so: No such file')
+        self.assertOneLineError(kiln('run', 'nope.py::X'), 1, 'cannot read nope.py: No such file')
 
     @unittest.skipUnless(built('kiln-runner'), 'kiln-runner is not built')
     def test_deploy_not_an_app(self):
@@ -218,6 +236,12 @@ class UpTest(unittest.TestCase):
     def test_deploy_apps_and_a_dying_child(self):
         self.start_up('--no-examples')
         self.assertFalse(any('curl ' in line for line in self.lines), self.lines)
+        #  The gateway requires keys: the CLI finds kiln up's saved one
+        #  through the state dir
+        state_dir = os.path.join(self.dir, 'state')
+        self.env['KILN_STATE_DIR'] = state_dir
+        with open(os.path.join(state_dir, 'key')) as f:
+            auth = {'Authorization': 'Key ' + f.read().strip()}
         echo = os.path.join(BUILD_DIR, 'examples', 'echo.so')
         if not os.path.isfile(echo):
             self.skipTest('examples/echo.so is not built')
@@ -234,7 +258,7 @@ class UpTest(unittest.TestCase):
         self.assertRegex(result.stdout, r'^deployed local/echo revision \d+\n')
 
         status, _, body = http_request(self.http_port, 'POST', '/cli/echo', {'prompt': 'rhino'},
-                                       timeout=60)
+                                       headers=auth, timeout=60)
         self.assertEqual(status, 200, body)
 
         result = self.kiln('apps', 'list')
@@ -259,9 +283,16 @@ class UpTest(unittest.TestCase):
         result = self.kiln('apps', 'delete', 'cli/echo')
         self.assertEqual(result.returncode, 0, result)
         self.assertEqual(result.stdout, 'deleted cli/echo\n')
+        #  Exit 3: no such app
         result = self.kiln('apps', 'show', 'cli/echo')
-        self.assertEqual(result.returncode, 1, result)
+        self.assertEqual(result.returncode, 3, result)
         self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+        result = self.kiln('apps', 'show', 'local/nope')
+        self.assertEqual(result.returncode, 3, result)
+        self.assertRegex(result.stderr, r'^kiln: App local/nope is not deployed\n$')
+        result = self.kiln('logs', 'local/nope')
+        self.assertEqual(result.returncode, 3, result)
+        self.assertRegex(result.stderr, r'^kiln: App local/nope is not deployed\n$')
 
         #  A child that dies on its own takes the stack down, exit 1.
         started = descendants(self.proc.pid)
@@ -373,7 +404,7 @@ class ManageTest(kiln_harness.KilnTestCase):
         status, headers, data = self.patch('cli/nope', {'min_concurrency': 1})
         self.assertJsonError(status, headers, data, 404, 'not_found')
         result = self.kiln('apps', 'scale', 'cli/nope', '--min', '1')
-        self.assertEqual(result.returncode, 1, result)
+        self.assertEqual(result.returncode, 3, result)
         self.assertIn('not deployed', result.stderr)
 
         #  --reset goes back to the app's own values, then applies the rest

@@ -11,7 +11,11 @@
     | kiln-gateway   | always                       | GET /health is 200      |
     | kiln-worker    | always                       | (registers by itself)   |
 
-    then deploys the example apps (kiln deploy's code) and waits.
+    Before the broker, it sets up API keys: the gateway runs with
+    KILN_AUTH=required and kiln up's operator key (ADMIN, owner *) is
+    saved in {state dir}/key, made once (again when Redis does not know
+    it); --no-auth runs the gateway with KILN_AUTH=off, loudly. Then it
+    deploys the example apps (kiln deploy's code) and waits.
 
     | takes            | does                                              |
     |------------------|---------------------------------------------------|
@@ -34,6 +38,7 @@
 */
 #include "cli.h"
 
+#include "kiln_auth.h"
 #include "kiln_redis.h"
 #include "kiln_util.h"
 #include <errno.h>
@@ -65,7 +70,7 @@
 #define MAX_CHILDREN 4
 
 static const char *s_help_text =
-    "usage: kiln up [--dir DIR] [--no-examples] [--redis-port N]\n"
+    "usage: kiln up [--dir DIR] [--no-examples] [--redis-port N] [--no-auth]\n"
     "\n"
     "Runs a whole local kiln stack in the foreground: a redis-server (unless\n"
     "KILN_REDIS_URL names one), kiln-broker, kiln-gateway and kiln-worker,\n"
@@ -77,11 +82,17 @@ static const char *s_help_text =
     "  --no-examples        do not deploy the example apps\n"
     "  --redis-port N       start kiln's own redis-server on port N (even when\n"
     "                       KILN_REDIS_URL is set) and point every process at it\n"
+    "  --no-auth            run the gateway without API keys (anyone who can reach\n"
+    "                       it can call, deploy and read everything)\n"
     KILN_CLI_COMMON_HELP
     "\n"
     "The gateway listens on KILN_HTTP_ADDR (default 127.0.0.1:8080); set KILN_URL\n"
     "to match when you change it (kiln up derives one from the other when only\n"
-    "one is set). The broker listens on KILN_BROKER_ENDPOINT.\n";
+    "one is set). The broker listens on KILN_BROKER_ENDPOINT.\n"
+    "\n"
+    "The gateway requires API keys: kiln up makes an operator key (ADMIN, owner\n"
+    "*) once, saves it in DIR/key (mode 0600) and the kiln CLI uses it from there\n"
+    "when KILN_KEY is not set (with KILN_STATE_DIR=DIR for another --dir).\n";
 
 typedef struct {
     const char *name;               //  for messages: "kiln-gateway"
@@ -96,6 +107,8 @@ typedef struct {
     char *state_dir;                //  absolute
     char *log_dir;
     bool interrupted;               //  SIGINT or SIGTERM came: stop, exit 0
+    bool no_auth;                   //  --no-auth: the gateway checks no keys
+    char *key_path;                 //  {state_dir}/key: the operator key, saved
 } s_up_t;
 
 //  What happened while we waited.
@@ -609,6 +622,76 @@ s_deploy_examples (s_up_t *self, size_t *count)
     return names;
 }
 
+//  The gateway requires API keys (unless --no-auth). kiln up's own calls,
+//  and the CLI's afterwards, use the operator key saved in
+//  {state_dir}/key: made here the first time, or again when this Redis
+//  does not know the saved one. 0, or -1 (reported).
+static int
+s_setup_auth (s_up_t *self)
+{
+    kiln_config_t *config = self->cli->config;
+    //  Our children (and the apps' runners) inherit our environment: no
+    //  key of the user's reaches them
+    unsetenv ("KILN_KEY");
+    //  A local stack is for developing apps, whose webhook receivers run
+    //  on this machine too: deliveries to loopback and private addresses
+    //  are allowed here (a deployment's broker refuses them by default).
+    //  An explicit KILN_WEBHOOK_ALLOW_PRIVATE=0 still wins.
+    setenv ("KILN_WEBHOOK_ALLOW_PRIVATE", "1", 0);
+    if (self->no_auth) {
+        setenv ("KILN_AUTH", "off", 1);
+        fprintf (stderr, "kiln: WARNING: --no-auth: the gateway checks NO API keys; anyone who "
+                         "can reach %s can call, deploy and read everything\n", config->http_addr);
+        return 0;
+    }
+    setenv ("KILN_AUTH", "required", 1);
+    if (asprintf (&self->key_path, "%s/key", self->state_dir) < 0) {
+        self->key_path = NULL;
+        kiln_cli_fail ("out of memory");
+        return -1;
+    }
+    char *key = NULL;
+    FILE *file = fopen (self->key_path, "r");
+    if (file) {
+        char line [256] = "";
+        if (fgets (line, sizeof line, file)) {
+            line [strcspn (line, "\r\n")] = 0;
+            key = *line ? strdup (line) : NULL;
+        }
+        explicit_bzero (line, sizeof line);
+        fclose (file);
+    }
+    if (key && kiln_cli_operator_key_valid (config->redis_url, key) != 1) {
+        fprintf (stderr, "kiln: the key saved in %s is not known to this Redis: making a new one\n",
+                 self->key_path);
+        explicit_bzero (key, strlen (key));
+        free (key);
+        key = NULL;
+    }
+    if (!key) {
+        char *error = NULL;
+        if (kiln_cli_key_create_in_redis (config->redis_url, KILN_SCOPE_ADMIN, "*",
+                                          &key, NULL, &error) != 0) {
+            kiln_cli_fail ("cannot make the operator key: %s", error ? error : "out of memory");
+            free (error);
+            return -1;
+        }
+        if (kiln_cli_save_key (self->key_path, key) != 0) {
+            kiln_cli_fail ("cannot save the operator key in %s: %s", self->key_path,
+                           strerror (errno));
+            explicit_bzero (key, strlen (key));
+            free (key);
+            return -1;
+        }
+        fprintf (stderr, "kiln: made an operator key (ADMIN, owner *), saved in %s\n",
+                 self->key_path);
+    }
+    kiln_config_set (&config->key, key);
+    explicit_bzero (key, strlen (key));
+    free (key);
+    return 0;
+}
+
 static void
 s_print_ready (s_up_t *self, char **names, size_t count, bool own_redis)
 {
@@ -635,9 +718,23 @@ s_print_ready (s_up_t *self, char **names, size_t count, bool own_redis)
         if (!sample || strcmp (names [i], "local/echo") == 0)
             sample = names [i];
     }
-    if (sample) {
+    if (self->no_auth)
+        printf ("\nWARNING: --no-auth: API keys are OFF; anyone who can reach the gateway can "
+                "call, deploy and read everything.\n");
+    else
+        printf ("  key      %s (the operator's; the kiln CLI reads it from there)\n",
+                self->key_path);
+    if (sample && self->no_auth) {
         printf ("\nCall %s:\n", sample);
         printf ("  curl -X POST %.*s/%s -H 'Content-Type: application/json' -d '{\"prompt\":\"rhino\"}'\n",
+                (int) base_length, base, sample);
+    }
+    else
+    if (sample) {
+        printf ("\nCall %s (API keys are required):\n", sample);
+        printf ("  export KILN_KEY=$(cat %s)\n", self->key_path);
+        printf ("  curl -X POST %.*s/%s -H \"Authorization: Key $KILN_KEY\" "
+                "-H 'Content-Type: application/json' -d '{\"prompt\":\"rhino\"}'\n",
                 (int) base_length, base, sample);
     }
     else
@@ -654,10 +751,12 @@ kiln_up_main (kiln_cli_t *cli, int argc, char *argv [])
         { "dir",         required_argument, NULL, 'd' },
         { "no-examples", no_argument,       NULL, 'E' },
         { "redis-port",  required_argument, NULL, 'p' },
+        { "no-auth",     no_argument,       NULL, 'A' },
         { NULL, 0, NULL, 0 }
     };
     const char *dir = NULL;
     bool examples = true;
+    bool no_auth = false;
     int redis_port = 0;
     bool url_given = getenv ("KILN_URL") != NULL
                   || strcmp (cli->config->url, "http://127.0.0.1:8080") != 0;
@@ -674,6 +773,9 @@ kiln_up_main (kiln_cli_t *cli, int argc, char *argv [])
         else
         if (opt == 'E')
             examples = false;
+        else
+        if (opt == 'A')
+            no_auth = true;
         else
         if (opt == 'p') {
             char *end = NULL;
@@ -698,7 +800,7 @@ kiln_up_main (kiln_cli_t *cli, int argc, char *argv [])
     //  `kiln up &` sets it for SIGINT), so a Ctrl-C is never lost. The
     //  mask stays until the process ends: a late signal must not kill
     //  kiln between stopping its children and exiting.
-    s_up_t self = { .cli = cli };
+    s_up_t self = { .cli = cli, .no_auth = no_auth };
     sigemptyset (&self.signals);
     sigaddset (&self.signals, SIGINT);
     sigaddset (&self.signals, SIGTERM);
@@ -783,6 +885,8 @@ kiln_up_main (kiln_cli_t *cli, int argc, char *argv [])
     else
     if (s_check_redis (&self, getenv ("KILN_REDIS_URL")) != 0)
         goto stop;
+    if (s_setup_auth (&self) != 0)
+        goto stop;
     for (int i = 0; i < 3; i++) {
         char *child_argv [] = { paths [i], NULL };
         if (s_start (&self, programs [i], child_argv, NULL) != 0)
@@ -818,5 +922,6 @@ done:
         free (paths [i]);
     free (self.state_dir);
     free (self.log_dir);
+    free (self.key_path);
     return rc;
 }

@@ -21,6 +21,8 @@
     | HTTP PUT /queue/.../requests/{id}/cancel    | see gateway_queue.c                      |
     | HTTP GET /files/{id}                        | HMGET kiln:file:{id} → the file          |
     | HTTP /v1/...                                | see gateway_v1.c                         |
+    | (any route but /health) Authorization       | see gateway_auth.c: 401/403/404, or the  |
+    |                                             | route's handler below                    |
     | HTTP GET /health                            | answered from memory                     |
     | HTTP GET /metrics                           | see gateway_metrics.c                    |
     | Redis: SUBMIT's answer                      | -1 → 404; queue submits → 200            |
@@ -28,17 +30,27 @@
     | Redis: "message" id on kiln:done:{id}       | HMGET kiln:req:{id} → the stored answer  |
     |                                             | (504 request_timeout: + X-Fal-Request-   |
     |                                             | Timeout-Type: user)                      |
-    | Redis: a connection lost or refused         | 503 to waiting calls, answers 503 until  |
-    |                                             | both connections are back (backoff)      |
+    | Redis: a connection lost or refused         | answers 503 until both connections are   |
+    |                                             | back (backoff); sync calls already       |
+    |                                             | submitted wait up to REDIS_OUTAGE_GRACE_ |
+    |                                             | MS, then 503                             |
+    | Redis: both connections back                | HMGET each waiting sync call's record:   |
+    |                                             | answers those that completed meanwhile   |
     | client closes while its sync call waits     | forgets the call (it completes in Redis) |
-    | SIGINT, SIGTERM                             | 503 to waiting calls, stops, exit 0      |
+    | SIGINT, SIGTERM                             | stops listening, 503 to new requests on  |
+    |                                             | open connections, ends status streams,   |
+    |                                             | waits for the sync calls in flight up to |
+    |                                             | STOP_GRACE_MS (then 503), exit 0         |
+    | a second SIGINT or SIGTERM                  | stops at once                            |
     =========================================================================
 */
 //  Before libevent's headers, which define TAILQ_* only when missing
 #include <sys/queue.h>
 
 #include "gateway_internal.h"
+#include "kiln_auth.h"
 #include "kiln_scripts.h"
+#include "ratelimit.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -66,12 +78,24 @@
 //  own (HTML) 413; below that we check the limit and answer in JSON.
 #define HTTP_BODY_CAP_FACTOR 4
 #define HTTP_MAX_HEADERS_BYTES (64 * 1024)
+//  Longest query string we take (414 uri_too_long beyond; a path over
+//  KILN_ROUTE_RAW_PATH_MAX is 414 too). Room for a fal_webhook URL.
+#define HTTP_MAX_QUERY_BYTES 4096
+//  Most callers the rate limiter remembers at once (KILN_RATE_LIMIT_RPS).
+#define RATE_LIMIT_MAX_KEYS 10000
 //  A client silent this long while we read its request (or between its
 //  keep-alive requests) is dropped. evhttp stops reading once a request is
 //  in, so a sync call may wait for its answer far longer than this.
 #define HTTP_IDLE_TIMEOUT_S 120
 //  Time given to answers in flight to go out after a stop signal.
 #define STOP_FLUSH_MS 200
+//  How long a stop signal lets the sync calls in flight finish before they
+//  get a 503 (KILN_GATEWAY_STOP_GRACE_MS overrides it): under the 5 s that
+//  `kiln up` and most supervisors give a process before SIGKILL.
+#define STOP_GRACE_MS 4000
+//  How long a sync call already submitted keeps waiting for Redis to come
+//  back before it gets a 503: a restart of Redis should not fail them.
+#define REDIS_OUTAGE_GRACE_MS 5000
 //  Longest webhook URL we store.
 #define WEBHOOK_URL_MAX 2048
 //  Longest X-Fal-Request-Timeout we take (a year): beyond it a deadline
@@ -84,6 +108,8 @@ static void s_on_http (struct evhttp_request *req, void *arg);
 static void s_on_signal (evutil_socket_t fd, short what, void *arg);
 static void s_on_reconnect (evutil_socket_t fd, short what, void *arg);
 static void s_fail_pending (kiln_gateway_t *self, const char *detail);
+static void s_hold_pending (kiln_gateway_t *self, int grace_ms);
+static void s_recheck_pending (kiln_gateway_t *self);
 static void s_end_streams (kiln_gateway_t *self);
 
 
@@ -149,6 +175,21 @@ kiln_gateway_new (kiln_config_t *cfg)
     //  Bound now (so a busy port fails at once) but silent until the reply
     //  channel is subscribed: connections wait in the backlog meanwhile
     evconnlistener_disable (evhttp_bound_socket_get_listener (self->bound));
+    if (kiln_gateway_auth_setup (self) != 0) {
+        kiln_gateway_destroy (&self);
+        return NULL;
+    }
+    if (cfg->rate_limit_rps > 0) {
+        self->ratelimit = kiln_ratelimit_new (cfg->rate_limit_rps, cfg->rate_limit_burst,
+                                              RATE_LIMIT_MAX_KEYS);
+        if (!self->ratelimit) {
+            kiln_gateway_destroy (&self);
+            return NULL;
+        }
+        kiln_log_info ("rate limit: %d requests/s per key or client, burst %d",
+                       cfg->rate_limit_rps,
+                       cfg->rate_limit_burst ? cfg->rate_limit_burst : cfg->rate_limit_rps);
+    }
 
     self->sigint = evsignal_new (self->base, SIGINT, s_on_signal, self);
     self->sigterm = evsignal_new (self->base, SIGTERM, s_on_signal, self);
@@ -208,6 +249,8 @@ kiln_gateway_destroy (kiln_gateway_t **self_p)
     if (self->base)
         event_base_free (self->base);
     kiln_redis_url_destroy (&self->redis_url);
+    kiln_gateway_auth_destroy (self);
+    kiln_ratelimit_destroy (&self->ratelimit);
     free (self);
     *self_p = NULL;
 }
@@ -250,6 +293,8 @@ s_check_up (kiln_gateway_t *self)
         }
         kiln_log_info ("listening on %s port %d", host, port);
     }
+    //  Completions published while we were away were not heard
+    s_recheck_pending (self);
 }
 
 //  A context hiredis is about to free: forget it. True if it was ours.
@@ -387,13 +432,18 @@ s_redis_lost (kiln_gateway_t *self, const char *reason)
         redisAsyncFree (ctx);
     }
     if (was_up)
-        kiln_log_warn ("lost Redis (%s): answering 503 until it is back", reason);
+        kiln_log_warn ("lost Redis (%s): answering 503 until it is back; %zu sync "
+                       "call(s) in flight wait up to %d ms for it", reason,
+                       zhashx_size (self->pending), REDIS_OUTAGE_GRACE_MS);
     else
     if (!self->down_logged && !self->stopping)
         kiln_log_warn ("Redis at %s:%d is unavailable (%s); retrying",
                        self->redis_url->host, self->redis_url->port, reason);
     self->down_logged = true;
-    s_fail_pending (self, "Redis is unavailable");
+    if (self->stopping)
+        s_fail_pending (self, "Redis is unavailable");
+    else
+        s_hold_pending (self, REDIS_OUTAGE_GRACE_MS);
     if (self->stopping || evtimer_pending (self->reconnect_timer, NULL))
         return;
     if (was_up)
@@ -431,6 +481,128 @@ s_fail_pending (kiln_gateway_t *self, const char *detail)
         call->pending = false;
         kiln_call_error (call, 503, "internal_error", "%s", detail);
     }
+}
+
+//  A sync call waited too long for Redis to come back, or for its result
+//  while the gateway stops.
+static void
+s_on_pending_timeout (evutil_socket_t fd, short what, void *arg)
+{
+    (void) fd;
+    (void) what;
+    kiln_call_t *call = arg;
+    kiln_gateway_t *self = call->gw;
+    if (!call->pending)
+        return;
+    zhashx_delete (self->pending, call->request_id);
+    call->pending = false;
+    if (self->stopping)
+        kiln_call_error (call, 503, "internal_error",
+                         "The gateway is shutting down; request %s goes on, "
+                         "its result is at the queue API", call->request_id);
+    else
+        kiln_call_error (call, 503, "internal_error",
+                         "Redis is unavailable; request %s was accepted and goes on, "
+                         "its result is at the queue API once Redis is back",
+                         call->request_id);
+}
+
+//  A waiting sync call gets grace_ms more (from now) before a 503; one
+//  already on a clock keeps the earlier one unless we are stopping.
+static void
+s_hold_call (kiln_call_t *call, int grace_ms)
+{
+    kiln_gateway_t *self = call->gw;
+    struct timeval grace = { grace_ms / 1000, (grace_ms % 1000) * 1000 };
+    if (!call->timer)
+        call->timer = evtimer_new (self->base, s_on_pending_timeout, call);
+    //  Out of memory: it waits without a clock (answered on the recheck,
+    //  or at the stop)
+    if (call->timer
+    &&  (self->stopping || !evtimer_pending (call->timer, NULL)))
+        evtimer_add (call->timer, &grace);
+}
+
+static void
+s_hold_pending (kiln_gateway_t *self, int grace_ms)
+{
+    if (!self->pending)
+        return;
+    for (kiln_call_t *call = zhashx_first (self->pending); call;
+         call = zhashx_next (self->pending))
+        s_hold_call (call, grace_ms);
+}
+
+//  A sync call whose command got no reply (the connection went): it waits
+//  for Redis like the others and is checked again once Redis is back.
+static bool
+s_hold_if_lost (kiln_call_t *call, redisReply *reply)
+{
+    kiln_gateway_t *self = call->gw;
+    if (reply || !call->req || self->stopping || call->route.kind != KILN_ROUTE_SYNC)
+        return false;
+    if (!call->pending) {
+        zhashx_insert (self->pending, call->request_id, call);
+        call->pending = true;
+    }
+    s_hold_call (call, REDIS_OUTAGE_GRACE_MS);
+    return true;
+}
+
+//  The record of a sync call that waited through a Redis outage: state,
+//  then what kiln_gateway_replay takes.
+static void
+s_on_recheck (redisAsyncContext *ctx, void *r, void *privdata)
+{
+    (void) ctx;
+    kiln_call_t *call = privdata;
+    redisReply *reply = r;
+    if (s_hold_if_lost (call, reply))
+        ;
+    else
+    if (call->pending && kiln_call_usable (call, reply)) {
+        if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 6)
+            kiln_call_error (call, 500, "internal_error", "Unexpected answer from Redis");
+        else {
+            const char *state = kiln_reply_str (reply->element [0]);
+            if (strcmp (state, "COMPLETED") == 0) {
+                zhashx_delete (call->gw->pending, call->request_id);
+                call->pending = false;
+                kiln_gateway_replay (call, reply->element + 1);
+            }
+            else
+            if (!*state)
+                //  Redis came back without it: its last writes were lost
+                kiln_call_error (call, 503, "internal_error",
+                                 "Redis restarted without request %s; please retry",
+                                 call->request_id);
+            //  Otherwise it still runs: its completion will come on the channel
+        }
+    }
+    kiln_call_unref (&call);
+}
+
+static void
+s_recheck_pending (kiln_gateway_t *self)
+{
+    if (!self->pending || zhashx_size (self->pending) == 0)
+        return;
+    //  Copied first: answering a call takes it out of the table
+    zlistx_t *calls = zlistx_new ();
+    if (!calls)
+        return;
+    for (kiln_call_t *call = zhashx_first (self->pending); call;
+         call = zhashx_next (self->pending))
+        zlistx_add_end (calls, call);
+    for (kiln_call_t *call = zlistx_first (calls); call; call = zlistx_next (calls)) {
+        if (call->timer && !self->stopping)
+            evtimer_del (call->timer);
+        kiln_key_t key = kiln_key_request (call->request_id);
+        kiln_call_redisf (call, s_on_recheck,
+                          "HMGET %s state status result_content_type result_body error error_type",
+                          key.s);
+    }
+    zlistx_destroy (&calls);
 }
 
 //  Status streams end cleanly (the last chunk) rather than being cut.
@@ -485,6 +657,7 @@ s_reason (int status)
         case 409: return "Conflict";
         case 410: return "Gone";
         case 413: return "Payload Too Large";
+        case 414: return "URI Too Long";
         case 415: return "Unsupported Media Type";
         case 418: return "I'm a teapot";
         case 422: return "Unprocessable Entity";
@@ -564,6 +737,11 @@ s_call_detach (kiln_call_t *call)
     if (call->pending) {
         zhashx_delete (call->gw->pending, call->request_id);
         call->pending = false;
+    }
+    if (call->gw->stopping && call->gw->pending && zhashx_size (call->gw->pending) == 0) {
+        //  The last sync call in flight is answered: we may go
+        struct timeval flush = { 0, STOP_FLUSH_MS * 1000 };
+        event_base_loopexit (call->gw->base, &flush);
     }
     if (call->stream_handle) {
         zlistx_delete (call->gw->streams, call->stream_handle);
@@ -1078,7 +1256,20 @@ s_on_submitted (redisAsyncContext *ctx, void *r, void *privdata)
     (void) ctx;
     kiln_call_t *call = privdata;
     redisReply *reply = r;
+    //  Whether the submit ran is known once Redis is back (s_recheck_pending)
+    if (s_hold_if_lost (call, reply))
+        ;
+    else
     if (kiln_call_usable (call, reply)) {
+        if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2
+        &&  reply->element [0]->type == REDIS_REPLY_INTEGER && reply->element [0]->integer == -3
+        &&  reply->element [1]->type == REDIS_REPLY_INTEGER)
+            //  Nothing written: a client may retry later
+            kiln_call_error (call, 429, "queue_full",
+                             "App %s's queue is full: it holds max_queue_length = %lld "
+                             "requests already; retry later", call->route.app,
+                             reply->element [1]->integer);
+        else
         if (reply->type != REDIS_REPLY_INTEGER)
             kiln_call_error (call, 500, "internal_error", "Unexpected answer from the submit script");
         else
@@ -1100,6 +1291,11 @@ kiln_gateway_submit (kiln_call_t *call)
 {
     kiln_gateway_t *self = call->gw;
     bool sync = call->route.kind == KILN_ROUTE_SYNC;
+    if (self->stopping) {
+        //  Let through (by auth, say) after the stop signal: too late to wait for
+        kiln_call_error (call, 503, "internal_error", "The gateway is shutting down");
+        return;
+    }
     if (!kiln_call_body_fits (call))
         return;
     size_t body_size;
@@ -1169,7 +1365,9 @@ kiln_gateway_submit (kiln_call_t *call)
         app_key.s, req_key.s, queue_key.s, KILN_KEY_SEQ,
         call->request_id, call->route.app, call->route.path, content_type, body,
         priority, sync ? self->channel.s : "", webhook ? webhook : "", now,
-        deadline, no_retry ? "1" : "0"
+        deadline, no_retry ? "1" : "0",
+        //  Who may read it besides the app's owner (gateway_auth.c)
+        call->caller.kind == KILN_CALLER_KEY ? call->caller.owner : ""
     };
     size_t argc = sizeof argv / sizeof argv [0];
     size_t argvlen [sizeof argv / sizeof argv [0]];
@@ -1186,6 +1384,9 @@ s_on_result (redisAsyncContext *ctx, void *r, void *privdata)
     (void) ctx;
     kiln_call_t *call = privdata;
     redisReply *reply = r;
+    if (s_hold_if_lost (call, reply))
+        ;
+    else
     if (kiln_call_usable (call, reply)) {
         if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 5)
             kiln_gateway_replay (call, reply->element);
@@ -1304,6 +1505,71 @@ s_health (kiln_call_t *call)
 //  --------------------------------------------------------------------------
 //  HTTP entry point and signals
 
+//  Whether the request line is within our bounds; else answers 414.
+static bool
+s_uri_fits (kiln_call_t *call, struct evhttp_request *req)
+{
+    const char *uri = evhttp_request_get_uri (req);
+    if (!uri)
+        return true;
+    const char *query = strchr (uri, '?');
+    size_t path_len = query ? (size_t) (query - uri) : strlen (uri);
+    size_t query_len = query ? strlen (query + 1) : 0;
+    if (path_len > KILN_ROUTE_RAW_PATH_MAX) {
+        kiln_call_error (call, 414, "uri_too_long",
+                         "Request path is %zu bytes; the limit is %d", path_len,
+                         KILN_ROUTE_RAW_PATH_MAX);
+        return false;
+    }
+    if (query_len > HTTP_MAX_QUERY_BYTES) {
+        kiln_call_error (call, 414, "uri_too_long",
+                         "Query string is %zu bytes; the limit is %d", query_len,
+                         HTTP_MAX_QUERY_BYTES);
+        return false;
+    }
+    return true;
+}
+
+//  Whether the caller is within KILN_RATE_LIMIT_RPS; else answers 429
+//  with Retry-After. Keyed by the API key's id (not checked here: a
+//  made-up id only spends its own bucket), else by the client's address.
+static bool
+s_rate_fits (kiln_call_t *call, struct evhttp_request *req)
+{
+    kiln_gateway_t *self = call->gw;
+    if (!self->ratelimit)
+        return true;
+    char bucket [KILN_AUTH_ID_LEN + 8];
+    char id [KILN_AUTH_ID_LEN + 1];
+    char secret [KILN_AUTH_SECRET_LEN + 1];
+    const char *authorization = kiln_call_request_header (call, "Authorization");
+    if (authorization && kiln_auth_parse (authorization, id, secret) == 0)
+        snprintf (bucket, sizeof bucket, "key:%s", id);
+    else {
+        char *host = NULL;
+        ev_uint16_t port = 0;
+        struct evhttp_connection *evcon = evhttp_request_get_connection (req);
+        if (evcon)
+            evhttp_connection_get_peer (evcon, &host, &port);
+        snprintf (bucket, sizeof bucket, "ip:%.*s", KILN_AUTH_ID_LEN, host ? host : "");
+    }
+    explicit_bzero (secret, sizeof secret);
+    int64_t wait_ms = kiln_ratelimit_take (self->ratelimit, bucket, kiln_mono_ms ());
+    if (wait_ms == 0)
+        return true;
+    char retry_after [24];
+    snprintf (retry_after, sizeof retry_after, "%lld", (long long) ((wait_ms + 999) / 1000));
+    kiln_call_header (call, "Retry-After", retry_after);
+    int burst = self->cfg->rate_limit_burst ? self->cfg->rate_limit_burst
+                                             : self->cfg->rate_limit_rps;
+    kiln_call_error (call, 429, "rate_limited",
+                     "Rate limit exceeded: at most %d requests per second (burst %d) per %s; "
+                     "retry in %lld ms", self->cfg->rate_limit_rps, burst,
+                     strncmp (bucket, "key:", 4) == 0 ? "API key" : "client address",
+                     (long long) wait_ms);
+    return false;
+}
+
 static void
 s_on_http (struct evhttp_request *req, void *arg)
 {
@@ -1318,6 +1584,12 @@ s_on_http (struct evhttp_request *req, void *arg)
     kiln_route_t *route = &call->route;
     kiln_route_match (route, call->method, raw_path && *raw_path ? raw_path : "/");
 
+    if (!s_uri_fits (call, req))
+        ;
+    else
+    if (route->kind != KILN_ROUTE_HEALTH && !s_rate_fits (call, req))
+        ;   //  Before any Redis work: refusing costs the others nothing
+    else
     if (route->kind == KILN_ROUTE_ERROR) {
         if (route->status == 405)
             kiln_call_header (call, "Allow", route->allow);
@@ -1330,6 +1602,20 @@ s_on_http (struct evhttp_request *req, void *arg)
     if (route->kind == KILN_ROUTE_HEALTH)
         s_health (call);
     else
+        //  Who calls, and may they? Then kiln_gateway_dispatch (call)
+        kiln_gateway_auth (call);
+    kiln_call_unref (&call);
+}
+
+//  Runs the route's handler, once gateway_auth.c let the call through
+//  (now, or from a Redis callback).
+void
+kiln_gateway_dispatch (kiln_call_t *call)
+{
+    kiln_gateway_t *self = call->gw;
+    kiln_route_t *route = &call->route;
+    if (!call->req)
+        return;
     if (route->kind == KILN_ROUTE_METRICS)
         kiln_gateway_metrics (call);
     else
@@ -1354,6 +1640,7 @@ s_on_http (struct evhttp_request *req, void *arg)
         case KILN_ROUTE_WORKERS_LIST:
         case KILN_ROUTE_APP_REVISIONS:
         case KILN_ROUTE_APP_ROLLBACK:
+        case KILN_ROUTE_APP_LOGS:
         case KILN_ROUTE_REQUEST_GET:
         case KILN_ROUTE_REQUEST_CANCEL:
             kiln_gateway_v1 (call);
@@ -1364,11 +1651,23 @@ s_on_http (struct evhttp_request *req, void *arg)
         case KILN_ROUTE_QUEUE_CANCEL:
             kiln_gateway_queue (call);
             break;
+        case KILN_ROUTE_JWKS:
+            kiln_gateway_jwks (call);
+            break;
+        case KILN_ROUTE_KEYS_LIST:
+        case KILN_ROUTE_KEYS_CREATE:
+        case KILN_ROUTE_KEY_REVOKE:
+            kiln_gateway_keys (call);
+            break;
+        case KILN_ROUTE_SECRETS_SET:
+        case KILN_ROUTE_SECRETS_LIST:
+        case KILN_ROUTE_SECRET_UNSET:
+            kiln_gateway_secrets (call);
+            break;
         default:
             kiln_call_error (call, 404, "not_found", "Not found");
             break;
     }
-    kiln_call_unref (&call);
 }
 
 static void
@@ -1383,13 +1682,36 @@ s_on_signal (evutil_socket_t fd, short what, void *arg)
     }
     kiln_log_info ("%s: stopping", fd == SIGINT ? "SIGINT" : "SIGTERM");
     self->stopping = true;
-    if (self->listening) {
-        evconnlistener_disable (evhttp_bound_socket_get_listener (self->bound));
+    //  Closed, not just disabled: new connections are refused at once (a
+    //  load balancer moves on) instead of waiting in the backlog
+    if (self->bound) {
+        evhttp_del_accept_socket (self->http, self->bound);
+        self->bound = NULL;
         self->listening = false;
     }
     evtimer_del (self->reconnect_timer);
-    s_fail_pending (self, "The gateway is shutting down");
     s_end_streams (self);
-    struct timeval flush = { 0, STOP_FLUSH_MS * 1000 };
-    event_base_loopexit (self->base, &flush);
+    size_t waiting = zhashx_size (self->pending);
+    if (waiting == 0 || !self->redis_up) {
+        s_fail_pending (self, "The gateway is shutting down");
+        struct timeval flush = { 0, STOP_FLUSH_MS * 1000 };
+        event_base_loopexit (self->base, &flush);
+        return;
+    }
+    //  Their answers are on their way: give them the grace, then 503.
+    //  The last one answered ends the loop (s_call_detach).
+    int grace_ms = STOP_GRACE_MS;
+    const char *grace_text = getenv ("KILN_GATEWAY_STOP_GRACE_MS");
+    if (grace_text && *grace_text) {
+        char *end = NULL;
+        long value = strtol (grace_text, &end, 10);
+        if (*end == 0 && value >= 0 && value <= 600000)
+            grace_ms = (int) value;
+        else
+            kiln_log_warn ("KILN_GATEWAY_STOP_GRACE_MS='%s' is not a number of ms; "
+                           "using %d", grace_text, STOP_GRACE_MS);
+    }
+    kiln_log_info ("waiting up to %d ms for %zu sync call%s in flight",
+                   grace_ms, waiting, waiting == 1 ? "" : "s");
+    s_hold_pending (self, grace_ms);
 }

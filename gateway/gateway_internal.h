@@ -17,6 +17,7 @@
 #define KILN_GATEWAY_INTERNAL_H_INCLUDED
 
 #include "gateway.h"
+#include "access.h"
 #include "route.h"
 #include "kiln_config.h"
 #include "kiln_keys.h"
@@ -60,6 +61,8 @@ struct _kiln_gateway_t {
     uint64_t answered [KILN_STATUS_MAX + 1];
     uint64_t clients_gone;
     uint64_t redis_reconnects;
+    struct _kiln_auth_state_t *auth;    //  gateway_auth.c: the mode and the key cache
+    struct _kiln_ratelimit_t *ratelimit;    //  per-caller buckets; NULL: no limit
 };
 
 typedef struct _kiln_call_t kiln_call_t;
@@ -79,6 +82,7 @@ struct _kiln_call_t {
     bool want_logs;                     //  ?logs=1
     int64_t number;                     //  a handler's scratch (a size, a log offset)
     char *last_event;                   //  status stream: the last event's state line
+    kiln_caller_t caller;               //  who calls (gateway_auth.c)
 };
 
 //  --------------------------------------------------------------------------
@@ -173,5 +177,35 @@ void kiln_gateway_queue (kiln_call_t *call);
 json_t *kiln_gateway_log_json (const redisReply *line);
 //  gateway_metrics.c: GET /metrics (answers even while Redis is down)
 void kiln_gateway_metrics (kiln_call_t *call);
+//  gateway_jwks.c: GET /.well-known/jwks.json (no key needed)
+void kiln_gateway_jwks (kiln_call_t *call);
+
+//  --------------------------------------------------------------------------
+//  API keys and access (gateway_auth.c, gateway_keys.c; rules in access.h)
+
+//  Reads KILN_AUTH and the listen host: whether keys are required. Logs
+//  a warning when keys are off on an address others can reach. 0 or -1.
+int kiln_gateway_auth_setup (kiln_gateway_t *self);
+void kiln_gateway_auth_destroy (kiln_gateway_t *self);
+//  Drops a key from this gateway's cache (it was just revoked here).
+void kiln_gateway_auth_forget (kiln_gateway_t *self, const char *key_id);
+
+//  Finds out who calls (call->caller), checks they may use the route,
+//  then kiln_gateway_dispatch (); or answers 401, 403 or 404 itself.
+void kiln_gateway_auth (kiln_call_t *call);
+
+//  gateway.c: runs the route's handler (after kiln_gateway_auth).
+void kiln_gateway_dispatch (kiln_call_t *call);
+
+//  Whether the caller may see and manage app ("owner/app") through /v1:
+//  lists leave out the others.
+bool kiln_gateway_sees_app (kiln_call_t *call, const char *app);
+
+//  gateway_keys.c: GET/POST /v1/keys, DELETE /v1/keys/{id}
+void kiln_gateway_keys (kiln_call_t *call);
+
+//  gateway_secrets.c: PUT/GET /v1/apps/{owner}/{app}/secrets,
+//  DELETE /v1/apps/{owner}/{app}/secrets/{name}
+void kiln_gateway_secrets (kiln_call_t *call);
 
 #endif

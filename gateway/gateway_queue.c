@@ -12,7 +12,8 @@
     |                                         |                                 | {metrics, error?, error_type?}   |
     | GET  .../requests/{id}/status/stream    | the same, every STREAM_POLL_MS  | text/event-stream: the status    |
     |  [?logs=1]                              | (LRANGE from the first line not | now, then one event per log line |
-    |                                         | sent yet)                       | and per change, to COMPLETED     |
+    |                                         | sent yet); none while Redis is  | and per change, to COMPLETED     |
+    |                                         | down (the stream waits for it)  |                                  |
     | GET  .../requests/{id}                  | HMGET kiln:req:{id}             | the stored result, or 400 while  |
     |                                         |                                 | not completed                    |
     | PUT  .../requests/{id}/cancel           | EVAL CANCEL: queued → 499       | 202 CANCELLATION_REQUESTED,      |
@@ -190,11 +191,32 @@ s_exec_usable (kiln_call_t *call, redisReply *reply)
 //  between two polls.
 
 static void
+s_on_stream_tick (evutil_socket_t fd, short what, void *arg);
+
+//  The next poll of a stream, STREAM_POLL_MS from now; ends the stream
+//  when it cannot be armed.
+static void
+s_stream_next_poll (kiln_call_t *call)
+{
+    if (!call->timer)
+        call->timer = evtimer_new (call->gw->base, s_on_stream_tick, call);
+    struct timeval poll = { 0, STREAM_POLL_MS * 1000 };
+    if (!call->timer || evtimer_add (call->timer, &poll) != 0)
+        kiln_call_stream_end (call);
+}
+
+static void
 s_on_stream_tick (evutil_socket_t fd, short what, void *arg)
 {
     (void) fd;
     (void) what;
-    s_fetch_status ((kiln_call_t *) arg);
+    kiln_call_t *call = arg;
+    if (call->streaming && !call->gw->redis_up)
+        //  Redis is away: the stream goes quiet until it is back rather
+        //  than ending before COMPLETED
+        s_stream_next_poll (call);
+    else
+        s_fetch_status (call);
 }
 
 //  What an event says beyond its log lines: "STATE POSITION".
@@ -288,11 +310,7 @@ s_on_stream_status (kiln_call_t *call, redisReply *exec)
         kiln_call_stream_end (call);
         return;
     }
-    if (!call->timer)
-        call->timer = evtimer_new (call->gw->base, s_on_stream_tick, call);
-    struct timeval poll = { 0, STREAM_POLL_MS * 1000 };
-    if (!call->timer || evtimer_add (call->timer, &poll) != 0)
-        kiln_call_stream_end (call);
+    s_stream_next_poll (call);
 }
 
 static void
@@ -301,6 +319,10 @@ s_on_status (redisAsyncContext *ctx, void *r, void *privdata)
     (void) ctx;
     kiln_call_t *call = privdata;
     redisReply *reply = r;
+    if (!reply && call->req && call->streaming && !call->gw->stopping)
+        //  Redis went away during a poll: wait for it (see s_on_stream_tick)
+        s_stream_next_poll (call);
+    else
     if (s_exec_usable (call, reply)) {
         if (call->route.kind == KILN_ROUTE_QUEUE_STREAM)
             s_on_stream_status (call, reply);

@@ -16,6 +16,8 @@
     |                                     |                                     |   or 404                  |
     | POST /v1/apps/{owner}/{app}/rollback| EVAL ROLLBACK                       | 200 {app}, 404, or 422    |
     |   {revision}                        |                                     |   (unknown revision)      |
+    | GET /v1/apps/{owner}/{app}/logs     | EXISTS app, then XRANGE (since) or  | 200 {logs, next} or 404   |
+    |   [?since=ID][&limit=N]             |   XREVRANGE (the last N) kiln:logs  |                           |
     | GET /v1/requests/{id}               | EVAL REQUEST_SHOW                   | 200 {request} or 404      |
     | PUT /v1/requests/{id}/cancel        | HGET app, then the queue API's      | as the queue API's cancel |
     |                                     |   cancel with the record's app      |                           |
@@ -35,6 +37,13 @@
     priority, created_ms, started_ms, completed_ms, attempts, runner,
     queue_position (IN_QUEUE only), logs}: never its body or result.
 
+    An app's log lines (kiln:logs:{app}, a stream the broker appends to:
+    its handlers' lines and its runners' own output) are answered oldest
+    first, each {id, timestamp, level, source, message, runner_id,
+    request_id (a handler's line only), revision}; next is the id to pass
+    as since to get the lines after these (since itself when none came).
+    Without since: the last `limit` lines (default LOGS_LIMIT_DEFAULT).
+
     Runners and workers are the broker's view, which it rewrites every
     second (kiln_keys.h); they are answered as the broker wrote them,
     runners sorted by app then id, workers by id.
@@ -49,6 +58,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+//  Lines an app's log read answers by default, and at most.
+#define LOGS_LIMIT_DEFAULT 100
+#define LOGS_LIMIT_MAX 1000
 
 //  The bounds an operator may change live, as the manifest names them.
 static const char *s_scale_fields [] = {
@@ -302,7 +315,9 @@ s_on_apps_listed (redisAsyncContext *ctx, void *r, void *privdata)
         else {
             json_t *apps = json_array ();
             for (size_t i = 0; apps && i < reply->elements; i += KILN_APP_FIELD_COUNT)
-                json_array_append_new (apps, s_app_json (call->gw, reply->element + i, ""));
+                //  A key sees its own owner's apps only (gateway_auth.c)
+                if (kiln_gateway_sees_app (call, kiln_reply_str (reply->element [i])))
+                    json_array_append_new (apps, s_app_json (call->gw, reply->element + i, ""));
             kiln_call_reply_json (call, 200, apps ? json_pack ("{s:o}", "apps", apps) : NULL);
         }
     }
@@ -513,6 +528,130 @@ s_app_revisions (kiln_call_t *call)
     &&  kiln_call_redisf_quiet (call, "HGET %s revision", app_key.s) == 0
     &&  kiln_call_redisf_quiet (call, "HVALS %s", revisions_key.s) == 0)
         kiln_call_redisf (call, s_on_revisions, "EXEC");
+}
+
+
+//  --------------------------------------------------------------------------
+//  GET /v1/apps/{owner}/{app}/logs[?since=ID][&limit=N]
+
+//  A stream id as Redis makes them: MS-SEQ (or MS alone), digits only.
+static bool
+s_stream_id_valid (const char *id)
+{
+    size_t digits = strspn (id, "0123456789");
+    if (digits == 0 || digits > 20)
+        return false;
+    if (id [digits] == 0)
+        return true;
+    const char *seq = id + digits + 1;
+    size_t seq_digits = strspn (seq, "0123456789");
+    return id [digits] == '-' && seq_digits > 0 && seq_digits <= 20 && seq [seq_digits] == 0;
+}
+
+//  One stream entry [id, [field, value, ...]] as a log line, or NULL.
+static json_t *
+s_stream_line (const redisReply *entry)
+{
+    if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2
+    ||  entry->element [0]->type != REDIS_REPLY_STRING
+    ||  entry->element [1]->type != REDIS_REPLY_ARRAY)
+        return NULL;
+    json_t *line = json_pack ("{s:s, s:n, s:s, s:s, s:s, s:n}", "id", entry->element [0]->str,
+                              "timestamp", "level", "INFO", "source", "runner", "message", "",
+                              "runner_id");
+    const redisReply *fields = entry->element [1];
+    for (size_t i = 0; line && i + 1 < fields->elements; i += 2) {
+        const char *name = kiln_reply_str (fields->element [i]);
+        const redisReply *value = fields->element [i + 1];
+        const char *key = strcmp (name, "ts") == 0? "timestamp": name;
+        if (strcmp (name, "revision") == 0)
+            json_object_set_new (line, key, json_integer (s_number (value)));
+        else
+        if (value->type == REDIS_REPLY_STRING
+        &&  (strcmp (name, "ts") == 0 || strcmp (name, "level") == 0
+          || strcmp (name, "source") == 0 || strcmp (name, "message") == 0
+          || strcmp (name, "runner_id") == 0 || strcmp (name, "request_id") == 0))
+            json_object_set_new (line, key, kiln_json_text (value->str, value->len));
+    }
+    return line;
+}
+
+//  EXEC's answer: EXISTS app, then the entries (XRANGE: oldest first;
+//  XREVRANGE, call->number 1: newest first)
+static void
+s_on_logs (redisAsyncContext *ctx, void *r, void *privdata)
+{
+    (void) ctx;
+    kiln_call_t *call = privdata;
+    redisReply *reply = r;
+    if (kiln_call_usable (call, reply)) {
+        if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2
+        ||  reply->element [0]->type != REDIS_REPLY_INTEGER
+        ||  reply->element [1]->type != REDIS_REPLY_ARRAY)
+            kiln_call_error (call, 500, "internal_error", "Unexpected answer from Redis");
+        else
+        if (reply->element [0]->integer == 0)
+            kiln_call_error (call, 404, "not_found", "App %s is not deployed", call->route.app);
+        else {
+            redisReply *entries = reply->element [1];
+            bool newest_first = call->number == 1;
+            json_t *logs = json_array ();
+            for (size_t i = 0; logs && i < entries->elements; i++) {
+                size_t index = newest_first? entries->elements - 1 - i: i;
+                json_t *line = s_stream_line (entries->element [index]);
+                if (line)
+                    json_array_append_new (logs, line);
+            }
+            //  The next read starts after the last line answered.
+            char *since = kiln_call_query (call, "since");
+            size_t count = json_array_size (logs);
+            const char *next = count
+                ? json_string_value (json_object_get (json_array_get (logs, count - 1), "id"))
+                : since? since: "0-0";
+            kiln_call_reply_json (call, 200, logs
+                ? json_pack ("{s:o, s:s}", "logs", logs, "next", next? next: "0-0") : NULL);
+            free (since);
+        }
+    }
+    kiln_call_unref (&call);
+}
+
+static void
+s_app_logs (kiln_call_t *call)
+{
+    char *since = kiln_call_query (call, "since");
+    char *limit_text = kiln_call_query (call, "limit");
+    long long limit = LOGS_LIMIT_DEFAULT;
+    if (limit_text) {
+        char *end = NULL;
+        limit = strtoll (limit_text, &end, 10);
+        if (!*limit_text || *end || limit < 1 || limit > LOGS_LIMIT_MAX)
+            limit = -1;
+    }
+    free (limit_text);
+    if (limit < 0) {
+        free (since);
+        kiln_call_error (call, 400, "bad_request", "limit must be a whole number from 1 to %d",
+                         LOGS_LIMIT_MAX);
+        return;
+    }
+    if (since && !s_stream_id_valid (since)) {
+        free (since);
+        kiln_call_error (call, 400, "bad_request",
+                         "since must be a log line id as 'next' gives it (digits-digits)");
+        return;
+    }
+    kiln_key_t app_key = kiln_key_app (call->route.app);
+    kiln_key_t stream = kiln_key_app_logs (call->route.app);
+    call->number = since? 0: 1;
+    //  One snapshot, so an app deleted meanwhile answers 404, not lines
+    if (kiln_call_redisf_quiet (call, "MULTI") == 0
+    &&  kiln_call_redisf_quiet (call, "EXISTS %s", app_key.s) == 0
+    &&  (since
+         ? kiln_call_redisf_quiet (call, "XRANGE %s (%s + COUNT %lld", stream.s, since, limit)
+         : kiln_call_redisf_quiet (call, "XREVRANGE %s + - COUNT %lld", stream.s, limit)) == 0)
+        kiln_call_redisf (call, s_on_logs, "EXEC");
+    free (since);
 }
 
 
@@ -728,6 +867,13 @@ s_on_views (redisAsyncContext *ctx, void *r, void *privdata)
         else {
             bool runners = call->route.kind == KILN_ROUTE_RUNNERS_LIST;
             json_t *list = s_views (reply, call->route.app);
+            //  A key sees its own owner's runners only (gateway_auth.c)
+            for (size_t i = json_array_size (list); runners && i > 0; i--) {
+                json_t *runner = json_array_get (list, i - 1);
+                const char *app = json_string_value (json_object_get (runner, "app"));
+                if (!kiln_gateway_sees_app (call, app ? app : ""))
+                    json_array_remove (list, i - 1);
+            }
             kiln_call_reply_json (call, 200, list
                 ? json_pack ("{s:o}", runners ? "runners" : "workers", list) : NULL);
         }
@@ -771,6 +917,9 @@ s_on_undeployed (redisAsyncContext *ctx, void *r, void *privdata)
         if (reply->integer == 0)
             kiln_call_error (call, 404, "not_found", "App %s is not deployed", call->route.app);
         else {
+            //  Its log lines go with it (a late line is never added back:
+            //  kiln_scripts.h, APP_LOG); an answer nobody needs to wait for.
+            kiln_call_redisf_quiet (call, "DEL %s", kiln_key_app_logs (call->route.app).s);
             kiln_log_info ("deleted %s", call->route.app);
             kiln_call_reply_json (call, 200, json_pack ("{s:s}", "deleted", call->route.app));
         }
@@ -813,6 +962,9 @@ kiln_gateway_v1 (kiln_call_t *call)
             break;
         case KILN_ROUTE_APP_ROLLBACK:
             s_app_rollback (call);
+            break;
+        case KILN_ROUTE_APP_LOGS:
+            s_app_logs (call);
             break;
         case KILN_ROUTE_REQUEST_GET:
             kiln_call_redisf (call, s_on_request, "EVAL %s 2 %s %s %s", KILN_SCRIPT_REQUEST_SHOW,

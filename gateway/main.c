@@ -4,7 +4,9 @@
         kiln-gateway [--addr HOST:PORT] [--redis URL] [--public-url URL]
 
     Configuration comes from the environment (kiln_config.h); flags
-    override it. SIGINT or SIGTERM stop it (exit 0).
+    override it. SIGINT or SIGTERM stop it: the port closes at once, the
+    sync calls in flight get up to KILN_GATEWAY_STOP_GRACE_MS (4000) to be
+    answered, then it exits 0. A second signal stops it at once.
     =========================================================================
 */
 #include "gateway.h"
@@ -28,7 +30,11 @@ static const char *s_usage =
     "                     default http://{addr})\n"
     "  --help             this text\n"
     "\n"
-    "Also read: KILN_MAX_BODY_BYTES, KILN_RESULT_RETENTION, KILN_LOG_LEVEL.\n";
+    "Also read: KILN_MAX_BODY_BYTES, KILN_RESULT_RETENTION, KILN_LOG_LEVEL,\n"
+    "KILN_AUTH (API keys: auto, the default, requires them unless the address\n"
+    "is loopback only; required; off; see docs/SECURITY.md),\n"
+    "KILN_GATEWAY_STOP_GRACE_MS (how long SIGTERM lets the sync calls in\n"
+    "flight finish, default 4000).\n";
 
 int
 main (int argc, char *argv [])

@@ -27,7 +27,7 @@ typedef struct {
 } s_path_t;
 
 static const char *s_reserved_owners [] = {
-    "queue", "v1", "files", "health", "metrics", NULL
+    "queue", "v1", "files", "health", "metrics", ".well-known", NULL
 };
 
 static void
@@ -297,6 +297,36 @@ s_match_v1 (kiln_route_t *self, const char *method, const s_path_t *path)
                 return s_error (self, 404, "not_found", "No such app: the name is not valid");
             return self->kind = revisions ? KILN_ROUTE_APP_REVISIONS : KILN_ROUTE_APP_ROLLBACK;
         }
+        if ((path->count == 5 || path->count == 6) && s_is (path, 4, "secrets")) {
+            bool one = path->count == 6;
+            kiln_route_kind_t kind = KILN_ROUTE_ERROR;
+            if (one && strcmp (method, "DELETE") == 0)
+                kind = KILN_ROUTE_SECRET_UNSET;
+            else
+            if (!one && strcmp (method, "PUT") == 0)
+                kind = KILN_ROUTE_SECRETS_SET;
+            else
+            if (!one && s_is_get (method))
+                kind = KILN_ROUTE_SECRETS_LIST;
+            else
+                return s_bad_method (self, method, one ? "DELETE" : "GET, HEAD, PUT");
+            if (one && !kiln_route_secret_name_valid (path->seg [5], path->len [5]))
+                return s_error (self, 400, "bad_request",
+                                "A secret's name is [A-Z_][A-Z0-9_]*, at most 64 characters, "
+                                "not starting with KILN_");
+            if (!s_take_app (self, path, 2))
+                return s_error (self, 404, "not_found", "No such app: the name is not valid");
+            if (one)
+                strcpy (self->id, path->seg [5]);
+            return self->kind = kind;
+        }
+        if (path->count == 5 && s_is (path, 4, "logs")) {
+            if (!s_is_get (method))
+                return s_bad_method (self, method, "GET, HEAD");
+            if (!s_take_app (self, path, 2))
+                return s_error (self, 404, "not_found", "No such app: the name is not valid");
+            return self->kind = KILN_ROUTE_APP_LOGS;
+        }
         return s_not_found (self);
     }
     if (s_is (path, 1, "requests") && (path->count == 3
@@ -315,6 +345,20 @@ s_match_v1 (kiln_route_t *self, const char *method, const s_path_t *path)
             return s_bad_method (self, method, "GET, HEAD");
         return self->kind = s_is (path, 1, "runners")
             ? KILN_ROUTE_RUNNERS_LIST : KILN_ROUTE_WORKERS_LIST;
+    }
+    if (s_is (path, 1, "keys") && path->count == 2) {
+        if (s_is_get (method))
+            return self->kind = KILN_ROUTE_KEYS_LIST;
+        if (strcmp (method, "POST") == 0)
+            return self->kind = KILN_ROUTE_KEYS_CREATE;
+        return s_bad_method (self, method, "GET, HEAD, POST");
+    }
+    if (s_is (path, 1, "keys") && path->count == 3) {
+        if (strcmp (method, "DELETE") != 0)
+            return s_bad_method (self, method, "DELETE");
+        if (!s_take_id (self, path, 2))
+            return s_error (self, 404, "not_found", "Key not found");
+        return self->kind = KILN_ROUTE_KEY_REVOKE;
     }
     if (s_is (path, 1, "artifacts") && path->count == 3) {
         if (strcmp (method, "PUT") != 0)
@@ -366,6 +410,13 @@ kiln_route_match (kiln_route_t *self, const char *method, const char *raw_path)
             return s_error (self, 404, "not_found", "File not found");
         return self->kind = KILN_ROUTE_FILE;
     }
+    if (s_is (&path, 0, ".well-known")) {
+        if (path.count != 2 || !s_is (&path, 1, "jwks.json"))
+            return s_not_found (self);
+        if (!s_is_get (method))
+            return s_bad_method (self, method, "GET, HEAD");
+        return self->kind = KILN_ROUTE_JWKS;
+    }
     //  /{owner}/{app}[/...]: reserved owners land here only with paths
     //  no route of theirs takes
     if (kiln_route_owner_reserved (path.seg [0], path.len [0]))
@@ -382,6 +433,22 @@ kiln_route_owner_reserved (const char *owner, size_t len)
         if (strlen (*name) == len && memcmp (*name, owner, len) == 0)
             return true;
     return false;
+}
+
+bool
+kiln_route_secret_name_valid (const char *name, size_t len)
+{
+    if (!name || len == 0 || len > KILN_ROUTE_SECRET_NAME_MAX)
+        return false;
+    if (len >= 5 && memcmp (name, "KILN_", 5) == 0)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = name [i];
+        bool ok = (c >= 'A' && c <= 'Z') || c == '_' || (i > 0 && c >= '0' && c <= '9');
+        if (!ok)
+            return false;
+    }
+    return true;
 }
 
 bool
@@ -421,6 +488,14 @@ kiln_route_kind_name (kiln_route_kind_t kind)
         case KILN_ROUTE_APP_ROLLBACK: return "APP_ROLLBACK";
         case KILN_ROUTE_REQUEST_GET:  return "REQUEST_GET";
         case KILN_ROUTE_REQUEST_CANCEL: return "REQUEST_CANCEL";
+        case KILN_ROUTE_APP_LOGS:     return "APP_LOGS";
+        case KILN_ROUTE_KEYS_LIST:    return "KEYS_LIST";
+        case KILN_ROUTE_KEYS_CREATE:  return "KEYS_CREATE";
+        case KILN_ROUTE_KEY_REVOKE:   return "KEY_REVOKE";
+        case KILN_ROUTE_JWKS:         return "JWKS";
+        case KILN_ROUTE_SECRETS_SET:  return "SECRETS_SET";
+        case KILN_ROUTE_SECRETS_LIST: return "SECRETS_LIST";
+        case KILN_ROUTE_SECRET_UNSET: return "SECRET_UNSET";
     }
     return "?";
 }
@@ -644,6 +719,18 @@ kiln_route_test (bool verbose)
     s_expect_error ("DELETE", "/metrics", 405, "GET, HEAD");
     s_expect_error ("GET", "/healthz", 404, NULL);
 
+    //  The webhook signing key set, published for anyone
+    s_expect ("GET", "/.well-known/jwks.json", KILN_ROUTE_JWKS, NULL, NULL, NULL);
+    s_expect ("HEAD", "/.well-known/jwks.json", KILN_ROUTE_JWKS, NULL, NULL, NULL);
+    s_expect ("GET", "/.well-known/jwks%2ejson", KILN_ROUTE_JWKS, NULL, NULL, NULL);
+    s_expect_error ("POST", "/.well-known/jwks.json", 405, "GET, HEAD");
+    s_expect_error ("GET", "/.well-known", 404, NULL);
+    s_expect_error ("GET", "/.well-known/other", 404, NULL);
+    s_expect_error ("GET", "/.well-known/jwks.json/x", 404, NULL);
+    s_expect_error ("POST", "/.well-known/jwks", 404, NULL);
+    s_expect_error ("POST", "/queue/.well-known/jwks", 404, NULL);
+    assert (kiln_route_owner_reserved (".well-known", 11));
+
     //  Management API
     s_expect ("GET", "/v1/apps", KILN_ROUTE_APPS_LIST, NULL, NULL, NULL);
     s_expect ("GET", "/v1/apps/", KILN_ROUTE_APPS_LIST, NULL, NULL, NULL);
@@ -682,6 +769,46 @@ kiln_route_test (bool verbose)
     s_expect_error ("GET", "/v1/apps/Local/echo/revisions", 404, NULL);
     s_expect_error ("POST", "/v1/apps/v1/echo/rollback", 404, NULL);
     s_expect_error ("GET", "/v1/apps/local/echo/revisions/1", 404, NULL);
+    //  An app's log stream
+    s_expect ("GET", "/v1/apps/local/echo/logs", KILN_ROUTE_APP_LOGS, "local/echo", NULL, NULL);
+    s_expect ("HEAD", "/v1/apps/local/echo/logs/", KILN_ROUTE_APP_LOGS, "local/echo", NULL, NULL);
+    s_expect_error ("POST", "/v1/apps/local/echo/logs", 405, "GET, HEAD");
+    s_expect_error ("GET", "/v1/apps/Local/echo/logs", 404, NULL);
+    s_expect_error ("GET", "/v1/apps/local/echo/logs/x", 404, NULL);
+    s_expect ("PUT", "/v1/apps/local/echo/secrets", KILN_ROUTE_SECRETS_SET, "local/echo", NULL, NULL);
+    s_expect ("GET", "/v1/apps/local/echo/secrets/", KILN_ROUTE_SECRETS_LIST, "local/echo", NULL, NULL);
+    s_expect ("HEAD", "/v1/apps/local/echo/secrets", KILN_ROUTE_SECRETS_LIST, "local/echo", NULL, NULL);
+    s_expect ("DELETE", "/v1/apps/local/echo/secrets/HF_TOKEN", KILN_ROUTE_SECRET_UNSET,
+              "local/echo", NULL, "HF_TOKEN");
+    s_expect ("DELETE", "/v1/apps/local/echo/secrets/_X9", KILN_ROUTE_SECRET_UNSET,
+              "local/echo", NULL, "_X9");
+    s_expect_error ("POST", "/v1/apps/local/echo/secrets", 405, "GET, HEAD, PUT");
+    s_expect_error ("DELETE", "/v1/apps/local/echo/secrets", 405, "GET, HEAD, PUT");
+    s_expect_error ("GET", "/v1/apps/local/echo/secrets/HF_TOKEN", 405, "DELETE");
+    s_expect_error ("DELETE", "/v1/apps/local/echo/secrets/hf_token", 400, NULL);
+    s_expect_error ("DELETE", "/v1/apps/local/echo/secrets/9X", 400, NULL);
+    s_expect_error ("DELETE", "/v1/apps/local/echo/secrets/KILN_KEY", 400, NULL);
+    s_expect_error ("DELETE", "/v1/apps/local/echo/secrets/A%3DB", 400, NULL);
+    s_expect_error ("DELETE", "/v1/apps/Local/echo/secrets/X", 404, NULL);
+    s_expect_error ("DELETE", "/v1/apps/local/echo/secrets/X/Y", 404, NULL);
+    assert (kiln_route_secret_name_valid ("A", 1));
+    assert (!kiln_route_secret_name_valid ("", 0));
+    assert (!kiln_route_secret_name_valid ("KILN_", 5));
+    assert (kiln_route_secret_name_valid ("KILNX", 5));
+    {
+        char long_name [KILN_ROUTE_SECRET_NAME_MAX + 2];
+        memset (long_name, 'A', sizeof long_name);
+        assert (kiln_route_secret_name_valid (long_name, KILN_ROUTE_SECRET_NAME_MAX));
+        assert (!kiln_route_secret_name_valid (long_name, KILN_ROUTE_SECRET_NAME_MAX + 1));
+    }
+    //  API keys
+    s_expect ("GET", "/v1/keys", KILN_ROUTE_KEYS_LIST, NULL, NULL, NULL);
+    s_expect ("POST", "/v1/keys/", KILN_ROUTE_KEYS_CREATE, NULL, NULL, NULL);
+    s_expect ("DELETE", "/v1/keys/" UUID, KILN_ROUTE_KEY_REVOKE, NULL, NULL, UUID);
+    s_expect_error ("PUT", "/v1/keys", 405, "GET, HEAD, POST");
+    s_expect_error ("GET", "/v1/keys/" UUID, 405, "DELETE");
+    s_expect_error ("DELETE", "/v1/keys/NOT-AN-ID", 404, NULL);
+    s_expect_error ("DELETE", "/v1/keys/" UUID "/x", 404, NULL);
     //  Requests by id alone
     s_expect ("GET", "/v1/requests/" UUID, KILN_ROUTE_REQUEST_GET, NULL, NULL, UUID);
     s_expect ("HEAD", "/v1/requests/" UUID "/", KILN_ROUTE_REQUEST_GET, NULL, NULL, UUID);

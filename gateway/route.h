@@ -27,19 +27,31 @@
     | DELETE     | /v1/apps/{owner}/{app}                          | APP_DELETE      |
     | GET        | /v1/apps/{owner}/{app}/revisions                | APP_REVISIONS   |
     | POST       | /v1/apps/{owner}/{app}/rollback                 | APP_ROLLBACK    |
+    | GET        | /v1/apps/{owner}/{app}/logs                     | APP_LOGS        |
     | GET        | /v1/requests/{id}                               | REQUEST_GET     |
     | PUT        | /v1/requests/{id}/cancel                        | REQUEST_CANCEL  |
     | GET        | /v1/runners                                     | RUNNERS_LIST    |
     | GET        | /v1/workers                                     | WORKERS_LIST    |
+    | GET        | /v1/keys                                        | KEYS_LIST       |
+    | POST       | /v1/keys                                        | KEYS_CREATE     |
+    | DELETE     | /v1/keys/{id}                                   | KEY_REVOKE      |
+    | GET        | /.well-known/jwks.json                          | JWKS            |
+    | PUT        | /v1/apps/{owner}/{app}/secrets                  | SECRETS_SET     |
+    | GET        | /v1/apps/{owner}/{app}/secrets                  | SECRETS_LIST    |
+    | DELETE     | /v1/apps/{owner}/{app}/secrets/{name}           | SECRET_UNSET    |
 
     HEAD is taken wherever GET is. Rules:
     - Each segment is percent-decoded on its own, so "%2F" can never
       make a new segment: a decoded '/', NUL or control character, a bad
       escape, a "." or ".." segment, or an empty segment ("//") → 400.
     - One trailing slash is ignored ("/health/" is "/health").
-    - owner names a tenant: queue, v1, files, health and metrics are
-      reserved. Owner and app names follow kiln_name_part_valid; a name
-      that is not valid cannot be deployed, so it is 404.
+    - owner names a tenant: queue, v1, files, health, metrics and
+      .well-known are reserved. Owner and app names follow
+      kiln_name_part_valid; a name that is not valid cannot be deployed,
+      so it is 404.
+    - A secret's name is [A-Z_][A-Z0-9_]*, at most KILN_ROUTE_SECRET_NAME_MAX
+      characters, not starting with KILN_ (kiln_route_secret_name_valid);
+      another in the URL is 400. It lands in id.
     - A known path with the wrong method → 405 with the allowed methods.
     - Anything else → 404.
     =========================================================================
@@ -57,6 +69,8 @@
 #define KILN_ROUTE_RAW_PATH_MAX 4096
 //  Longest id in a URL: a UUID or a SHA-256 in hex.
 #define KILN_ROUTE_ID_MAX 64
+//  Longest secret name (it travels in id).
+#define KILN_ROUTE_SECRET_NAME_MAX 64
 
 typedef enum {
     KILN_ROUTE_ERROR = 0,       //  not routable: status, error_type, detail (and allow) say why
@@ -81,10 +95,18 @@ typedef enum {
     KILN_ROUTE_APP_ROLLBACK,
     KILN_ROUTE_REQUEST_GET,
     KILN_ROUTE_REQUEST_CANCEL,
+    KILN_ROUTE_APP_LOGS,
+    KILN_ROUTE_KEYS_LIST,
+    KILN_ROUTE_KEYS_CREATE,
+    KILN_ROUTE_KEY_REVOKE,
+    KILN_ROUTE_JWKS,
+    KILN_ROUTE_SECRETS_SET,
+    KILN_ROUTE_SECRETS_LIST,
+    KILN_ROUTE_SECRET_UNSET,
 } kiln_route_kind_t;
 
 //  The last kind, for loops over every kind.
-#define KILN_ROUTE_KIND_LAST KILN_ROUTE_REQUEST_CANCEL
+#define KILN_ROUTE_KIND_LAST KILN_ROUTE_SECRET_UNSET
 
 typedef struct {
     kiln_route_kind_t kind;
@@ -108,6 +130,11 @@ bool kiln_route_owner_reserved (const char *owner, size_t len);
 
 //  A SHA-256 in lower-case hex (the artifact id).
 bool kiln_route_sha256_valid (const char *text);
+
+//  A secret's name (len bytes): [A-Z_][A-Z0-9_]*, 1 to
+//  KILN_ROUTE_SECRET_NAME_MAX characters, not starting with KILN_ (kiln's
+//  own variables in a runner's environment).
+bool kiln_route_secret_name_valid (const char *name, size_t len);
 
 //  Name of a kind, for logs and tests: "SYNC", "QUEUE_STATUS", ...
 const char *kiln_route_kind_name (kiln_route_kind_t kind);

@@ -11,7 +11,7 @@ packages=(
     build-essential cmake pkg-config
     libzmq3-dev libczmq-dev libhiredis-dev libmsgpack-dev
     libcurl4-openssl-dev libevent-dev libjansson-dev libpng-dev libsodium-dev
-    redis-server python3 python3-venv curl ca-certificates docker-compose
+    redis-server python3 python3-venv python3-cryptography curl ca-certificates docker-compose
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1; then

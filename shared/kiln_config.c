@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define DEFAULT_URL              "http://127.0.0.1:8080"
 #define DEFAULT_HTTP_ADDR        "127.0.0.1:8080"
@@ -28,6 +29,8 @@
 #define DEFAULT_WEBHOOK_BACKOFF_MS 15000
 #define DEFAULT_WEBHOOK_TIMEOUT_MS 10000
 #define DEFAULT_LOG_LEVEL        "info"
+//  Most requests per second (and burst) KILN_RATE_LIMIT_* take.
+#define RATE_LIMIT_MAX 1000000
 
 static const char *
 s_env (const char *name)
@@ -75,8 +78,9 @@ kiln_config_new (char **error)
     self->broker_endpoint = strdup ((v = s_env ("KILN_BROKER_ENDPOINT")) ? v : DEFAULT_BROKER_ENDPOINT);
     self->log_level = strdup ((v = s_env ("KILN_LOG_LEVEL")) ? v : DEFAULT_LOG_LEVEL);
     self->key = (v = s_env ("KILN_KEY")) ? strdup (v) : NULL;
+    self->auth = strdup ((v = s_env ("KILN_AUTH")) ? v : "auto");
     bool ok = self->url && self->http_addr && self->redis_url
-           && self->broker_endpoint && self->log_level
+           && self->broker_endpoint && self->log_level && self->auth
            && (self->key || !s_env ("KILN_KEY"));
 
     if ((v = s_env ("KILN_PUBLIC_URL")))
@@ -144,6 +148,45 @@ kiln_config_new (char **error)
     }
     if (max_body)
         self->max_body_bytes = max_body;
+
+    //  A switch: 1 or 0 (also true/false, yes/no); anything else is a
+    //  mistake worth stopping for, since it guards what webhooks reach.
+    if ((v = s_env ("KILN_WEBHOOK_ALLOW_PRIVATE"))) {
+        if (!strcmp (v, "1") || !strcasecmp (v, "true") || !strcasecmp (v, "yes"))
+            self->webhook_allow_private = true;
+        else
+        if (strcmp (v, "0") && strcasecmp (v, "false") && strcasecmp (v, "no")) {
+            if (error && asprintf (error, "KILN_WEBHOOK_ALLOW_PRIVATE: '%s' is not 1 or 0", v) < 0)
+                *error = NULL;
+            kiln_config_destroy (&self);
+            return NULL;
+        }
+    }
+    //  Who may call the gateway: a typo here must not open it up
+    if (strcmp (self->auth, "auto") && strcmp (self->auth, "required")
+    &&  strcmp (self->auth, "off")) {
+        if (error && asprintf (error, "KILN_AUTH: '%s' is not auto, required or off",
+                               self->auth) < 0)
+            *error = NULL;
+        kiln_config_destroy (&self);
+        return NULL;
+    }
+    //  The gateway's rate limit: 0 (or unset) is off, so unlike the
+    //  numbers above a 0 is taken
+    const char *rates [] = { "KILN_RATE_LIMIT_RPS", "KILN_RATE_LIMIT_BURST" };
+    int *rate_fields [] = { &self->rate_limit_rps, &self->rate_limit_burst };
+    for (size_t i = 0; i < 2; i++) {
+        unsigned long long n = 0;
+        if ((v = s_env (rates [i])) && strcmp (v, "0") != 0
+        &&  s_parse_number (v, RATE_LIMIT_MAX, &n)) {
+            if (error && asprintf (error, "%s: '%s' is not a number of requests (0 to %d)",
+                                   rates [i], v, RATE_LIMIT_MAX) < 0)
+                *error = NULL;
+            kiln_config_destroy (&self);
+            return NULL;
+        }
+        *rate_fields [i] = (int) n;
+    }
     return self;
 }
 
@@ -161,6 +204,7 @@ kiln_config_destroy (kiln_config_t **self_p)
     free (self->state_dir);
     free (self->key);
     free (self->log_level);
+    free (self->auth);
     free (self);
     *self_p = NULL;
 }
@@ -212,7 +256,9 @@ static const char *s_vars [] = {
     "KILN_URL", "KILN_HTTP_ADDR", "KILN_PUBLIC_URL", "KILN_REDIS_URL",
     "KILN_BROKER_ENDPOINT", "KILN_STATE_DIR", "KILN_KEY", "KILN_MAX_BODY_BYTES",
     "KILN_RESULT_RETENTION", "KILN_LOG_LEVEL", "KILN_WEBHOOK_TRIES",
-    "KILN_WEBHOOK_BACKOFF_MS", "KILN_WEBHOOK_TIMEOUT_MS", NULL
+    "KILN_WEBHOOK_BACKOFF_MS", "KILN_WEBHOOK_TIMEOUT_MS",
+    "KILN_WEBHOOK_ALLOW_PRIVATE", "KILN_AUTH", "KILN_RATE_LIMIT_RPS",
+    "KILN_RATE_LIMIT_BURST", NULL
 };
 
 void
@@ -222,7 +268,7 @@ kiln_config_test (bool verbose)
         printf (" * kiln_config: ");
 
     //  The test changes the environment; keep the caller's to restore.
-    char *saved [16] = { NULL };
+    char *saved [sizeof s_vars / sizeof s_vars [0]] = { NULL };
     for (int i = 0; s_vars [i]; i++) {
         const char *v = getenv (s_vars [i]);
         saved [i] = v ? strdup (v) : NULL;
@@ -248,6 +294,8 @@ kiln_config_test (bool verbose)
     assert (cfg->webhook_backoff_ms == 15000);
     assert (cfg->webhook_timeout_ms == 10000);
     assert (strcmp (cfg->log_level, "info") == 0);
+    assert (!cfg->webhook_allow_private);
+    assert (strcmp (cfg->auth, "auto") == 0);
     kiln_config_set (&cfg->url, "http://example:1");
     assert (strcmp (cfg->url, "http://example:1") == 0);
     kiln_config_set (&cfg->key, NULL);
@@ -289,6 +337,18 @@ kiln_config_test (bool verbose)
     assert (strcmp (cfg->log_level, "debug") == 0);
     kiln_config_destroy (&cfg);
 
+    //  KILN_AUTH: three words; anything else stops the process
+    setenv ("KILN_AUTH", "required", 1);
+    cfg = kiln_config_new (&error);
+    assert (cfg && !error && strcmp (cfg->auth, "required") == 0);
+    kiln_config_destroy (&cfg);
+    setenv ("KILN_AUTH", "none", 1);
+    cfg = kiln_config_new (&error);
+    assert (cfg == NULL && error && strstr (error, "KILN_AUTH"));
+    free (error);
+    error = NULL;
+    unsetenv ("KILN_AUTH");
+
     setenv ("KILN_PUBLIC_URL", "https://kiln.example.com/", 1);
     setenv ("KILN_KEY", "", 1);             //  empty is unset
     cfg = kiln_config_new (&error);
@@ -315,6 +375,40 @@ kiln_config_test (bool verbose)
     error = NULL;
     setenv ("KILN_RESULT_RETENTION", "ten", 1);
     assert (kiln_config_new (NULL) == NULL);      //  error is optional
+
+    //  The private-webhook switch.
+    unsetenv ("KILN_RESULT_RETENTION");
+    setenv ("KILN_WEBHOOK_ALLOW_PRIVATE", "1", 1);
+    cfg = kiln_config_new (NULL);
+    assert (cfg && cfg->webhook_allow_private);
+    kiln_config_destroy (&cfg);
+    setenv ("KILN_WEBHOOK_ALLOW_PRIVATE", "0", 1);
+    cfg = kiln_config_new (NULL);
+    assert (cfg && !cfg->webhook_allow_private);
+    kiln_config_destroy (&cfg);
+    setenv ("KILN_WEBHOOK_ALLOW_PRIVATE", "maybe", 1);
+    cfg = kiln_config_new (&error);
+    assert (cfg == NULL && error && strstr (error, "KILN_WEBHOOK_ALLOW_PRIVATE"));
+    free (error);
+    error = NULL;
+    unsetenv ("KILN_WEBHOOK_ALLOW_PRIVATE");
+
+    //  The rate limit: off by default, 0 is off, a bad number stops.
+    cfg = kiln_config_new (NULL);
+    assert (cfg && cfg->rate_limit_rps == 0 && cfg->rate_limit_burst == 0);
+    kiln_config_destroy (&cfg);
+    setenv ("KILN_RATE_LIMIT_RPS", "5", 1);
+    setenv ("KILN_RATE_LIMIT_BURST", "0", 1);
+    cfg = kiln_config_new (NULL);
+    assert (cfg && cfg->rate_limit_rps == 5 && cfg->rate_limit_burst == 0);
+    kiln_config_destroy (&cfg);
+    setenv ("KILN_RATE_LIMIT_BURST", "-1", 1);
+    cfg = kiln_config_new (&error);
+    assert (cfg == NULL && error && strstr (error, "KILN_RATE_LIMIT_BURST"));
+    free (error);
+    error = NULL;
+    unsetenv ("KILN_RATE_LIMIT_BURST");
+    unsetenv ("KILN_RATE_LIMIT_RPS");
 
     //  split_addr.
     char *host = NULL;

@@ -20,6 +20,10 @@
     | KILN_WEBHOOK_TRIES     | webhook_tries        | 10                         |
     | KILN_WEBHOOK_BACKOFF_MS| webhook_backoff_ms   | 15000 (doubles each retry) |
     | KILN_WEBHOOK_TIMEOUT_MS| webhook_timeout_ms   | 10000                      |
+    | KILN_WEBHOOK_ALLOW_PRIVATE | webhook_allow_private | 0 (1: deliver to loopback and private addresses) |
+    | KILN_AUTH              | auth                 | auto (auto, required or off: see docs/SECURITY.md) |
+    | KILN_RATE_LIMIT_RPS    | rate_limit_rps       | 0 (off; requests per second per key or client IP) |
+    | KILN_RATE_LIMIT_BURST  | rate_limit_burst     | 0 (then the RPS: requests over the rate let through at once) |
 
     public_url is the base of every URL kiln hands out (queue URLs, file
     URLs): set it when the gateway sits behind a proxy.
@@ -45,6 +49,10 @@ typedef struct {
     int webhook_tries;              //  deliveries tried before giving up
     int webhook_backoff_ms;         //  first retry delay; doubles each time
     int webhook_timeout_ms;         //  one delivery's time limit
+    bool webhook_allow_private;     //  webhooks may go to loopback/private addresses
+    char *auth;                     //  "auto", "required" or "off" (the gateway's API keys)
+    int rate_limit_rps;             //  the gateway's per-key rate; 0: no limit
+    int rate_limit_burst;           //  bucket size; 0: rate_limit_rps
 } kiln_config_t;
 
 //  Reads the environment. NULL on failure (out of memory, or a numeric

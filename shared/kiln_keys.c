@@ -72,6 +72,24 @@ kiln_key_reply_channel (const char *gateway_id)
     return s_key ("kiln:done:", gateway_id, "");
 }
 
+kiln_key_t
+kiln_key_app_logs (const char *app)
+{
+    return s_key ("kiln:logs:", app, "");
+}
+
+kiln_key_t
+kiln_key_apikey (const char *key_id)
+{
+    return s_key ("kiln:apikey:", key_id, "");
+}
+
+kiln_key_t
+kiln_key_app_secrets (const char *app)
+{
+    return s_key ("kiln:app:", app, ":secrets");
+}
+
 bool
 kiln_name_part_valid (const char *part, size_t len)
 {
@@ -134,6 +152,10 @@ kiln_keys_test (bool verbose)
     assert (strcmp (kiln_key_file (id).s,
                     "kiln:file:0f8fad5b-d9cb-469f-a165-70867728950e") == 0);
     assert (strcmp (kiln_key_reply_channel ("gw1").s, "kiln:done:gw1") == 0);
+    assert (strcmp (kiln_key_app_logs ("local/echo").s, "kiln:logs:local/echo") == 0);
+    assert (strcmp (kiln_key_app_secrets ("local/echo").s, "kiln:app:local/echo:secrets") == 0);
+    assert (strcmp (kiln_key_apikey (id).s,
+                    "kiln:apikey:0f8fad5b-d9cb-469f-a165-70867728950e") == 0);
     const char *sha = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
     assert (strcmp (kiln_key_artifact (sha).s,
                     "kiln:artifact:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855") == 0);

@@ -26,6 +26,17 @@
     | kiln:runners              | hash   | runner id → JSON, the broker's view, rewritten every second, |
     |                           |        | expires 10 s after the last rewrite (no broker, no view) |
     | kiln:workers              | hash   | worker id → JSON, likewise               |
+    | kiln:logs:{app}           | stream | the app's log lines: ts, level, source, message, |
+    |                           |        | runner_id, request_id?, revision (MAXLEN ~ 10000) |
+    | kiln:apikeys              | set    | every API key id (revoked ones too)      |
+    | kiln:apikey:{id}          | hash   | id, scope (API|ADMIN), owner ("*": the operator), salt, |
+    |                           |        | hash (SHA-256 of salt+secret), created_ms, revoked_ms |
+    |                           |        | (absent while valid); never the secret   |
+    | kiln:signing_key          | string | the webhook signing key pair, "kid:public-hex:secret-hex" |
+    |                           |        | (kiln_signing_key.h), written once with SET NX |
+    | kiln:app:{app}:secrets    | hash   | NAME → value, the app's secrets; NAME:updated_ms → ms. |
+    |                           |        | Given to its runners only, as environment variables; |
+    |                           |        | never answered, never logged; deleted with the app |
 
     Request record fields: id, app, path, content_type, body, priority
     (normal|low), reply_to (the waiting gateway's channel, or ""), webhook,
@@ -33,7 +44,8 @@
     completed_ms, runner, attempts, status (HTTP), result_content_type,
     result_body, error, error_type, inference_ms, start_deadline_ms,
     no_retry, cancel_requested, webhook_state (pending|delivered|failed),
-    webhook_attempts, webhook_last_error.
+    webhook_attempts, webhook_last_error, caller (the owner of the key
+    that submitted it, "" for a call without key to a public app).
 
     Channels: kiln:wake (message: app name; a request was queued),
     kiln:done:{gateway_id} (message: request id; it completed),
@@ -59,6 +71,8 @@
 #define KILN_CHANNEL_WAKE   "kiln:wake"
 #define KILN_KEY_REQ_PREFIX "kiln:req:"
 #define KILN_KEY_FILE_PREFIX "kiln:file:"
+#define KILN_KEY_APIKEYS    "kiln:apikeys"
+#define KILN_KEY_SIGNING_KEY "kiln:signing_key"
 
 //  Longest owner or app name part; a full name is owner/app.
 #define KILN_NAME_MAX 63
@@ -78,6 +92,13 @@ kiln_key_t kiln_key_request (const char *request_id);
 kiln_key_t kiln_key_logs (const char *request_id);
 kiln_key_t kiln_key_file (const char *file_id);
 kiln_key_t kiln_key_reply_channel (const char *gateway_id);
+//  kiln:logs:{app}, a stream: every log line of the app's runners
+//  (a request's handler lines and the runners' own output).
+kiln_key_t kiln_key_app_logs (const char *app);
+//  kiln:apikey:{id}, an API key's hash (kiln_auth.h): never its secret.
+kiln_key_t kiln_key_apikey (const char *key_id);
+//  kiln:app:{app}:secrets, a hash: the app's secrets (never answered).
+kiln_key_t kiln_key_app_secrets (const char *app);
 
 //  An owner or app name part: 1..KILN_NAME_MAX of [a-z0-9_-], starting
 //  with a letter or digit.

@@ -45,6 +45,12 @@ s_new (void)
     self->max_multiplexing = DEFAULT_MAX_MULTIPLEXING;
     self->request_timeout = DEFAULT_REQUEST_TIMEOUT_S;
     self->startup_timeout = DEFAULT_STARTUP_TIMEOUT_S;
+    //  Secure by default: only the owner's keys may call a new app
+    self->app_auth = strdup (KILN_MANIFEST_AUTH_PRIVATE);
+    if (!self->app_auth) {
+        free (self);
+        return NULL;
+    }
     return self;
 }
 
@@ -65,6 +71,7 @@ kiln_manifest_destroy (kiln_manifest_t **self_p)
     for (size_t i = 0; self->requirements && i < self->requirement_count; i++)
         free (self->requirements [i]);
     free (self->requirements);
+    free (self->app_auth);
     free (self);
     *self_p = NULL;
 }
@@ -130,6 +137,10 @@ s_check (const kiln_manifest_t *self)
     if (!self->kind || (strcmp (self->kind, KILN_MANIFEST_KIND_NATIVE) != 0
                     &&  strcmp (self->kind, KILN_MANIFEST_KIND_PYTHON) != 0))
         return "kind: must be \"native\" or \"python\"";
+    if (!self->app_auth || (strcmp (self->app_auth, KILN_MANIFEST_AUTH_PRIVATE) != 0
+                        &&  strcmp (self->app_auth, KILN_MANIFEST_AUTH_SHARED) != 0
+                        &&  strcmp (self->app_auth, KILN_MANIFEST_AUTH_PUBLIC) != 0))
+        return "app_auth: must be \"private\", \"shared\" or \"public\"";
     if (self->requirement_count > 0 && strcmp (self->kind, KILN_MANIFEST_KIND_PYTHON) != 0)
         return "requirements: only a python app has requirements";
     for (size_t i = 0; i < self->requirement_count; i++) {
@@ -376,6 +387,29 @@ kiln_manifest_from_json (const char *json, size_t size, char **error)
     &&  (why = s_json_strings (root, "requirements", KILN_MANIFEST_MAX_REQUIREMENTS,
                                &self->requirements, &self->requirement_count)))
         goto done;
+    //  Absent: private, as a manifest from before app_auth meant nothing else
+    json_t *app_auth = json_object_get (root, "app_auth");
+    if (app_auth && !json_is_string (app_auth)) {
+        why = strdup ("app_auth: must be \"private\", \"shared\" or \"public\"");
+        goto done;
+    }
+    if (app_auth) {
+        char *copy = strdup (json_string_value (app_auth));
+        if (!copy) {
+            why = strdup ("out of memory");
+            goto done;
+        }
+        free (self->app_auth);
+        self->app_auth = copy;
+    }
+    //  fal spells it fal_max_queue_length; one of the two, not both
+    if (json_object_get (root, "max_queue_length") && json_object_get (root, "fal_max_queue_length")) {
+        why = strdup ("max_queue_length: give max_queue_length or fal_max_queue_length, not both");
+        goto done;
+    }
+    if ((why = s_json_int (root, "max_queue_length", 0, &self->max_queue_length))
+    ||  (why = s_json_int (root, "fal_max_queue_length", 0, &self->max_queue_length)))
+        goto done;
     const char *check = s_check (self);
     if (check)
         why = strdup (check);
@@ -412,7 +446,7 @@ kiln_manifest_to_json (const kiln_manifest_t *self)
     for (size_t i = 0; endpoints && i < self->endpoint_count; i++)
         json_array_append_new (endpoints, json_string (self->endpoints [i]));
     //  "o" steals the arrays, even when the pack fails.
-    json_t *root = json_pack ("{s:s, s:o, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:o, s:s, s:o}",
+    json_t *root = json_pack ("{s:s, s:o, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:o, s:s, s:o, s:s}",
                               "name", self->name ? self->name : "",
                               "machine_types", types,
                               "keep_alive", self->keep_alive,
@@ -424,7 +458,15 @@ kiln_manifest_to_json (const kiln_manifest_t *self)
                               "startup_timeout", self->startup_timeout,
                               "endpoints", endpoints,
                               "kind", self->kind ? self->kind : KILN_MANIFEST_KIND_NATIVE,
-                              "requirements", requirements);
+                              "requirements", requirements,
+                              "app_auth", self->app_auth ? self->app_auth
+                                                         : KILN_MANIFEST_AUTH_PRIVATE);
+    //  Only when set: SUBMIT decodes the manifest only when it names a limit
+    if (root && self->max_queue_length > 0
+    &&  json_object_set_new (root, "max_queue_length", json_integer (self->max_queue_length))) {
+        json_decref (root);
+        return NULL;
+    }
     if (!root)
         return NULL;
     char *text = json_dumps (root, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -504,7 +546,8 @@ kiln_manifest_test (bool verbose)
     assert (strcmp (json, "{\"name\":\"echo\",\"machine_types\":[\"CPU\"],\"keep_alive\":300,"
                           "\"min_concurrency\":0,\"max_concurrency\":2,\"concurrency_buffer\":0,"
                           "\"max_multiplexing\":1,\"request_timeout\":3600,\"startup_timeout\":600,"
-                          "\"endpoints\":[\"/\",\"/echo\"],\"kind\":\"native\",\"requirements\":[]}") == 0);
+                          "\"endpoints\":[\"/\",\"/echo\"],\"kind\":\"native\",\"requirements\":[],"
+                          "\"app_auth\":\"private\"}") == 0);
     free (json);
     kiln_manifest_destroy (&m);
     assert (m == NULL);
@@ -643,6 +686,50 @@ kiln_manifest_test (bool verbose)
                      "requirements");
     s_test_bad_json ("{\"name\":\"a\",\"endpoints\":[\"/\"],\"kind\":\"python\",\"requirements\":[\"\"]}",
                      "requirements");
+
+    //  app_auth: private when absent, one of three words, round-tripped.
+    s_test_bad_json ("{\"name\":\"a\",\"endpoints\":[\"/\"],\"app_auth\":\"open\"}", "app_auth");
+    s_test_bad_json ("{\"name\":\"a\",\"endpoints\":[\"/\"],\"app_auth\":true}", "app_auth");
+    {
+        const char *shared = "{\"name\":\"a\",\"endpoints\":[\"/\"],\"app_auth\":\"shared\"}";
+        kiln_manifest_t *parsed = kiln_manifest_from_json (shared, strlen (shared), NULL);
+        assert (parsed && strcmp (parsed->app_auth, "shared") == 0);
+        char *text = kiln_manifest_to_json (parsed);
+        assert (text && strstr (text, "\"app_auth\":\"shared\""));
+        free (text);
+        kiln_manifest_destroy (&parsed);
+        const char *bare = "{\"name\":\"a\",\"endpoints\":[\"/\"]}";
+        parsed = kiln_manifest_from_json (bare, strlen (bare), NULL);
+        assert (parsed && strcmp (parsed->app_auth, "private") == 0);
+        kiln_manifest_destroy (&parsed);
+    }
+
+    //  max_queue_length: either spelling, 0 (absent from the JSON) when
+    //  unset, never negative, never both spellings.
+    s_test_bad_json ("{\"name\":\"a\",\"endpoints\":[\"/\"],\"max_queue_length\":-1}", "max_queue_length");
+    s_test_bad_json ("{\"name\":\"a\",\"endpoints\":[\"/\"],\"fal_max_queue_length\":\"5\"}",
+                     "fal_max_queue_length");
+    s_test_bad_json ("{\"name\":\"a\",\"endpoints\":[\"/\"],\"max_queue_length\":1,"
+                     "\"fal_max_queue_length\":2}", "not both");
+    {
+        const char *fal = "{\"name\":\"a\",\"endpoints\":[\"/\"],\"fal_max_queue_length\":7}";
+        kiln_manifest_t *parsed = kiln_manifest_from_json (fal, strlen (fal), NULL);
+        assert (parsed && parsed->max_queue_length == 7);
+        char *text = kiln_manifest_to_json (parsed);
+        assert (text && strstr (text, "\"max_queue_length\":7"));
+        kiln_manifest_destroy (&parsed);
+        parsed = kiln_manifest_from_json (text, strlen (text), NULL);
+        assert (parsed && parsed->max_queue_length == 7);
+        free (text);
+        kiln_manifest_destroy (&parsed);
+        const char *bare = "{\"name\":\"a\",\"endpoints\":[\"/\"]}";
+        parsed = kiln_manifest_from_json (bare, strlen (bare), NULL);
+        assert (parsed && parsed->max_queue_length == 0);
+        text = kiln_manifest_to_json (parsed);
+        assert (text && !strstr (text, "max_queue_length"));
+        free (text);
+        kiln_manifest_destroy (&parsed);
+    }
 
     //  A python app with requirements round-trips them.
     const char *python = "{\"name\":\"hello\",\"endpoints\":[\"/\"],\"kind\":\"python\","

@@ -15,6 +15,12 @@
     kind says what the artifact is: "native" (a .so, the default when the
     JSON has none) or "python" (a bundle, see docs/PROCESS_APPS.md).
     requirements are pip specs of a Python app (none for a native one).
+    app_auth says who may call the app (docs/SECURITY.md): "private" (the
+    default: keys of the app's owner, and the operator's), "shared" (any
+    valid key) or "public" (anyone, even without a key).
+    max_queue_length (fal's fal_max_queue_length, accepted too) bounds the
+    app's queue: a submit past it is 429 queue_full (0, the default and
+    absent from the JSON: unbounded).
     =========================================================================
 */
 #ifndef KILN_MANIFEST_H_INCLUDED
@@ -30,6 +36,9 @@
 
 #define KILN_MANIFEST_KIND_NATIVE "native"
 #define KILN_MANIFEST_KIND_PYTHON "python"
+#define KILN_MANIFEST_AUTH_PRIVATE "private"
+#define KILN_MANIFEST_AUTH_SHARED "shared"
+#define KILN_MANIFEST_AUTH_PUBLIC "public"
 
 typedef struct {
     char *name;
@@ -44,6 +53,8 @@ typedef struct {
     char **endpoints;       size_t endpoint_count;      //  at least one
     char *kind;                                         //  "native" or "python"
     char **requirements;    size_t requirement_count;   //  may be none
+    char *app_auth;                                     //  "private", "shared" or "public"
+    int max_queue_length;                               //  0: unbounded
 } kiln_manifest_t;
 
 //  From an app's descriptor, with defaults for zero fields. NULL and

@@ -61,9 +61,18 @@
     "  return cjson.encode({detail = detail, error_type = etype})\n" \
     "end\n"
 
+//  A manifest with max_queue_length (kiln_manifest_to_json writes it only
+//  when set, so other apps skip the decode) bounds the queue: a submit
+//  that would pass it answers {-3, limit} and writes nothing.
 const char *KILN_SCRIPT_SUBMIT =
     "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end\n"
     "if redis.call('EXISTS', KEYS[2]) == 1 then return -2 end\n"
+    "local manifest = redis.call('HGET', KEYS[1], 'manifest')\n"
+    "if manifest and string.find(manifest, '\"max_queue_length\"', 1, true) then\n"
+    "  local ok, m = pcall(cjson.decode, manifest)\n"
+    "  local limit = ok and type(m) == 'table' and tonumber(m.max_queue_length) or 0\n"
+    "  if limit > 0 and redis.call('ZCARD', KEYS[3]) >= limit then return {-3, limit} end\n"
+    "end\n"
     "local band = 0\n"
     "if ARGV[6] == 'low' then band = 1 end\n"
     "local deadline = tonumber(ARGV[10] or '0') or 0\n"
@@ -72,7 +81,7 @@ const char *KILN_SCRIPT_SUBMIT =
     "  'content_type', ARGV[4], 'body', ARGV[5], 'priority', ARGV[6],\n"
     "  'reply_to', ARGV[7], 'webhook', ARGV[8], 'created_ms', ARGV[9],\n"
     "  'start_deadline_ms', deadline, 'no_retry', ARGV[11] or '0',\n"
-    "  'state', 'IN_QUEUE', 'attempts', 0)\n"
+    "  'caller', ARGV[12] or '', 'state', 'IN_QUEUE', 'attempts', 0)\n"
     "if deadline > 0 then redis.call('ZADD', 'kiln:deadlines', deadline, ARGV[1]) end\n"
     "local seq = redis.call('INCR', KEYS[4])\n"
     "local score = band * 4503599627370496 + seq\n"
@@ -279,8 +288,11 @@ const char *KILN_SCRIPT_DEPLOY =
     "redis.call('PUBLISH', 'kiln:wake', ARGV[1])\n"
     "return revision\n";
 
+//  The app's secrets go with it, whatever the caller passes: a later app
+//  of the same name must not inherit them.
 const char *KILN_SCRIPT_UNDEPLOY =
     "if #KEYS >= 3 then redis.call('DEL', KEYS[3]) end\n"
+    "redis.call('DEL', 'kiln:app:' .. ARGV[1] .. ':secrets')\n"
     "if redis.call('DEL', KEYS[1]) == 0 then\n"
     "  redis.call('SREM', KEYS[2], ARGV[1])\n"
     "  return 0\n"
@@ -380,6 +392,25 @@ const char *KILN_SCRIPT_METRICS =
     "  table.insert(apps, redis.call('HGETALL', ARGV[2] .. name))\n"
     "end\n"
     "return {apps, redis.call('HVALS', KEYS[2]), redis.call('HVALS', KEYS[3])}\n";
+
+//  7 arguments per line: ts, level, source, message, runner_id,
+//  request_id, revision ("" leaves the field out).
+const char *KILN_SCRIPT_APP_LOG =
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
+    "local names = {'ts', 'level', 'source', 'message', 'runner_id', 'request_id', 'revision'}\n"
+    "local n = 0\n"
+    "for i = 2, #ARGV - 6, 7 do\n"
+    "  local fields = {}\n"
+    "  for j = 0, 6 do\n"
+    "    if ARGV[i + j] ~= '' or j == 3 then\n"
+    "      fields[#fields + 1] = names[j + 1]\n"
+    "      fields[#fields + 1] = ARGV[i + j]\n"
+    "    end\n"
+    "  end\n"
+    "  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))\n"
+    "  n = n + 1\n"
+    "end\n"
+    "return n\n";
 
 
 //  ---------------------------------------------------------------------
@@ -1095,6 +1126,75 @@ s_test_app_status (redisContext *ctx, const char *app)
     CHECK (s_int (ctx, "EXISTS %s", gone.s) == 0);
 }
 
+//  SUBMIT refuses what would pass the manifest's max_queue_length,
+//  writing nothing, and counts queued requests only.
+static void
+s_test_queue_limit (redisContext *ctx)
+{
+    const char *app = "local/bounded";
+    kiln_key_t key = kiln_key_app (app);
+    kiln_key_t queue = kiln_key_queue (app);
+    const char *a = "00000000-0000-4000-8000-0000000000a1";
+    const char *b = "00000000-0000-4000-8000-0000000000a2";
+    const char *c = "00000000-0000-4000-8000-0000000000a3";
+    CHECK (s_int (ctx, "HSET %s name %s manifest %s", key.s, app,
+                  "{\"name\":\"bounded\",\"max_queue_length\":2}") == 2);
+    CHECK (s_submit (ctx, app, a, "normal", "", "{}", 2) == 0);
+    CHECK (s_submit (ctx, app, b, "low", "", "{}", 2) == 1);
+    kiln_key_t req_c = kiln_key_request (c);
+    const char *keys [] = { key.s, req_c.s, queue.s, KILN_KEY_SEQ };
+    const char *args [] = { c, app, "/", "", "{}", "normal", "", "", "1700000000000", "0", "0", "" };
+    redisReply *reply = s_eval (ctx, KILN_SCRIPT_SUBMIT, 4, keys, 12, args, NULL);
+    CHECK (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2
+        && reply->element [0]->integer == -3 && reply->element [1]->integer == 2);
+    freeReplyObject (reply);
+    CHECK (s_int (ctx, "EXISTS %s", kiln_key_request (c).s) == 0);
+    CHECK (s_int (ctx, "ZCARD %s", queue.s) == 2);
+    //  Taken requests leave room
+    CHECK (s_int (ctx, "ZREM %s %s", queue.s, a) == 1);
+    CHECK (s_submit (ctx, app, c, "normal", "", "{}", 2) == 0);
+    //  A limit of 0 is none
+    CHECK (s_int (ctx, "HSET %s manifest %s", key.s,
+                  "{\"name\":\"bounded\",\"max_queue_length\":0}") == 0);
+    const char *d = "00000000-0000-4000-8000-0000000000a4";
+    CHECK (s_submit (ctx, app, d, "normal", "", "{}", 2) == 1);    //  behind c, ahead of low b
+    kiln_key_t req_a = kiln_key_request (a), req_b = kiln_key_request (b);
+    kiln_key_t req_d = kiln_key_request (d);
+    CHECK (s_int (ctx, "DEL %s %s %s %s %s %s", key.s, queue.s, req_a.s, req_b.s, req_c.s,
+                  req_d.s) == 6);
+}
+
+//  APP_LOG appends to a deployed app's stream only, leaving out empty
+//  fields but the message.
+static void
+s_test_app_log (redisContext *ctx, const char *app)
+{
+    kiln_key_t key = kiln_key_app (app);
+    kiln_key_t stream = kiln_key_app_logs (app);
+    const char *keys [] = { key.s, stream.s };
+    const char *args [] = { "10000",
+        "2026-11-28T18:00:00.123Z", "INFO", "runner", "setting up", "r-1", "", "3",
+        "2026-11-28T18:00:00.124Z", "WARN", "app", "", "r-1", "00000000-0000-4000-8000-000000000001", "3" };
+    redisReply *reply = s_eval (ctx, KILN_SCRIPT_APP_LOG, 2, keys, 15, args, NULL);
+    CHECK (reply->type == REDIS_REPLY_INTEGER && reply->integer == 2);
+    freeReplyObject (reply);
+    CHECK (s_int (ctx, "XLEN %s", stream.s) == 2);
+    reply = redisCommand (ctx, "XRANGE %s - +", stream.s);
+    CHECK (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2);
+    //  The first: no request_id; the second: an empty message kept
+    CHECK (reply->element [0]->element [1]->elements == 12);
+    CHECK (reply->element [1]->element [1]->elements == 14);
+    freeReplyObject (reply);
+    kiln_key_t gone = kiln_key_app ("local/gone");
+    kiln_key_t gone_stream = kiln_key_app_logs ("local/gone");
+    const char *gone_keys [] = { gone.s, gone_stream.s };
+    reply = s_eval (ctx, KILN_SCRIPT_APP_LOG, 2, gone_keys, 8, args, NULL);
+    CHECK (reply->type == REDIS_REPLY_INTEGER && reply->integer == 0);
+    freeReplyObject (reply);
+    CHECK (s_int (ctx, "EXISTS %s", gone_stream.s) == 0);
+    CHECK (s_int (ctx, "DEL %s", stream.s) == 1);
+}
+
 //  DEPLOY numbers revisions from latest_revision and keeps each one;
 //  ROLLBACK brings one back; UNDEPLOY drops them all.
 static long long
@@ -1170,10 +1270,12 @@ s_test_revisions (redisContext *ctx)
 
     const char *undeploy_keys [] = { key.s, KILN_KEY_APPS, revisions.s };
     const char *undeploy_args [] = { app };
+    kiln_key_t secrets = kiln_key_app_secrets (app);
+    CHECK (s_int (ctx, "HSET %s TOKEN x", secrets.s) == 1);
     redisReply *reply = s_eval (ctx, KILN_SCRIPT_UNDEPLOY, 3, undeploy_keys, 1, undeploy_args, NULL);
     CHECK (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1);
     freeReplyObject (reply);
-    CHECK (s_int (ctx, "EXISTS %s %s", key.s, revisions.s) == 0);
+    CHECK (s_int (ctx, "EXISTS %s %s %s", key.s, revisions.s, secrets.s) == 0);
     CHECK (s_deploy (ctx, app, one, "{}", "1700000000600") == 1);
     reply = s_eval (ctx, KILN_SCRIPT_UNDEPLOY, 3, undeploy_keys, 1, undeploy_args, NULL);
     freeReplyObject (reply);
@@ -1384,6 +1486,8 @@ kiln_scripts_test (bool verbose)
     s_test_webhooks (ctx, app);
     s_test_requeue (ctx, sub, app);
     s_test_app_status (ctx, app);
+    s_test_queue_limit (ctx);
+    s_test_app_log (ctx, app);
     s_test_revisions (ctx);
 
     redisFree (sub);

@@ -21,7 +21,8 @@
       KEYS  app, req, queue, seq               (kiln_key_app, _request, _queue, KILN_KEY_SEQ)
       ARGV  id, app, path, content_type, body, priority (normal|low),
             reply_to, webhook, now_ms, start_deadline_ms (0: none),
-            no_retry (0|1)
+            no_retry (0|1), caller (the calling key's owner, "" without
+            a key; who may read the request besides the app's owner)
       →     -1 if the app is not deployed (nothing written), -2 if the id
             exists already, else the queue position (requests ahead of it).
             A deadline puts the id in kiln:deadlines. Publishes the app
@@ -181,7 +182,17 @@
       →     {apps, runners, workers}: apps is a flat array, three entries
             per deployed app (sorted by name): name, queue depth (ZCARD),
             the stats hash (HGETALL: a flat field, value array); runners
-            and workers are the JSON values of their hashes (HVALS).    =========================================================================
+            and workers are the JSON values of their hashes (HVALS).
+
+    KILN_SCRIPT_APP_LOG — append lines to an app's log stream
+      KEYS  app, app_logs                      (kiln_key_app, kiln_key_app_logs)
+      ARGV  maxlen, then KILN_APP_LOG_LINE_ARGS per line: ts (ISO-8601),
+            level, source, message, runner_id, request_id, revision
+      →     lines appended (XADD MAXLEN ~ maxlen, fields named as the
+            arguments; an empty one but message is left out); 0 when the
+            app is not deployed (a deleted app's stream is never brought
+            back by a late line).
+    =========================================================================
 */
 #ifndef KILN_SCRIPTS_H_INCLUDED
 #define KILN_SCRIPTS_H_INCLUDED
@@ -212,6 +223,12 @@ extern const char *KILN_SCRIPT_SCALE;
 extern const char *KILN_SCRIPT_METRICS;
 extern const char *KILN_SCRIPT_ROLLBACK;
 extern const char *KILN_SCRIPT_REQUEST_SHOW;
+extern const char *KILN_SCRIPT_APP_LOG;
+
+//  Arguments per line of KILN_SCRIPT_APP_LOG, and the most lines an
+//  app's log stream keeps (XADD MAXLEN ~).
+#define KILN_APP_LOG_LINE_ARGS 7
+#define KILN_APP_LOG_MAXLEN 10000
 
 //  What KILN_SCRIPT_REQUEST_SHOW answers first, in this order.
 #define KILN_REQUEST_SHOW_FIELDS \

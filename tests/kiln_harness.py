@@ -431,6 +431,10 @@ class Stack:
             'KILN_URL': self.url,
             'KILN_PUBLIC_URL': self.url,
             'KILN_STATE_DIR': self.state_dir,
+            #  Tests deliver webhooks to receivers on loopback, which the
+            #  broker refuses by default (env={'KILN_WEBHOOK_ALLOW_PRIVATE':
+            #  '0'} tests the refusal).
+            'KILN_WEBHOOK_ALLOW_PRIVATE': '1',
         })
         self.env.pop('KILN_KEY', None)
         self.env.update(env or {})
@@ -568,6 +572,86 @@ class Stack:
                 stream.write('\n===== %s (last %d lines) =====\n%s\n' % (
                     name, LOG_TAIL_LINES, tail(os.path.join(self.dir, name))))
         stream.flush()
+
+    # -- faults: what the chaos suite and the restart tests do -----------
+
+    def start_redis_durable(self):
+        """Starts redis-server as `kiln up` runs it: the append-only file
+        on, fsync'd every second, in this stack's dir; on the same port
+        and dir again after a kill it reloads what was written. Waits
+        until it answers PING (and has loaded its data)."""
+        self.procs['redis'] = spawn(
+            ['redis-server', '--port', str(self.redis_port), '--bind', '127.0.0.1',
+             '--save', '', '--appendonly', 'yes', '--appendfsync', 'everysec',
+             '--dir', self.dir],
+            self.env, self.log_path('redis'))
+        self.started_at['redis'] = time.monotonic()
+
+        def pong():
+            self._check_running('redis')
+            with Redis(self.redis_port) as r:
+                return r.command('PING') == 'PONG'
+        wait_until(pong, START_TIMEOUT_S, what='redis-server to answer PING')
+
+    def start_durable(self):
+        """start(), with the durable Redis of start_redis_durable."""
+        self.start_redis_durable()
+        self.start_broker()
+        self.start_gateway()
+        self.start_worker()
+        return self
+
+    def kill(self, name):
+        """SIGKILLs one process of the stack (that process only: what it
+        started lives on, as it would after a crash) and reaps it.
+        Returns its pid, or None when it was not running."""
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            try:
+                proc.kill()
+            except ProcessLookupError:
+                pass
+        proc.wait()
+        return proc.pid
+
+    def restart(self, name, durable_redis=True):
+        """Starts a process of the stack again (after kill or stop), on
+        the same ports and dir; Redis with the append-only file unless
+        durable_redis is false. The worker keeps its arguments.
+
+        Call it from a thread that outlives the process: what spawn
+        starts gets SIGKILL when the thread that started it ends
+        (PR_SET_PDEATHSIG belongs to the thread)."""
+        if self.running(name):
+            raise AssertionError('%s is still running' % name)
+        self.procs.pop(name, None)
+        if name == 'redis':
+            if durable_redis:
+                self.start_redis_durable()
+            else:
+                self.start_redis()
+        else:
+            getattr(self, 'start_' + name)()
+
+    def log_mark(self, name, text):
+        """Writes a line into a process's log (what a test did, and when),
+        so the logs read in order when a test fails."""
+        with open(self.log_path(name), 'ab') as log:
+            log.write(('--- %s: %s\n' % (time.strftime('%H:%M:%S'), text)).encode())
+
+    def all_runner_pids(self):
+        """Live runner processes of this stack, whatever their app."""
+        endpoint = self.env['KILN_BROKER_ENDPOINT']
+        found = []
+        for pid in all_pids():
+            if not alive(pid):
+                continue
+            env = proc_environ(pid)
+            if env.get('KILN_BROKER_ENDPOINT') == endpoint and env.get('KILN_RUNNER_ID'):
+                found.append(pid)
+        return found
 
     # -- clients ---------------------------------------------------------
 

@@ -14,6 +14,8 @@
 #include "kiln_redis.h"
 #include "kiln_scripts.h"
 #include "kiln_util.h"
+#include "access.h"
+#include "ratelimit.h"
 #include "route.h"
 
 #include <stdio.h>
@@ -35,6 +37,8 @@ static const s_module_t s_modules [] = {
     { "redis", kiln_redis_test },
     { "route", kiln_route_test },
     { "auth", kiln_auth_test },
+    { "access", kiln_access_test },
+    { "ratelimit", kiln_ratelimit_test },
     { NULL, NULL }
 };
 

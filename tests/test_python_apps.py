@@ -111,9 +111,6 @@ class PythonAppsTest(kiln_harness.KilnTestCase):
     def test_setup_failure_ends_the_call_and_shows_the_error(self):
         self.check_setup_failure('local/pybadsetup', 'the model weights are missing')
 
-    def test_requirements_are_refused_clearly(self):
-        self.check_setup_failure('local/needs', 'requirements are not supported yet: some-package==1.0')
-
     # -- CLI errors ------------------------------------------------------
 
     def deploy_fails(self, target, text):

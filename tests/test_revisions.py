@@ -117,13 +117,14 @@ class RevisionsTest(kiln_harness.QueueTestCase):
         wait_until(lambda: self.served_by() == 'sleep', 20, interval=0.1,
                    what='revision 3 (sleep) to serve')
 
-        #  Unknown revision and unknown app: exit 1 with the gateway's reason
+        #  Unknown revision (exit 1) and unknown app (exit 3, not found),
+        #  with the gateway's reason
         line = self.kiln_fails(1, 'apps', 'rollback', APP, '99')
         self.assertIn('no revision 99', line)
         self.assertEqual(self.revisions()['current'], 3)
-        line = self.kiln_fails(1, 'apps', 'rollback', 'local/nope', '1')
+        line = self.kiln_fails(3, 'apps', 'rollback', 'local/nope', '1')
         self.assertIn('not deployed', line)
-        line = self.kiln_fails(1, 'apps', 'revisions', 'local/nope')
+        line = self.kiln_fails(3, 'apps', 'revisions', 'local/nope')
         self.assertIn('not deployed', line)
 
     def test_rollback_http_answers(self):
@@ -238,7 +239,7 @@ class RevisionsTest(kiln_harness.QueueTestCase):
     def test_unknown_request(self):
         unknown = str(uuid.uuid4())
         for verb in ('show', 'logs', 'cancel'):
-            line = self.kiln_fails(1, 'requests', verb, unknown)
+            line = self.kiln_fails(3, 'requests', verb, unknown)
             self.assertIn('not found', line.lower())
         status, headers, body = self.stack.http('GET', '/v1/requests/' + unknown)
         self.assertJsonError(status, headers, body, 404)

@@ -1,5 +1,7 @@
 """`kiln up`: the whole local stack in the foreground. It prints a curl
-line that works, and Ctrl-C stops everything it started, exit status 0."""
+line that works, and Ctrl-C stops everything it started, exit status 0.
+Its gateway requires API keys: the operator key kiln up saves in its
+state dir is what the curl line and the CLI use (--no-auth: none)."""
 
 import json
 import os
@@ -90,13 +92,13 @@ class UpTest(unittest.TestCase):
                 self.log_path, 80))
         return outcome
 
-    def start_up(self):
+    def start_up(self, *args):
         """Starts `kiln up` (stderr to the log; stdout read line by line)
         and returns the curl line it prints."""
-        state_dir = os.path.join(self.dir, 'state')
+        self.state_dir = os.path.join(self.dir, 'state')
         self.proc = kiln_harness.spawn(
-            [program('kiln'), 'up', '--dir', state_dir, '--redis-port', str(self.redis_port)],
-            self.env, self.log_path, stdout=subprocess.PIPE)
+            [program('kiln'), 'up', '--dir', self.state_dir, '--redis-port', str(self.redis_port)]
+            + list(args), self.env, self.log_path, stdout=subprocess.PIPE)
 
         def read_stdout():
             with open(self.log_path, 'ab') as out:
@@ -113,8 +115,17 @@ class UpTest(unittest.TestCase):
             return next((l for l in self.lines if 'curl ' in l), None)
         return wait_until(curl_line, UP_START_TIMEOUT_S, what='kiln up to print its curl line')
 
+    def saved_key(self):
+        with open(os.path.join(self.state_dir, 'key')) as f:
+            return f.read().strip()
+
     def run_curl_line(self, line):
         method, url, headers, data = parse_curl(line)
+        #  What the shell does with the printed line, after the printed
+        #  export KILN_KEY=$(cat STATE/key)
+        if '$KILN_KEY' in headers.get('Authorization', ''):
+            headers['Authorization'] = headers['Authorization'].replace(
+                '$KILN_KEY', self.saved_key())
         self.assertIsNotNone(url, 'no URL in %r' % line)
         parts = urllib.parse.urlsplit(url)
         self.assertIn(parts.hostname, ('127.0.0.1', 'localhost'), line)
@@ -171,6 +182,50 @@ class UpTest(unittest.TestCase):
         line = self.start_up()
         self.run_curl_line(line)
         self.stop_and_check(lambda: os.killpg(self.proc.pid, signal.SIGINT))
+
+
+    def test_up_requires_the_saved_key(self):
+        line = self.start_up()
+        self.assertIn('Authorization: Key $KILN_KEY', line)
+        self.assertTrue(any('export KILN_KEY=$(cat ' in l for l in self.lines), self.lines)
+        key_path = os.path.join(self.state_dir, 'key')
+        self.assertEqual(os.stat(key_path).st_mode & 0o777, 0o600)
+        self.assertRegex(self.saved_key(), r'^[0-9a-f-]{36}:[0-9a-f]{64}$')
+        self.run_curl_line(line)
+        #  Without the key: 401, on calls and on the management API
+        method, url, headers, data = parse_curl(line)
+        path = urllib.parse.urlsplit(url).path
+        status, resp_headers, body = http_request(self.http_port, 'POST', path, data,
+                                                  {'Content-Type': 'application/json'})
+        self.assertEqual(status, 401, body)
+        self.assertEqual(resp_headers.get('www-authenticate'), 'Key')
+        self.assertEqual(http_request(self.http_port, 'GET', '/v1/apps')[0], 401)
+        #  The CLI finds the saved key by the state dir, with no KILN_KEY
+        env = dict(self.env, KILN_STATE_DIR=self.state_dir)
+        listed = subprocess.run([program('kiln'), 'apps', 'list'], env=env,
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        self.assertIn(path.strip('/'), listed.stdout)
+        keys = subprocess.run([program('kiln'), 'keys', 'list'], env=env,
+                              capture_output=True, text=True, timeout=60)
+        self.assertEqual(keys.returncode, 0, keys.stderr)
+        self.assertIn(self.saved_key().split(':')[0], keys.stdout)
+        self.assertNotIn(self.saved_key().split(':')[1], keys.stdout)
+        #  Without it, the CLI is refused
+        env = dict(self.env, KILN_STATE_DIR=os.path.join(self.dir, 'elsewhere'))
+        refused = subprocess.run([program('kiln'), 'apps', 'list'], env=env,
+                                 capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(refused.returncode, 0, refused.stdout)
+        self.stop_and_check(lambda: self.proc.send_signal(signal.SIGINT))
+
+    def test_up_no_auth_says_so(self):
+        line = self.start_up('--no-auth')
+        self.assertNotIn('Authorization', line)
+        self.assertTrue(any('API keys are OFF' in l for l in self.lines), self.lines)
+        self.run_curl_line(line)
+        self.assertEqual(http_request(self.http_port, 'GET', '/v1/apps')[0], 200)
+        self.assertFalse(os.path.exists(os.path.join(self.state_dir, 'key')))
+        self.stop_and_check(lambda: self.proc.send_signal(signal.SIGINT))
 
 
 if __name__ == '__main__':

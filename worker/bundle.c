@@ -15,6 +15,7 @@
 #include <czmq.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,15 +74,23 @@ s_name_valid (const char *name)
     return true;
 }
 
+static int
+s_remove_entry (const char *path, const struct stat *info, int flag, struct FTW *walk)
+{
+    (void) info;
+    (void) flag;
+    (void) walk;
+    remove (path);
+    return 0;               //  go on: remove what can be removed
+}
+
+//  Removes dir and all it holds. Not zdir_remove: zdir skips names that
+//  start with '.', which a bundle may hold, and a temporary directory
+//  left behind would then block every later unpack by this process.
 static void
 s_remove_tree (const char *dir)
 {
-    zdir_t *tree = zdir_new (dir, NULL);
-    if (tree) {
-        zdir_remove (tree, true);
-        zdir_destroy (&tree);
-    }
-    rmdir (dir);
+    nftw (dir, s_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 //  Unpacks into dir, which exists and is empty. 0 or -1 with *error.
@@ -284,6 +293,18 @@ kiln_bundle_test (bool verbose)
     size += 2 * TAR_BLOCK_BYTES;
     assert (kiln_bundle_unpack (buffer, size, dest, &error) == -1 && strstr (error, "checksum"));
     zstr_free (&error);
+    //  A failed unpack leaves nothing behind, dot files included (a
+    //  temporary directory left there would block the next unpack)
+    memset (buffer, 0, 16 * TAR_BLOCK_BYTES);
+    size = 0;
+    s_test_entry (buffer, &size, ".hidden", '0', "x");
+    s_test_entry (buffer, &size, "../evil.py", '0', "x");
+    size += 2 * TAR_BLOCK_BYTES;
+    assert (kiln_bundle_unpack (buffer, size, dest, &error) == -1);
+    zstr_free (&error);
+    char *temp = zsys_sprintf ("%s.tmp-%d", dest, (int) getpid ());
+    assert (access (temp, F_OK) != 0);
+    free (temp);
     size = 0;
     s_test_entry (buffer, &size, "a.py", '0', "x");
     assert (kiln_bundle_unpack (buffer, TAR_BLOCK_BYTES + 10, dest, &error) == -1);

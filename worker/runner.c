@@ -8,11 +8,13 @@
         kiln-runner BUNDLE-DIR          serve a process app (an unpacked
                                         bundle; docs/PROCESS_APPS.md)
 
-    A process app runs as our child, python3 -m kiln.serve, spoken to in
-    frames over its stdin and stdout; then there are no executors: a
-    REQUEST becomes a `request` frame, `log` frames become LOGs, `file`
-    frames join the request's RESULT, a `result` frame is the RESULT,
-    CANCEL becomes `cancel`, SIGTERM becomes `stop`. Its death is ours.
+    A process app runs as our child, python3 -m kiln.serve (the python3
+    of its requirements' virtual environment, worker/venv.h, when it has
+    some), spoken to in frames over its stdin and stdout; then there are
+    no executors: a REQUEST becomes a `request` frame, `log` frames
+    become LOGs, `file` frames join the request's RESULT, a `result`
+    frame is the RESULT, CANCEL becomes `cancel`, SIGTERM becomes `stop`.
+    Its death is ours.
 
     The worker starts one runner per (app, slot) with the environment of
     worker/runner.h. A crash in app code kills only this process; the
@@ -28,7 +30,9 @@
     | RUNNER_HELLO | →   | after setup(), with its GPU (CUDA_VISIBLE_DEVICES); again |
     |              |     | when the broker is silent for HEARTBEAT_LIVENESS          |
     |              |     | intervals or says DISCONNECT                              |
-    | HEARTBEAT    | →   | every HEARTBEAT_INTERVAL_MS                               |
+    | HEARTBEAT    | →   | every HEARTBEAT_INTERVAL_MS, listing every request we     |
+    |              |     | hold (running, or waiting for an executor): the broker    |
+    |              |     | renews their leases and runs one we do not list elsewhere |
     | REQUEST      | ←   | queued, then given to a free executor                     |
     | LOG          | →   | at once, for each kiln_request_log() line                 |
     | RESULT       | →   | when a handler returns (404 for an unknown path, 500 for  |
@@ -60,6 +64,8 @@
 #include "runner.h"
 #include "sdk.h"
 #include "bundle.h"
+#include "frame.h"
+#include "venv.h"
 #include "kiln_config.h"
 #include "kiln_keys.h"
 #include "kiln_log.h"
@@ -103,164 +109,18 @@ s_on_signal (int signum)
 //  -------------------------------------------------------------------------
 //  Process apps (docs/PROCESS_APPS.md): a child speaks frames on its stdin
 //  and stdout. Its stdout is read without blocking by the main loop, with
-//  a frame parser that keeps what a partial read left; frames to its stdin
-//  are written whole (blocking: kiln.serve reads stdin on a thread of its
-//  own, so it drains even while its handlers are busy).
+//  a frame parser (frame.c) that keeps what a partial read left; frames
+//  to its stdin are written whole (blocking: kiln.serve reads stdin on a
+//  thread of its own, so it drains even while its handlers are busy).
 
 //  Where kiln's Python package lives (python/kiln); the build sets it.
 #ifndef KILN_PYTHON_DIR
 #   define KILN_PYTHON_DIR "/usr/local/share/kiln/python"
 #endif
 #define PROCESS_PROTOCOL_VERSION 1
-#define FRAME_HEADER_MAX_BYTES   (1u << 20)
-#define FRAME_BODY_MAX_BYTES     (512u << 20)
 //  After `stop` and the last result: how long teardown() may take.
 #define CHILD_STOP_WAIT_MS       30000
 
-typedef struct {
-    int fd;
-    int stage;                      //  0 header length, 1 header, 2 body length, 3 body
-    uint8_t length [4];
-    size_t have;                    //  bytes of the current part so far
-    uint32_t need;                  //  size of the current part (stages 1, 3)
-    uint8_t *header;
-    uint8_t *body;
-    uint32_t header_size;
-} s_frame_reader_t;
-
-static void
-s_frame_reader_reset (s_frame_reader_t *reader)
-{
-    free (reader->header);
-    free (reader->body);
-    int fd = reader->fd;
-    memset (reader, 0, sizeof (*reader));
-    reader->fd = fd;
-}
-
-//  Reads what the pipe has. 1: a frame (*header, *body, *body_size are
-//  the caller's); 0: not yet (nothing more to read now); -1: the end of
-//  the stream (*error NULL) or a protocol error (*error, caller frees).
-static int
-s_frame_read (s_frame_reader_t *reader, json_t **header_p, uint8_t **body_p, size_t *body_size,
-              char **error)
-{
-    *error = NULL;
-    while (true) {
-        uint8_t *target;
-        size_t want;
-        if (reader->stage == 0 || reader->stage == 2) {
-            target = reader->length + reader->have;
-            want = 4 - reader->have;
-        }
-        else {
-            target = (reader->stage == 1? reader->header: reader->body) + reader->have;
-            want = reader->need - reader->have;
-        }
-        if (want > 0) {
-            ssize_t got = read (reader->fd, target, want);
-            if (got < 0 && errno == EINTR)
-                continue;
-            if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-                return 0;
-            if (got <= 0) {
-                if (got < 0)
-                    *error = zsys_sprintf ("reading the app's stdout: %s", strerror (errno));
-                else
-                if (reader->stage != 0 || reader->have != 0)
-                    *error = strdup ("the app's stdout ended inside a frame");
-                return -1;
-            }
-            reader->have += (size_t) got;
-            if ((size_t) got < want)
-                continue;
-        }
-        //  The current part is complete.
-        if (reader->stage == 0 || reader->stage == 2) {
-            uint32_t size = ((uint32_t) reader->length [0] << 24) | ((uint32_t) reader->length [1] << 16)
-                          | ((uint32_t) reader->length [2] << 8) | reader->length [3];
-            uint32_t limit = reader->stage == 0? FRAME_HEADER_MAX_BYTES: FRAME_BODY_MAX_BYTES;
-            if (size > limit) {
-                *error = zsys_sprintf ("the app sent a frame %s of %u bytes (at most %u)",
-                                       reader->stage == 0? "header": "body", size, limit);
-                return -1;
-            }
-            uint8_t *buffer = malloc (size? size: 1);
-            if (!buffer) {
-                *error = strdup ("out of memory reading a frame");
-                return -1;
-            }
-            if (reader->stage == 0)
-                reader->header = buffer;
-            else
-                reader->body = buffer;
-            reader->need = size;
-            reader->have = 0;
-            reader->stage++;
-            continue;
-        }
-        if (reader->stage == 1) {
-            reader->header_size = reader->need;
-            reader->have = 0;
-            reader->stage = 2;
-            continue;
-        }
-        //  Stage 3 done: a whole frame.
-        json_error_t json_error;
-        json_t *header = json_loadb ((const char *) reader->header, reader->header_size,
-                                     JSON_REJECT_DUPLICATES, &json_error);
-        if (!json_is_object (header) || !json_is_string (json_object_get (header, "type"))) {
-            *error = header? strdup ("the app sent a frame header without a string \"type\""):
-                             zsys_sprintf ("the app sent a frame header that is not JSON: %s",
-                                           json_error.text);
-            json_decref (header);
-            return -1;
-        }
-        *header_p = header;
-        *body_p = reader->body;
-        *body_size = reader->need;
-        reader->body = NULL;
-        s_frame_reader_reset (reader);
-        return 1;
-    }
-}
-
-static int
-s_write_all (int fd, const void *data, size_t size)
-{
-    const uint8_t *bytes = (const uint8_t *) data;
-    while (size > 0) {
-        ssize_t written = write (fd, bytes, size);
-        if (written < 0 && errno == EINTR)
-            continue;
-        if (written <= 0)
-            return -1;
-        bytes += written;
-        size -= (size_t) written;
-    }
-    return 0;
-}
-
-//  Writes one frame; takes the header. 0, or -1 (the child is gone).
-static int
-s_frame_write (int fd, json_t *header, const uint8_t *body, size_t body_size)
-{
-    char *text = json_dumps (header, JSON_COMPACT);
-    json_decref (header);
-    if (!text)
-        return -1;
-    size_t text_size = strlen (text);
-    uint8_t lengths [8] = {
-        (uint8_t) (text_size >> 24), (uint8_t) (text_size >> 16), (uint8_t) (text_size >> 8), (uint8_t) text_size,
-        (uint8_t) (body_size >> 24), (uint8_t) (body_size >> 16), (uint8_t) (body_size >> 8), (uint8_t) body_size
-    };
-    int rc = s_write_all (fd, lengths, 4) == 0
-          && s_write_all (fd, text, text_size) == 0
-          && s_write_all (fd, lengths + 4, 4) == 0
-          && (body_size == 0 || s_write_all (fd, body, body_size) == 0)? 0: -1;
-    free (text);
-    return rc;
-}
 
 //  The kiln Python package's directory: $KILN_PYTHON_DIR, else the build's.
 static const char *
@@ -271,12 +131,14 @@ s_python_dir (void)
 }
 
 //  Starts `python3 -m kiln.serve entry [class]` with pipes on its stdin and
-//  stdout (non-blocking on our side); its stderr is ours. Returns the pid,
-//  or -1 with *error.
+//  stdout (non-blocking on our side); its stderr is ours. python is the
+//  interpreter: the app's virtual environment's, or NULL for python3 on
+//  the PATH. Returns the pid, or -1 with *error.
 static pid_t
-s_spawn_python (const char *entry, const char *class_name, bool describe,
+s_spawn_python (const char *python, const char *entry, const char *class_name, bool describe,
                 int *to_child, int *from_child, char **error)
 {
+    python = python? python: "python3";
     int in_pipe [2], out_pipe [2];
     if (pipe2 (in_pipe, O_CLOEXEC) != 0) {
         *error = zsys_sprintf ("cannot make a pipe: %s", strerror (errno));
@@ -309,10 +171,10 @@ s_spawn_python (const char *entry, const char *class_name, bool describe,
         signal (SIGTERM, SIG_DFL);
         signal (SIGINT, SIG_DFL);
         if (class_name)
-            execlp ("python3", "python3", "-m", "kiln.serve", entry, class_name, (char *) NULL);
+            execlp (python, python, "-m", "kiln.serve", entry, class_name, (char *) NULL);
         else
-            execlp ("python3", "python3", "-m", "kiln.serve", entry, (char *) NULL);
-        fprintf (stderr, "kiln-runner: cannot run python3: %s\n", strerror (errno));
+            execlp (python, python, "-m", "kiln.serve", entry, (char *) NULL);
+        fprintf (stderr, "kiln-runner: cannot run %s: %s\n", python, strerror (errno));
         _exit (127);
     }
     int saved = errno;
@@ -320,7 +182,7 @@ s_spawn_python (const char *entry, const char *class_name, bool describe,
     close (in_pipe [0]);
     close (out_pipe [1]);
     if (pid < 0) {
-        *error = zsys_sprintf ("cannot start python3: %s", strerror (saved));
+        *error = zsys_sprintf ("cannot start %s: %s", python, strerror (saved));
         close (in_pipe [1]);
         close (out_pipe [0]);
         return -1;
@@ -367,7 +229,7 @@ s_wait_status_text (int status)
 //  setup_failed error, or why the process could not get there. When the
 //  process ended, it is reaped and *pid_p set to 0.
 static json_t *
-s_wait_for (s_frame_reader_t *reader, pid_t *pid_p, const char *type, int64_t timeout_ms, char **error)
+s_wait_for (kiln_frame_reader_t *reader, pid_t *pid_p, const char *type, int64_t timeout_ms, char **error)
 {
     int64_t deadline = kiln_mono_ms () + timeout_ms;
     while (true) {
@@ -375,7 +237,7 @@ s_wait_for (s_frame_reader_t *reader, pid_t *pid_p, const char *type, int64_t ti
         uint8_t *body = NULL;
         size_t body_size = 0;
         char *why = NULL;
-        int rc = s_frame_read (reader, &header, &body, &body_size, &why);
+        int rc = kiln_frame_read (reader, &header, &body, &body_size, &why);
         free (body);
         if (rc == 1) {
             const char *got = json_string_value (json_object_get (header, "type"));
@@ -440,10 +302,10 @@ s_describe_python (const char *target)
         class_name += 2;
     }
     char *error = NULL;
-    s_frame_reader_t reader;
+    kiln_frame_reader_t reader;
     memset (&reader, 0, sizeof (reader));
     int to_child = -1;
-    pid_t pid = s_spawn_python (entry, class_name && *class_name? class_name: NULL, true,
+    pid_t pid = s_spawn_python (NULL, entry, class_name && *class_name? class_name: NULL, true,
                                 &to_child, &reader.fd, &error);
     free (entry);
     if (pid < 0) {
@@ -457,7 +319,7 @@ s_describe_python (const char *target)
         kill (pid, SIGKILL);
         s_reap (pid, 5000);
     }
-    s_frame_reader_reset (&reader);
+    kiln_frame_reader_reset (&reader);
     close (reader.fd);
     if (!header) {
         fprintf (stderr, "kiln-runner: %s\n", error? error: "the app did not describe itself");
@@ -522,7 +384,7 @@ typedef struct {
     bool process;
     pid_t child;                    //  its pid, or 0
     int child_in;                   //  its stdin (we write frames), or -1
-    s_frame_reader_t reader;        //  its stdout (reader.fd), or -1
+    kiln_frame_reader_t reader;        //  its stdout (reader.fd), or -1
     zmq_pollitem_t child_item;
     size_t slots;                   //  max_multiplexing: frames in flight at most
     zhashx_t *inflight;             //  request_id → s_inflight_t, sent and unanswered
@@ -794,7 +656,7 @@ s_check_stop (s_runner_t *self)
         //  and exits; we wait for its last results.
         if (self->process && !self->crashed) {
             json_t *stop = json_pack ("{s:s}", "type", "stop");
-            if (stop && s_frame_write (self->child_in, stop, NULL, 0) == -1)
+            if (stop && kiln_frame_write (self->child_in, stop, NULL, 0) == -1)
                 s_process_crashed (self, zsys_sprintf ("cannot write to the app's stdin: %s", strerror (errno)));
             self->stop_sent = true;
         }
@@ -932,7 +794,7 @@ s_process_send_request (s_runner_t *self, kiln_msg_t **request_p)
     inflight->sent_ms = kiln_mono_ms ();
     zhashx_update (self->inflight, request->request_id, inflight);
     self->busy_count++;
-    if (s_frame_write (self->child_in, header, request->body, request->body_size) == -1) {
+    if (kiln_frame_write (self->child_in, header, request->body, request->body_size) == -1) {
         s_process_crashed (self, zsys_sprintf ("cannot write to the app's stdin: %s", strerror (errno)));
         kiln_msg_destroy (&request);
         return;
@@ -942,7 +804,7 @@ s_process_send_request (s_runner_t *self, kiln_msg_t **request_p)
     if (zhashx_lookup (self->cancel_early, request->request_id)) {
         zhashx_delete (self->cancel_early, request->request_id);
         json_t *cancel = json_pack ("{s:s, s:s}", "type", "cancel", "request_id", request->request_id);
-        if (cancel && s_frame_write (self->child_in, cancel, NULL, 0) == -1)
+        if (cancel && kiln_frame_write (self->child_in, cancel, NULL, 0) == -1)
             s_process_crashed (self, zsys_sprintf ("cannot write to the app's stdin: %s", strerror (errno)));
     }
     kiln_msg_destroy (&request);
@@ -963,7 +825,7 @@ s_process_cancel (s_runner_t *self, const char *request_id)
     if (zhashx_lookup (self->inflight, request_id)) {
         kiln_log_info ("request %s: cancelled by its client", request_id);
         json_t *cancel = json_pack ("{s:s, s:s}", "type", "cancel", "request_id", request_id);
-        if (cancel && s_frame_write (self->child_in, cancel, NULL, 0) == -1)
+        if (cancel && kiln_frame_write (self->child_in, cancel, NULL, 0) == -1)
             s_process_crashed (self, zsys_sprintf ("cannot write to the app's stdin: %s", strerror (errno)));
         return;
     }
@@ -1135,7 +997,7 @@ s_on_child (zloop_t *loop, zmq_pollitem_t *item, void *arg)
         uint8_t *body = NULL;
         size_t body_size = 0;
         char *error = NULL;
-        int rc = s_frame_read (&self->reader, &header, &body, &body_size, &error);
+        int rc = kiln_frame_read (&self->reader, &header, &body, &body_size, &error);
         if (rc == 0)
             break;
         if (rc == -1) {
@@ -1238,13 +1100,63 @@ s_on_executor (zloop_t *loop, zsock_t *sock, void *arg)
     return 0;
 }
 
+//  Adds a copy of the id to the heartbeat's list; false when out of room
+//  or memory (the list is then cut short).
+static bool
+s_heartbeat_add (kiln_msg_t *msg, const char *request_id)
+{
+    if (!request_id || msg->request_count >= KILN_MSG_MAX_ITEMS)
+        return false;
+    char *copy = strdup (request_id);
+    if (!copy)
+        return false;
+    msg->requests [msg->request_count++] = copy;
+    return true;
+}
+
+//  A HEARTBEAT listing every request we hold: running (an executor's, or
+//  sent to the app's process) or waiting for a free executor. The broker
+//  renews their leases, and takes one we do not list for lost (its
+//  REQUEST or our RESULT went missing) and runs it again elsewhere.
+static kiln_msg_t *
+s_heartbeat_new (s_runner_t *self)
+{
+    kiln_msg_t *msg = kiln_msg_new (KILN_MSG_HEARTBEAT);
+    size_t held = zlist_size (self->pending) + self->executor_count
+                + (self->inflight? zhashx_size (self->inflight): 0);
+    if (!msg || held == 0)
+        return msg;
+    msg->requests = calloc (held < KILN_MSG_MAX_ITEMS? held: KILN_MSG_MAX_ITEMS, sizeof (char *));
+    if (!msg->requests)
+        return msg;
+    for (size_t i = 0; i < self->executor_count; i++)
+        if (self->executors [i].busy)
+            s_heartbeat_add (msg, self->executors [i].request_id);
+    if (self->inflight) {
+        zlistx_t *ids = zhashx_keys (self->inflight);
+        for (const char *id = ids? (const char *) zlistx_first (ids): NULL; id;
+             id = (const char *) zlistx_next (ids))
+            s_heartbeat_add (msg, id);
+        zlistx_destroy (&ids);
+    }
+    for (kiln_msg_t *request = (kiln_msg_t *) zlist_first (self->pending); request;
+         request = (kiln_msg_t *) zlist_next (self->pending))
+        s_heartbeat_add (msg, request->request_id);
+    return msg;
+}
+
 static int
 s_on_heartbeat (zloop_t *loop, int timer_id, void *arg)
 {
-    (void) loop;
     (void) timer_id;
     s_runner_t *self = (s_runner_t *) arg;
-    kiln_msg_t *msg = kiln_msg_new (KILN_MSG_HEARTBEAT);
+    //  After a busy spell zloop runs its timers before its readers: a
+    //  REQUEST waiting unread is ours too, and must be listed, or the
+    //  broker takes it for lost. (A crash seen here ends the loop on
+    //  the next tick.)
+    for (int i = 0; i < KILN_MSG_MAX_ITEMS && (zsock_events (self->broker) & ZMQ_POLLIN); i++)
+        s_on_broker (loop, self->broker, self);
+    kiln_msg_t *msg = s_heartbeat_new (self);
     if (msg)
         s_send (self, &msg);
     int64_t now = kiln_mono_ms ();
@@ -1326,27 +1238,27 @@ static int
 s_process_setup (s_runner_t *self, const char *entry_path, const char *class_name)
 {
     char *reason = NULL;
-    if (self->manifest->requirement_count > 0) {
-        //  Installing them (a virtual environment per requirements hash)
-        //  is not done yet: refuse rather than run without them.
-        char *list = strdup ("");
-        for (size_t i = 0; list && i < self->manifest->requirement_count; i++) {
-            char *longer = zsys_sprintf ("%s%s%s", list, i? ", ": "", self->manifest->requirements [i]);
-            free (list);
-            list = longer;
-        }
-        reason = zsys_sprintf ("requirements are not supported yet: %s", list? list: "?");
-        free (list);
-    }
+    //  One startup_timeout for all of it, as the broker counts it: the
+    //  requirements (installing them, or waiting for the runner that
+    //  does) and the app's setup.
+    int64_t deadline_ms = kiln_mono_ms () + (int64_t) self->manifest->startup_timeout * 1000;
+    //  With requirements, the interpreter of their virtual environment
+    //  (worker/venv.h), built by the first runner that needs it.
+    char *python = NULL;
+    if (self->manifest->requirement_count > 0)
+        python = kiln_venv_ensure (self->manifest->requirements, self->manifest->requirement_count,
+                                   deadline_ms, &reason);
     if (!reason) {
-        self->child = s_spawn_python (entry_path, class_name, false, &self->child_in,
+        self->child = s_spawn_python (python, entry_path, class_name, false, &self->child_in,
                                       &self->reader.fd, &reason);
         if (self->child < 0)
             self->child = 0;
     }
+    free (python);
     if (!reason) {
+        int64_t left_ms = deadline_ms - kiln_mono_ms ();
         json_t *ready = s_wait_for (&self->reader, &self->child, "ready",
-                                    (int64_t) self->manifest->startup_timeout * 1000, &reason);
+                                    left_ms > 0? left_ms: 1, &reason);
         json_decref (ready);
     }
     if (reason) {
@@ -1399,7 +1311,7 @@ s_runner_free (s_runner_t *self)
         close (self->child_in);
     if (self->reader.fd >= 0)
         close (self->reader.fd);
-    s_frame_reader_reset (&self->reader);
+    kiln_frame_reader_reset (&self->reader);
     if (self->child > 0) {
         kill (self->child, SIGKILL);
         s_reap (self->child, 5000);

@@ -20,11 +20,17 @@
     |               |     | draining = true once SIGTERM started the drain          |
     | HEARTBEAT     | →   | every HEARTBEAT_INTERVAL_MS, draining or not            |
     | RUNNER_START  | ←   | take a free slot of that machine type, fetch the        |
-    |               |     | artifact, start kiln-runner; while draining, or with no |
+    |               |     | artifact and the app's secrets (HGETALL kiln:app:{app}: |
+    |               |     | secrets, into that runner's environment only), start    |
+    |               |     | kiln-runner; while draining, or with no                 |
     |               |     | free slot, refused: RUNNER_EXITED 127 "no free … slot…" |
-    | RUNNER_STOP   | ←   | SIGTERM the runner, SIGKILL after RUNNER_STOP_GRACE_MS  |
+    | RUNNER_STOP   | ←   | SIGTERM the runner, SIGKILL after RUNNER_STOP_GRACE_MS; |
+    |               |     | for a runner already asked to stop: SIGKILL at once     |
     | RUNNER_EXITED | →   | a runner exited (status: exit code or -signal), or      |
     |               |     | could not be started (status 127, error says why)       |
+    | LOG           | →   | {runner_id, logs}: lines of a runner's stdout/stderr    |
+    |               |     | (no request_id), batched; dropped when the socket is    |
+    |               |     | full, and before the runner's RUNNER_EXITED             |
     | HEARTBEAT     | ←   | any message from the broker proves it alive             |
     | DISCONNECT    | ←   | the broker lost us (it restarted): say hello again      |
     | DISCONNECT    | →   | on exit, after every runner is gone                     |
@@ -42,6 +48,7 @@
 #include "bundle.h"
 #include "gpu.h"
 #include "runner.h"
+#include "venv.h"
 #include "kiln_keys.h"
 #include "kiln_log.h"
 #include "kiln_msg.h"
@@ -51,6 +58,8 @@
 #include <czmq.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <signal.h>
 #include <spawn.h>
@@ -79,6 +88,13 @@ extern char **environ;
 #define LINGER_MS                 1000
 //  Longest runner id we accept: it names a file and a socket identity.
 #define RUNNER_ID_MAX             128
+//  A runner's output line longer than this is cut: a log line is for
+//  people, not a transport for data.
+#define RUNNER_LINE_MAX_BYTES     4000
+//  Lines of a runner's output per LOG message, and bytes read from one
+//  pipe per wakeup (so a chatty runner cannot starve the loop).
+#define RUNNER_LOG_BATCH_MAX      64
+#define RUNNER_READ_MAX_BYTES     65536
 
 //  SIGTERMs and SIGINTs received: the first drains, the next hurries.
 static volatile sig_atomic_t s_signals = 0;
@@ -98,7 +114,19 @@ typedef struct {
     char *runner_id;                //  who holds it; NULL when free
 } s_slot_t;
 
+//  One of a runner's output pipes (stdout or stderr), read in the loop.
+typedef struct _s_child_t s_child_t;
 typedef struct {
+    kiln_worker_t *worker;
+    s_child_t *child;
+    int fd;                         //  read end, non-blocking; -1 once closed
+    bool is_stderr;
+    char line [RUNNER_LINE_MAX_BYTES + 1];  //  the line being read
+    size_t length;
+    bool cut;                       //  the line was too long: skip to its end
+} s_output_t;
+
+struct _s_child_t {
     char *runner_id;
     char *app;
     pid_t pid;
@@ -106,7 +134,9 @@ typedef struct {
     char *status_file;              //  where it writes why it could not start
     int64_t kill_at_ms;             //  monotonic; 0 until asked to stop
     bool killed;                    //  SIGKILL sent
-} s_child_t;
+    s_output_t output [2];          //  its stdout, its stderr
+    kiln_msg_t *log_batch;          //  LOG being filled from its output
+};
 
 struct _kiln_worker_t {
     char *id;
@@ -130,6 +160,8 @@ struct _kiln_worker_t {
     bool hello_due;
     bool draining;                  //  SIGTERM seen: no new runner, then exit
     int signals_seen;               //  of s_signals, acted on
+    uint64_t log_lines_dropped;     //  runner output lines the broker socket refused
+    zlistx_t *departed;             //  s_child_t * gone, freed on the next reap tick
 };
 
 //  -------------------------------------------------------------------------
@@ -323,7 +355,11 @@ s_send_exited (kiln_worker_t *self, const char *runner_id, int status, const cha
 //  Artifacts
 
 //  Makes sure {artifact_dir}/{sha}.so is there and returns its path
-//  (caller frees), or NULL with *error (caller frees).
+//  (caller frees), or NULL with *error (caller frees). A cached file is
+//  trusted without hashing it again because only this function writes
+//  it, after the bytes passed their SHA-256 check, and kiln_write_file
+//  renames it into place whole: a file there is a checked one. (Whoever
+//  can write into the state dir can change it; that dir is the worker's.)
 static char *
 s_fetch_artifact (kiln_worker_t *self, const char *sha, char **error)
 {
@@ -418,7 +454,326 @@ s_prepare_artifact (kiln_worker_t *self, const char *sha, char *path, char **err
 }
 
 //  -------------------------------------------------------------------------
+//  Secrets: kiln:app:{app}:secrets, NAME → value (gateway_secrets.c), read
+//  when a runner starts and given to that runner only, as environment
+//  variables. Never logged: errors name the secret, never its value.
+
+//  Fills *secrets with "NAME=value" entries, NULL-terminated (free with
+//  s_environment_destroy); an app without secrets gets an empty list. -1
+//  with *error when Redis cannot say: the runner must not start without
+//  what its setup may need.
+static int
+s_fetch_secrets (kiln_worker_t *self, const char *app, char ***secrets, char **error)
+{
+    *secrets = NULL;
+    redisContext *redis = kiln_redis_connect (self->redis_url, REDIS_TIMEOUT_MS);
+    if (!redis) {
+        *error = zsys_sprintf ("cannot reach Redis at %s to read the secrets of %s",
+                               self->redis_url, app);
+        return -1;
+    }
+    kiln_key_t key = kiln_key_app_secrets (app);
+    redisReply *reply = (redisReply *) redisCommand (redis, "HGETALL %s", key.s);
+    if (!reply || reply->type != REDIS_REPLY_ARRAY)
+        *error = zsys_sprintf ("reading the secrets of %s from Redis: %s", app,
+                               !reply? redis->errstr: reply->type == REDIS_REPLY_ERROR?
+                               reply->str: "not a hash");
+    else
+    if (!(*secrets = calloc (reply->elements / 2 + 1, sizeof (char *))))
+        *error = strdup ("out of memory");
+    else {
+        size_t count = 0;
+        for (size_t i = 0; i + 1 < reply->elements; i += 2) {
+            const redisReply *name = reply->element [i];
+            const redisReply *value = reply->element [i + 1];
+            if (name->type != REDIS_REPLY_STRING || value->type != REDIS_REPLY_STRING
+            ||  strchr (name->str, ':'))
+                continue;           //  NAME:updated_ms, or not ours
+            //  The gateway checked both; a name or value an environment
+            //  cannot hold is skipped rather than passed on cut
+            bool name_ok = name->len > 0 && strncmp (name->str, "KILN_", 5) != 0;
+            for (size_t c = 0; c < name->len && name_ok; c++)
+                name_ok = isupper ((unsigned char) name->str [c]) || name->str [c] == '_'
+                       || (c > 0 && isdigit ((unsigned char) name->str [c]));
+            if (!name_ok || strlen (value->str) != value->len) {
+                kiln_log_warn ("app %s: secret '%.64s' skipped: not a valid variable", app,
+                               name_ok? name->str: "(bad name)");
+                continue;
+            }
+            if (!((*secrets) [count] = zsys_sprintf ("%s=%s", name->str, value->str))) {
+                *error = strdup ("out of memory");
+                break;
+            }
+            count++;
+        }
+    }
+    if (reply) {
+        //  Values stay no longer in memory than needed
+        for (size_t i = 0; reply->type == REDIS_REPLY_ARRAY && i < reply->elements; i++)
+            if (reply->element [i]->type == REDIS_REPLY_STRING)
+                explicit_bzero (reply->element [i]->str, reply->element [i]->len);
+        freeReplyObject (reply);
+    }
+    redisFree (redis);
+    if (*error) {
+        for (char **entry = *secrets; entry && *entry; entry++)
+            explicit_bzero (*entry, strlen (*entry));
+        for (char **entry = *secrets; entry && *entry; entry++)
+            free (*entry);
+        free (*secrets);
+        *secrets = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+//  Whether env entry ("NAME=...") sets the variable name_eq ("NAME=").
+static bool
+s_env_sets (const char *entry, const char *name_eq)
+{
+    return strncmp (entry, name_eq, strcspn (name_eq, "=") + 1) == 0;
+}
+
+//  Puts the secrets into a runner's environment (*env_p, replaced): a
+//  secret overrides an inherited variable of its name, never one the
+//  worker sets for the runner (KILN_*, CUDA_VISIBLE_DEVICES: a secret
+//  must not move a runner onto another GPU). Takes the secrets' strings.
+//  -1 when out of memory.
+static int
+s_environment_add_secrets (char ***env_p, char ***secrets_p, const char *const *ours)
+{
+    char **env = *env_p;
+    char **secrets = *secrets_p;
+    size_t env_count = 0, secret_count = 0;
+    while (env [env_count])
+        env_count++;
+    while (secrets [secret_count])
+        secret_count++;
+    char **merged = calloc (env_count + secret_count + 1, sizeof (char *));
+    if (!merged)
+        return -1;
+    size_t count = 0;
+    for (size_t i = 0; i < secret_count; i++) {
+        bool reserved = false;
+        for (const char *const *name = ours; *name && !reserved; name++) {
+            size_t len = strlen (*name);
+            reserved = strncmp (secrets [i], *name, len) == 0 && secrets [i][len] == '=';
+        }
+        if (reserved) {
+            kiln_log_warn ("secret %.*s skipped: the worker sets that variable",
+                           (int) strcspn (secrets [i], "="), secrets [i]);
+            explicit_bzero (secrets [i], strlen (secrets [i]));
+            free (secrets [i]);
+        }
+        else
+            merged [count++] = secrets [i];
+        secrets [i] = NULL;
+    }
+    size_t secrets_kept = count;
+    for (size_t i = 0; i < env_count; i++) {
+        bool shadowed = false;
+        for (size_t j = 0; j < secrets_kept && !shadowed; j++)
+            shadowed = s_env_sets (env [i], merged [j]);
+        if (shadowed)
+            free (env [i]);
+        else
+            merged [count++] = env [i];
+    }
+    free (env);
+    free (secrets);
+    *env_p = merged;
+    *secrets_p = NULL;
+    return 0;
+}
+
+//  -------------------------------------------------------------------------
 //  Runners
+
+//  -------------------------------------------------------------------------
+//  A runner's output: its stdout and stderr come to us on pipes, read in
+//  the loop (never blocking), cut into lines of at most
+//  RUNNER_LINE_MAX_BYTES, echoed on our stderr as "[runner-id] line" and
+//  sent to the broker in LOG messages {runner_id, logs} (no request_id),
+//  which the broker appends to the app's log stream. A line that looks
+//  like kiln's own log format ("<time> <process> LEVEL message") or the
+//  Python SDK's ("LEVEL message") keeps its level; any other line is
+//  STDOUT or STDERR, as fal names a process's raw output. When the
+//  broker socket is full, lines are dropped and counted, never waited
+//  for.
+
+//  Sends the LOG being filled from a runner's output, if any.
+static void
+s_log_flush (kiln_worker_t *self, s_child_t *child)
+{
+    kiln_msg_t *msg = child->log_batch;
+    child->log_batch = NULL;
+    if (!msg)
+        return;
+    size_t count = msg->log_count;
+    if (kiln_msg_send (&msg, self->broker, NULL) == -1) {
+        uint64_t before = self->log_lines_dropped;
+        self->log_lines_dropped += count;
+        //  Once at the first loss, then once per thousand lines lost.
+        if (before == 0 || before / 1000 != self->log_lines_dropped / 1000)
+            kiln_log_warn ("the broker socket is full: %" PRIu64 " runner log line(s) dropped so far",
+                           self->log_lines_dropped);
+    }
+}
+
+//  The level a line names, and where its message starts. kiln_log lines
+//  are "2026-11-28T18:00:00.123Z kiln-runner INFO message"; the Python
+//  SDK's are "INFO message".
+static const char *
+s_line_level (const char **text, size_t *length, bool is_stderr)
+{
+    static const char *levels [] = { "DEBUG", "INFO", "WARNING", "WARN", "ERROR", NULL };
+    const char *start = *text;
+    const char *end = start + *length;
+    //  A kiln_log timestamp, then the process name
+    if (*length > 26 && start [4] == '-' && start [10] == 'T' && start [23] == 'Z'
+    &&  start [24] == ' ' && isdigit ((unsigned char) start [0])) {
+        const char *word = memchr (start + 25, ' ', (size_t) (end - start - 25));
+        if (word)
+            start = word + 1;
+    }
+    for (int i = 0; levels [i]; i++) {
+        size_t level_length = strlen (levels [i]);
+        if ((size_t) (end - start) > level_length && start [level_length] == ' '
+        &&  memcmp (start, levels [i], level_length) == 0) {
+            *text = start + level_length + 1;
+            *length = (size_t) (end - *text);
+            return strcmp (levels [i], "WARNING") == 0? "WARN": levels [i];
+        }
+    }
+    return is_stderr? "STDERR": "STDOUT";
+}
+
+//  One whole line of a runner's output: echoed, and added to the LOG
+//  being filled (sent when full).
+static void
+s_output_line (kiln_worker_t *self, s_child_t *child, s_output_t *output)
+{
+    size_t length = output->length;
+    while (length > 0 && output->line [length - 1] == '\r')
+        length--;
+    output->line [length] = 0;
+    //  One write, so that lines of several runners never interleave.
+    char echo [RUNNER_LINE_MAX_BYTES + RUNNER_ID_MAX + 16];
+    int size = snprintf (echo, sizeof echo, "[%s] %s%s\n", child->runner_id, output->line,
+                         output->cut? " [cut]": "");
+    if (size > 0 && write (STDERR_FILENO, echo, (size_t) size < sizeof echo? (size_t) size: sizeof echo - 1) < 0) {
+        //  Nowhere to say so: our own stderr is gone.
+    }
+    const char *message = output->line;
+    const char *level = s_line_level (&message, &length, output->is_stderr);
+
+    if (!child->log_batch) {
+        kiln_msg_t *msg = kiln_msg_new (KILN_MSG_LOG);
+        if (msg) {
+            msg->runner_id = strdup (child->runner_id);
+            msg->logs = calloc (RUNNER_LOG_BATCH_MAX, sizeof (kiln_msg_log_t));
+        }
+        if (!msg || !msg->runner_id || !msg->logs) {
+            kiln_msg_destroy (&msg);
+            self->log_lines_dropped++;
+            return;
+        }
+        child->log_batch = msg;
+    }
+    kiln_msg_log_t *entry = &child->log_batch->logs [child->log_batch->log_count];
+    entry->level = strdup (level);
+    entry->source = strdup ("runner");
+    entry->message = output->cut? zsys_sprintf ("%.*s [cut]", (int) length, message)
+                                : strndup (message, length);
+    entry->timestamp_ms = kiln_now_ms ();
+    child->log_batch->log_count++;
+    if (!entry->level || !entry->source || !entry->message
+    ||  child->log_batch->log_count == RUNNER_LOG_BATCH_MAX)
+        s_log_flush (self, child);
+}
+
+//  Stops reading a runner's pipe.
+static void
+s_output_close (kiln_worker_t *self, s_output_t *output)
+{
+    if (output->fd < 0)
+        return;
+    zmq_pollitem_t item = { NULL, output->fd, ZMQ_POLLIN, 0 };
+    zloop_poller_end (self->loop, &item);
+    close (output->fd);
+    output->fd = -1;
+}
+
+//  Reads what a runner's pipe holds, up to max_bytes, without blocking.
+//  At the end of the output the last line, even without its newline, is
+//  sent, and the pipe closed.
+static void
+s_output_read (kiln_worker_t *self, s_child_t *child, s_output_t *output, size_t max_bytes)
+{
+    size_t budget = max_bytes;
+    while (output->fd >= 0 && budget > 0) {
+        char chunk [4096];
+        ssize_t size = read (output->fd, chunk, sizeof chunk);
+        if (size < 0 && errno == EINTR)
+            continue;
+        if (size < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        if (size <= 0) {
+            if (output->length > 0 || output->cut)
+                s_output_line (self, child, output);
+            output->length = 0;
+            output->cut = false;
+            s_output_close (self, output);
+            break;
+        }
+        budget = (size_t) size < budget? budget - (size_t) size: 0;
+        for (ssize_t i = 0; i < size; i++) {
+            if (chunk [i] == '\n') {
+                s_output_line (self, child, output);
+                output->length = 0;
+                output->cut = false;
+            }
+            else
+            if (output->length < RUNNER_LINE_MAX_BYTES)
+                output->line [output->length++] = chunk [i];
+            else
+                output->cut = true;
+        }
+    }
+    s_log_flush (self, child);
+}
+
+static int
+s_on_output (zloop_t *loop, zmq_pollitem_t *item, void *arg)
+{
+    (void) loop;
+    (void) item;
+    s_output_t *output = (s_output_t *) arg;
+    //  A runner reaped earlier in this turn of the loop: its pipes are
+    //  closed, its poller ends with this turn.
+    if (output->fd >= 0)
+        s_output_read (output->worker, output->child, output, RUNNER_READ_MAX_BYTES);
+    return 0;
+}
+
+//  Reads what is left in a runner's pipes, then closes them: the runner
+//  is gone, and its last words (a traceback, a crash) belong before
+//  its exit is reported.
+static void
+s_output_finish (kiln_worker_t *self, s_child_t *child)
+{
+    //  More than a pipe holds (64 KiB), less than a runaway grandchild
+    //  that keeps writing could make us read forever.
+    for (int i = 0; i < 2; i++)
+        s_output_read (self, child, &child->output [i], 16 * RUNNER_READ_MAX_BYTES);
+    for (int i = 0; i < 2; i++) {
+        if (child->output [i].length > 0 || child->output [i].cut)
+            s_output_line (self, child, &child->output [i]);
+        child->output [i].length = 0;
+        s_output_close (self, &child->output [i]);
+    }
+    s_log_flush (self, child);
+}
 
 static void
 s_child_destroy (s_child_t **self_p)
@@ -426,6 +781,10 @@ s_child_destroy (s_child_t **self_p)
     if (!self_p || !*self_p)
         return;
     s_child_t *self = *self_p;
+    for (int i = 0; i < 2; i++)
+        if (self->output [i].fd >= 0)
+            close (self->output [i].fd);
+    kiln_msg_destroy (&self->log_batch);
     free (self->runner_id);
     free (self->app);
     free (self->status_file);
@@ -470,7 +829,7 @@ s_runner_environment (kiln_worker_t *self, const kiln_msg_t *start, const s_slot
     static const char *ours [] = {
         KILN_ENV_BROKER_ENDPOINT, KILN_ENV_RUNNER_ID, KILN_ENV_WORKER_ID, KILN_ENV_APP,
         KILN_ENV_REVISION, KILN_ENV_PUBLIC_URL, KILN_ENV_RUNNER_STATUS_FILE,
-        "CUDA_VISIBLE_DEVICES", NULL
+        "CUDA_VISIBLE_DEVICES", KILN_ENV_VENV_DIR, NULL
     };
     size_t inherited = 0;
     while (environ [inherited])
@@ -499,6 +858,15 @@ s_runner_environment (kiln_worker_t *self, const kiln_msg_t *start, const s_slot
         env [count++] = zsys_sprintf ("CUDA_VISIBLE_DEVICES=%d", slot->gpu);
     else
         env [count++] = strdup ("CUDA_VISIBLE_DEVICES=");
+    //  Python apps' virtual environments (worker/venv.h): next to the
+    //  unpacked bundles, {state_dir}/worker/venvs, shared by every runner
+    //  here, unless the operator put them elsewhere (a bigger disk).
+    const char *venv_dir = getenv (KILN_ENV_VENV_DIR);
+    if (venv_dir && *venv_dir)
+        env [count++] = zsys_sprintf ("%s=%s", KILN_ENV_VENV_DIR, venv_dir);
+    else
+        env [count++] = zsys_sprintf ("%s=%.*s/venvs", KILN_ENV_VENV_DIR,
+                                      (int) (strrchr (self->app_dir, '/') - self->app_dir), self->app_dir);
     return env;
 }
 
@@ -507,8 +875,11 @@ s_environment_destroy (char ***env_p)
 {
     if (!*env_p)
         return;
-    for (char **entry = *env_p; *entry; entry++)
+    //  Zeroed: an environment may hold the app's secrets
+    for (char **entry = *env_p; *entry; entry++) {
+        explicit_bzero (*entry, strlen (*entry));
         free (*entry);
+    }
     free (*env_p);
     *env_p = NULL;
 }
@@ -542,15 +913,31 @@ s_start_runner (kiln_worker_t *self, const kiln_msg_t *start, char **error)
         artifact = s_prepare_artifact (self, start->artifact, artifact, error);
     if (!artifact)
         return -1;
+    char **secrets = NULL;
+    if (s_fetch_secrets (self, start->app, &secrets, error) != 0) {
+        free (artifact);
+        return -1;
+    }
 
     s_child_t *child = calloc (1, sizeof (s_child_t));
     if (child) {
+        for (int i = 0; i < 2; i++) {
+            child->output [i].worker = self;
+            child->output [i].child = child;
+            child->output [i].fd = -1;
+            child->output [i].is_stderr = i == 1;
+        }
         child->runner_id = strdup (start->runner_id);
         child->app = strdup (start->app);
         child->status_file = zsys_sprintf ("%s/%s.status", self->status_dir, start->runner_id);
         child->slot = (size_t) slot_index;
     }
     char **env = child && child->status_file? s_runner_environment (self, start, slot, child->status_file): NULL;
+    //  KILN_* cannot be a secret's name; the worker's other variable
+    static const char *const not_secrets [] = { "CUDA_VISIBLE_DEVICES", NULL };
+    if (env && s_environment_add_secrets (&env, &secrets, not_secrets) != 0)
+        s_environment_destroy (&env);
+    s_environment_destroy (&secrets);
     if (!child || !child->runner_id || !child->app || !env) {
         *error = strdup ("out of memory");
         s_environment_destroy (&env);
@@ -578,16 +965,45 @@ s_start_runner (kiln_worker_t *self, const kiln_msg_t *start, char **error)
     posix_spawnattr_setsigmask (&attr, &none);
     posix_spawnattr_setpgroup (&attr, 0);
     posix_spawnattr_setflags (&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP);
+    //  Its stdout and stderr come to us on pipes (see "A runner's
+    //  output"); our ends are close-on-exec, so no runner inherits
+    //  another's.
+    int pipes [2][2] = { { -1, -1 }, { -1, -1 } };
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init (&actions);
+    int rc = 0;
+    for (int i = 0; i < 2 && rc == 0; i++)
+        if (pipe2 (pipes [i], O_CLOEXEC) == -1)
+            rc = errno;
+    if (rc == 0)
+        rc = posix_spawn_file_actions_adddup2 (&actions, pipes [0][1], STDOUT_FILENO)
+          ?: posix_spawn_file_actions_adddup2 (&actions, pipes [1][1], STDERR_FILENO);
     char *argv [] = { self->runner_path, artifact, NULL };
     pid_t pid;
-    int rc = posix_spawn (&pid, self->runner_path, NULL, &attr, argv, env);
+    if (rc == 0)
+        rc = posix_spawn (&pid, self->runner_path, &actions, &attr, argv, env);
+    posix_spawn_file_actions_destroy (&actions);
     posix_spawnattr_destroy (&attr);
     s_environment_destroy (&env);
     free (artifact);
+    for (int i = 0; i < 2; i++) {
+        if (pipes [i][1] >= 0)
+            close (pipes [i][1]);
+        child->output [i].fd = pipes [i][0];
+    }
     if (rc != 0) {
         *error = zsys_sprintf ("cannot start %s: %s", self->runner_path, strerror (rc));
         s_child_destroy (&child);
         return -1;
+    }
+    for (int i = 0; i < 2; i++) {
+        fcntl (child->output [i].fd, F_SETFL, fcntl (child->output [i].fd, F_GETFL) | O_NONBLOCK);
+        zmq_pollitem_t item = { NULL, child->output [i].fd, ZMQ_POLLIN, 0 };
+        if (zloop_poller (self->loop, &item, s_on_output, &child->output [i]) == -1) {
+            //  Unread, the runner would block on a full pipe: read none.
+            close (child->output [i].fd);
+            child->output [i].fd = -1;
+        }
     }
     child->pid = pid;
     slot->runner_id = strdup (child->runner_id);
@@ -623,6 +1039,7 @@ s_read_status_file (const char *path)
 static void
 s_runner_gone (kiln_worker_t *self, s_child_t *child, int wait_status)
 {
+    s_output_finish (self, child);
     char *reason = s_read_status_file (child->status_file);
     char *error = NULL;
     int status = 0;
@@ -672,8 +1089,11 @@ s_runner_gone (kiln_worker_t *self, s_child_t *child, int wait_status)
     slot->runner_id = NULL;
     void *handle = zlistx_find (self->children, child);
     if (handle)
-        zlistx_delete (self->children, handle);
-    s_child_destroy (&child);
+        zlistx_detach (self->children, handle);
+    //  Freed on the next tick: zloop may still call s_on_output with one
+    //  of its pipes in this turn (timers run before pollers).
+    if (zlistx_add_end (self->departed, child) == NULL)
+        s_child_destroy (&child);
 }
 
 //  Reaps every runner that exited; never blocks.
@@ -748,6 +1168,14 @@ s_on_broker (zloop_t *loop, zsock_t *sock, void *arg)
         }
         case KILN_MSG_RUNNER_STOP: {
             s_child_t *child = s_child_find (self, msg->runner_id, 0);
+            if (child && child->kill_at_ms) {
+                //  Asked again: the broker will not wait for teardown (a
+                //  handler past its request_timeout may never return).
+                kiln_log_warn ("RUNNER_STOP again for runner %s: killing it now",
+                               child->runner_id);
+                kill (child->pid, SIGKILL);
+            }
+            else
             if (child)
                 s_stop_runner (child, RUNNER_STOP_GRACE_MS);
             else {
@@ -844,6 +1272,9 @@ s_on_reap (zloop_t *loop, int timer_id, void *arg)
     (void) loop;
     (void) timer_id;
     kiln_worker_t *self = (kiln_worker_t *) arg;
+    s_child_t *departed;
+    while ((departed = (s_child_t *) zlistx_detach (self->departed, NULL)))
+        s_child_destroy (&departed);
     s_reap (self);
     s_enforce_deadlines (self);
     return s_check_signals (self)? -1: 0;
@@ -868,6 +1299,7 @@ kiln_worker_new (const kiln_worker_options_t *options)
     self->app_dir = zsys_sprintf ("%s/worker/apps", options->state_dir);
     self->status_dir = zsys_sprintf ("%s/worker/runners", options->state_dir);
     self->children = zlistx_new ();
+    self->departed = zlistx_new ();
     if (options->runner_path)
         self->runner_path = strdup (options->runner_path);
     else {
@@ -884,7 +1316,7 @@ kiln_worker_new (const kiln_worker_options_t *options)
     }
     if (!self->id || !self->host || !self->broker_endpoint || !self->redis_url
     ||  !self->public_url || !self->artifact_dir || !self->app_dir || !self->status_dir
-    ||  !self->children || !self->runner_path) {
+    ||  !self->children || !self->departed || !self->runner_path) {
         kiln_log_error ("out of memory, or cannot find our own executable");
         kiln_worker_destroy (&self);
         return NULL;
@@ -967,6 +1399,12 @@ kiln_worker_destroy (kiln_worker_t **self_p)
         while ((child = (s_child_t *) zlistx_detach (self->children, NULL)))
             s_child_destroy (&child);
         zlistx_destroy (&self->children);
+    }
+    if (self->departed) {
+        s_child_t *child;
+        while ((child = (s_child_t *) zlistx_detach (self->departed, NULL)))
+            s_child_destroy (&child);
+        zlistx_destroy (&self->departed);
     }
     for (size_t i = 0; i < self->slot_count; i++)
         free (self->slots [i].runner_id);

@@ -211,6 +211,8 @@ class App:
                     concurrency_buffer=0, max_multiplexing=1,
                     request_timeout=3600, startup_timeout=600): ...
 
+    and `app_auth="private"|"shared"|"public"` (who may call it: its
+    owner's keys, any valid key, or anyone; kiln's default is private),
     and class attributes `machine_type` (one, or a list in order of
     preference: "CPU", "GPU-A100", "GPU-H100", ...) and `requirements`
     (pip specs installed in the app's environment). `name` defaults to
@@ -226,7 +228,7 @@ class App:
     _kiln_options: Dict[str, Any] = {}
 
     def __init_subclass__(cls, **options: Any) -> None:
-        known = set(MANIFEST_DEFAULTS) | {"name"}
+        known = set(MANIFEST_DEFAULTS) | {"name", "app_auth"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise TypeError("%s: unknown kiln.App keyword(s) %s; known: %s"
@@ -330,6 +332,14 @@ class App:
                 raise ValueError("requirements: each must be a one-line pip spec "
                                  "(got %r)" % (spec,))
         manifest["requirements"] = requirements
+
+        #  Who may call the app (docs/SECURITY.md); kiln's default is private
+        app_auth = options.get("app_auth")
+        if app_auth is not None:
+            if app_auth not in ("private", "shared", "public"):
+                raise ValueError("app_auth: must be \"private\", \"shared\" or \"public\" "
+                                 "(got %r)" % (app_auth,))
+            manifest["app_auth"] = app_auth
         return manifest
 
 

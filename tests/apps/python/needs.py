@@ -1,4 +1,4 @@
-"""An app with requirements: refused at setup until kiln installs them."""
+"""An app with requirements: its manifest lists them (nothing here installs them)."""
 
 import kiln
 

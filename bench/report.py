@@ -1,0 +1,522 @@
+"""report — bench/results/REPORT.md and its charts from kiln_bench's results
+
+    write(results, results_dir) -> the summary table (Markdown), also
+    written, with every scenario's details and the charts, to
+    results_dir/REPORT.md; charts are PNGs drawn by gnuplot.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE_DIR = os.path.dirname(HERE)
+
+#  What each side does for one async request, read from the code (the
+#  scripts in shared/kiln_scripts.c, BullMQ's Lua scripts): the report
+#  prints it under the async numbers.
+ASYNC_WORK = """\
+What one request costs each side:
+
+- **kiln**: an HTTP POST to the gateway (body checked as JSON, a UUID
+  made), one `EVAL SUBMIT` (EXISTS app, HSET of the 14-field record,
+  INCR `kiln:seq`, ZADD to the app's queue, PUBLISH `kiln:wake`) and the
+  HTTP answer; the broker's `EVAL TAKE` (ZRANGE/ZREM of the queue head,
+  HSET state, ZADD `kiln:inflight`), a ZeroMQ `REQUEST` to a runner
+  process (msgpack), the handler on a runner thread, a `RESULT` back,
+  and `EVAL COMPLETE` (HMGET, 3 + up to 13 HINCRBY for the
+  `kiln:stats` counters and latency histogram, 3 ZREM, HSET of the
+  result, 2 EXPIRE, PUBLISH when a caller waits). Every EVAL sends the
+  script's whole text (0.5–2 KB), which Redis hashes (SHA1) each time.
+  Records are kept for the retention (1 h).
+- **BullMQ**: the producer's `addBulk` (one round trip of
+  `addStandardJob` Lua calls per 1,000 jobs: INCR of the id, HMSET of
+  the job hash, XADD to the events stream, LPUSH to wait); the worker's
+  `moveToActive` (move to active, lock, HSET) and `moveToFinished`
+  (HSET of the return value, ZADD to completed, XADD events, and the
+  next job fetched in the same call). Its scripts run with EVALSHA
+  (ioredis `defineCommand`). No HTTP and no dispatcher process between
+  the queue and the handler: the worker talks to Redis itself. Completed
+  jobs are kept (BullMQ's default).
+"""
+
+#  The fixes the evidence points at (see the profile section); printed
+#  with the report, with the run's own numbers where they apply.
+FIXES = """\
+Fixes that would pay, with the evidence above, in order of expected gain
+(none is applied here: the gateway and broker belong to other engineers
+this session). The short of it: a kiln call costs about 160 system calls
+and 1.5–2 ms of CPU spread over five processes (gateway, redis-server,
+broker and its ZeroMQ I/O thread, runner), where nginx spends 2–3 system
+calls; the time goes to the kernel moving small messages, not to kiln's
+own code.
+
+1. **Broker: stop waiting on Redis one call at a time.** The broker runs
+   every `TAKE`, `COMPLETE` and `LOG` with a blocking `redisCommandArgv`
+   inside its zloop (`s_call_run_answered` in broker/broker.c), so per
+   request it sits idle for two or three Redis round trips while nothing
+   else moves. The async drain is latency-bound, not CPU-bound: kiln's
+   processes together use well under the machine's two cores while it
+   runs (CPU per request in section 2). Pipelining the RESULTs of one loop
+   turn into one round trip (redisAppendCommandArgv ×N, then the N
+   replies) and taking several queued requests per `TAKE` for all free
+   runner slots at once would cut the round trips per request from about
+   three to well under one.
+2. **Runner: fewer thread hops per request.** Each echo runner made
+   32–38 system calls per sync request while serving half of them, so
+   about 70 per request it serves, most of them `poll` and `getpid`
+   (libzmq's fork check, run on every use of a ZeroMQ mailbox): a request
+   crosses the inproc pipe between the runner's main thread and its
+   executor three times (REQUEST, LOG, RESULT), and each crossing wakes a
+   thread, besides the DEALER socket's own I/O thread. With
+   max_multiplexing 1 the handler could run on the main thread; with
+   more, the executor could send its RESULT and LOG on its own DEALER
+   socket instead of through the main loop.
+3. **EVALSHA instead of EVAL.** Each script call ships its whole text
+   (0.5–2 KB with `complete()` pasted in), which Redis parses and hashes
+   again (`SHA1Transform` is among redis-server's top symbols under the
+   async load; redis-server is the busiest process in both profiles).
+   `SCRIPT LOAD` once per connection, `EVALSHA` after, EVAL again on
+   `NOSCRIPT`. BullMQ does exactly this (ioredis `defineCommand`).
+4. **One histogram bucket per completion.** `complete()` does up to 13
+   `HINCRBY le:*` per request (every bucket at or above the latency: all
+   13 for a fast request). Incrementing only the request's own bucket and
+   summing when `/metrics` is read (METRICS reads them all anyway) saves
+   about 12 Redis commands per request.
+5. **Gateway: about 14 `epoll_ctl` per sync request.** libevent adds and
+   removes the write event of each hiredis connection for every command
+   (the hiredis libevent adapter's addWrite/delWrite), and evhttp does
+   the same per HTTP connection. `EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST`
+   on the event base folds an add and a delete within one loop turn into
+   nothing: a one-line change in the gateway's event_base setup.
+6. **Sync path: fewer hops.** A sync call is SUBMIT → PUBLISH wake →
+   broker TAKE → ZeroMQ to the runner → RESULT → COMPLETE → PUBLISH done
+   → the gateway's HMGET of the record: four Redis round trips and four
+   process wake-ups in line. Sending small results in the `kiln:done`
+   message would save the HMGET; the batching of fix 1 helps here too.
+7. **The echo example logs a line per call** (`kiln_request_log`): a
+   `LOG` message and one more blocking `EVAL` in the broker per call.
+   Fine for an example; the async bench's noop app does not log.
+
+The gateway's memory is not a problem: about 5 KiB per waiting call,
+under the 64 MiB target at 10,000 calls.
+"""
+
+
+def versions():
+    def first_line(argv, stream='stdout'):
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        text = (r.stdout or '') + (r.stderr or '')
+        return text.strip().splitlines()[0] if text.strip() else None
+    out = {'wrk': (first_line(['wrk', '-v']) or '').split(' [')[0].replace('wrk ', '') or None,
+           'nginx': (first_line([shutil.which('nginx') or '/usr/sbin/nginx', '-v']) or '').replace('nginx version: ', '') or None,
+           'node': first_line(['node', '--version']),
+           'redis': (first_line(['redis-server', '--version']) or '').split(' sha=')[0] or None,
+           'gnuplot': first_line(['gnuplot', '--version']),
+           'kiln commit': first_line(['git', '-C', SOURCE_DIR, 'rev-parse', '--short', 'HEAD'])}
+    try:
+        with open(os.path.join(HERE, 'node', 'node_modules', 'bullmq', 'package.json')) as f:
+            out['bullmq'] = json.load(f)['version']
+    except (OSError, ValueError, KeyError):
+        out['bullmq'] = None
+    return out
+
+
+def f0(v):
+    return '—' if v is None else '{:,.0f}'.format(v)
+
+
+def f1(v):
+    return '—' if v is None else '%.1f' % v
+
+
+def f2(v):
+    return '—' if v is None else '%.2f' % v
+
+
+def f3(v):
+    return '—' if v is None else '%.3f' % v
+
+
+def met(ok):
+    return '—' if ok is None else ('**met**' if ok else '**not met**')
+
+
+def ok_scenario(results, name):
+    s = results.get(name)
+    return isinstance(s, dict) and 'error' not in s
+
+
+# ---------------------------------------------------------------------------
+#  the summary: one row per target
+
+def summary_rows(results):
+    rows = []       # (scenario, kiln, reference, ratio, target, met)
+    if ok_scenario(results, 'sync'):
+        for row in results['sync']['rows']:
+            c = row['concurrency']
+            rows.append(('sync c=%d req/s' % c, f0(row['kiln']['rps']), f0(row['nginx']['rps']) + ' (nginx)',
+                         f3(row['ratio_rps']), '≥ 0.5 × nginx', met(row['ratio_rps'] >= 0.5)))
+        for row in results['sync']['rows']:
+            c = row['concurrency']
+            rows.append(('sync c=%d p50 / p99' % c,
+                         '%s / %s ms' % (f3(row['kiln']['p50_ms']), f3(row['kiln']['p99_ms'])),
+                         '%s / %s ms' % (f3(row['nginx']['p50_ms']), f3(row['nginx']['p99_ms'])),
+                         '+%s ms at p50' % f3(row['overhead_p50_ms']),
+                         '< 0.5 ms overhead at p50' if c == 1 else '',
+                         met(row['overhead_p50_ms'] < 0.5) if c == 1 else ''))
+    elif 'sync' in results:
+        rows.append(('sync', 'failed', '', '', '', results['sync']['error']))
+    if ok_scenario(results, 'async'):
+        a = results['async']
+        rows.append(('async completed/s (%s requests)' % f0(a['n']), f0(a['kiln']['rate']),
+                     f0(a['bullmq']['rate']) + ' (BullMQ)', f2(a['ratio']), '≥ 3 × BullMQ',
+                     met(a['ratio'] >= 3)))
+        rows.append(('async submits/s', f0(a['kiln']['submit_rate']),
+                     f0(a['bullmq']['submit_rate']) + ' (addBulk)',
+                     f2(a['kiln']['submit_rate'] / a['bullmq']['submit_rate']), '', ''))
+    elif 'async' in results:
+        rows.append(('async', 'failed', '', '', '', results['async']['error']))
+    if ok_scenario(results, 'coldstart'):
+        c = results['coldstart']
+        rows.append(('cold start − setup', '%s ms' % f1(c['cold_minus_setup_ms']),
+                     'warm call %s ms' % f1(c['warm_ms']), '', '< 10 ms + setup',
+                     met(c['cold_minus_setup_ms'] < 10)))
+    elif 'coldstart' in results:
+        rows.append(('cold start', 'failed', '', '', '', results['coldstart']['error']))
+    if ok_scenario(results, 'scaleout'):
+        s = results['scaleout']
+        for row in s['rows']:
+            rows.append(('scale-out %d × %d ms, %s' % (s['requests'], s['ms'], row['label']),
+                         '%s s' % f2(row['drain_s']), 'ideal %s s' % f2(s['ideal_s']), f2(row['ratio']),
+                         '≤ 1.10 × ideal', met(row['ratio'] <= 1.10)))
+    elif 'scaleout' in results:
+        rows.append(('scale-out', 'failed', '', '', '', results['scaleout']['error']))
+    if ok_scenario(results, 'deep'):
+        d = results['deep']
+        tail = d['status']['tail']
+        alone = d['status']['alone']
+        rows.append(('status, %s queued (tail) p50 / p99' % f0(d['depth']),
+                     '%s / %s ms' % (f3(tail['p50_ms']), f3(tail['p99_ms'])),
+                     'alone in its queue %s ms' % f3(alone['p50_ms']), f2(tail['p50_ms'] / alone['p50_ms']),
+                     '< 1 ms' + ('' if d['depth'] >= 1000000 else ' (at 1,000,000: this run has fewer)'),
+                     met(tail['p50_ms'] < 1.0)))
+        rows.append(('queue submits/s (HTTP, %d clients)' % 8, f0(d['submit_rate']), '', '', '', ''))
+    elif 'deep' in results:
+        rows.append(('deep queue', 'failed', '', '', '', results['deep']['error']))
+    if ok_scenario(results, 'footprint'):
+        fp = results['footprint']
+        g = fp['loaded']['gateway']
+        rows.append(('gateway RSS, %s calls waiting' % f0(fp['sent']),
+                     '%s MiB (peak %s)' % (f1(g['rss_mb']), f1(g['hwm_mb'])),
+                     'idle %s MiB' % f1(fp['idle']['gateway']['rss_mb']), '',
+                     '< 64 MiB' + ('' if fp['sent'] >= 10000 else ' (at 10,000: this run has fewer)'),
+                     met(g['hwm_mb'] is not None and g['hwm_mb'] < 64 and fp['all_queued'])))
+    elif 'footprint' in results:
+        rows.append(('footprint', 'failed', '', '', '', results['footprint']['error']))
+    return rows
+
+
+def table(rows):
+    out = ['| measure | kiln | reference | kiln/ref | target | |', '|---|---|---|---|---|---|']
+    for row in rows:
+        out.append('| ' + ' | '.join(str(x) for x in row) + ' |')
+    return '\n'.join(out)
+
+
+# ---------------------------------------------------------------------------
+#  charts
+
+def gnuplot(script, results_dir):
+    if not shutil.which('gnuplot'):
+        return False
+    terminals = subprocess.run(['gnuplot', '-e', 'set terminal'], capture_output=True, text=True).stderr
+    terminal = 'pngcairo size 900,500 font ",10"' if 'pngcairo' in terminals else 'png size 900,500'
+    r = subprocess.run(['gnuplot'], input='set terminal %s\n' % terminal + script,
+                       capture_output=True, text=True, cwd=results_dir, timeout=60)
+    if r.returncode != 0:
+        print('gnuplot failed: ' + r.stderr[-1000:])
+        return False
+    return True
+
+
+HISTOGRAM = """\
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.85 border -1
+set boxwidth 0.9
+set grid ytics
+set key top left
+"""
+
+
+def charts(results, results_dir):
+    made = []
+    if ok_scenario(results, 'sync'):
+        rows = results['sync']['rows']
+        with open(os.path.join(results_dir, 'sync.dat'), 'w') as f:
+            f.write('# concurrency kiln_rps nginx_rps kiln_p50 nginx_p50 kiln_p99 nginx_p99\n')
+            for row in rows:
+                f.write('c=%d %f %f %f %f %f %f\n' % (
+                    row['concurrency'], row['kiln']['rps'], row['nginx']['rps'],
+                    row['kiln']['p50_ms'], row['nginx']['p50_ms'], row['kiln']['p99_ms'], row['nginx']['p99_ms']))
+        if gnuplot(HISTOGRAM + """\
+set output 'sync_rps.png'
+set title 'Sync: requests/s under the same wrk load (log scale; median of rounds)'
+set ylabel 'requests/s'
+set logscale y
+plot 'sync.dat' using 2:xtic(1) title 'kiln (echo)', '' using 3 title 'nginx return 200'
+""", results_dir):
+            made.append(('sync_rps.png', 'Sync requests/s, kiln against nginx'))
+        if gnuplot(HISTOGRAM + """\
+set output 'sync_latency.png'
+set title 'Sync: latency by concurrency (log scale; median of rounds)'
+set ylabel 'ms'
+set logscale y
+plot 'sync.dat' using 4:xtic(1) title 'kiln p50', '' using 6 title 'kiln p99', \\
+     '' using 5 title 'nginx p50', '' using 7 title 'nginx p99'
+""", results_dir):
+            made.append(('sync_latency.png', 'Sync latency, kiln against nginx'))
+    if ok_scenario(results, 'async'):
+        a = results['async']
+        with open(os.path.join(results_dir, 'async.dat'), 'w') as f:
+            f.write('# measure kiln bullmq\n')
+            f.write('"completed/s" %f %f\n' % (a['kiln']['rate'], a['bullmq']['rate']))
+            f.write('"submitted/s" %f %f\n' % (a['kiln']['submit_rate'], a['bullmq']['submit_rate']))
+        if gnuplot(HISTOGRAM + """\
+set output 'async.png'
+set title 'Async: %s no-op requests (median of rounds)'
+set ylabel 'per second'
+set yrange [0:*]
+plot 'async.dat' using 2:xtic(1) title 'kiln queue API', '' using 3 title 'BullMQ'
+""" % '{:,}'.format(a['n']), results_dir):
+            made.append(('async.png', 'Async throughput, kiln against BullMQ'))
+    if ok_scenario(results, 'footprint'):
+        fp = results['footprint']
+        with open(os.path.join(results_dir, 'footprint.dat'), 'w') as f:
+            f.write('# process idle_rss loaded_rss loaded_hwm (MiB)\n')
+            for name in ('gateway', 'broker', 'runner', 'redis'):
+                if name in fp['idle'] and name in fp['loaded']:
+                    f.write('%s %f %f %f\n' % (name, fp['idle'][name]['rss_mb'] or 0,
+                                              fp['loaded'][name]['rss_mb'] or 0,
+                                              fp['loaded'][name]['hwm_mb'] or 0))
+        if gnuplot(HISTOGRAM + """\
+set output 'footprint.png'
+set title 'Footprint: RSS idle and with %s sync calls waiting'
+set ylabel 'MiB'
+set yrange [0:*]
+plot 'footprint.dat' using 2:xtic(1) title 'idle', '' using 3 title 'calls waiting', \\
+     '' using 4 title 'peak (VmHWM)'
+""" % '{:,}'.format(fp['sent']), results_dir):
+            made.append(('footprint.png', 'Memory of kiln\'s processes'))
+    return made
+
+
+# ---------------------------------------------------------------------------
+#  the details of each scenario
+
+def section_sync(s):
+    out = ['## 1. Sync: echo through kiln against nginx `return 200`', '',
+           'Same wrk load on both: POST of the same %d-byte JSON body (wrk/post.lua), '
+           'nginx answering the same body echo answers (%d bytes). Median of the rounds; '
+           'the req/s of each round in brackets.' % (s.get('request_bytes', 0), s['body_bytes']), '',
+           '| concurrency | kiln req/s | nginx req/s | kiln/nginx | kiln p50 | nginx p50 | kiln p99 | nginx p99 '
+           '| overhead at p50 | kiln non-2xx / errors |',
+           '|---|---|---|---|---|---|---|---|---|---|']
+    for row in s['rows']:
+        k, n = row['kiln'], row['nginx']
+        out.append('| %d | %s %s | %s %s | %s | %s ms | %s ms | %s ms | %s ms | %s ms | %d / %d |' % (
+            row['concurrency'], f0(k['rps']), k['rounds_rps'], f0(n['rps']), n['rounds_rps'],
+            f3(row['ratio_rps']), f3(k['p50_ms']), f3(n['p50_ms']), f3(k['p99_ms']), f3(n['p99_ms']),
+            f3(row['overhead_p50_ms']), k['non2xx'], k['errors']))
+    out += ['', 'CPU time per sync request, by kiln process (ms; /proc/PID/stat over each kiln run):', '',
+            '| concurrency | gateway | broker | runners | redis-server | total |', '|---|---|---|---|---|---|']
+    for row in s['rows']:
+        c = row['cpu_ms_per_request']
+        total = sum(v for v in c.values() if v is not None)
+        out.append('| %d | %s | %s | %s | %s | %s |' % (row['concurrency'], f3(c.get('gateway')), f3(c.get('broker')),
+                                                       f3(c.get('runners')), f3(c.get('redis')), f3(total)))
+    out += ['', 'The echo app has max_concurrency 2 (two runners, kept up with `kiln apps scale --min 2`) '
+            'and handles one request at a time each; it parses the JSON body and logs a line per call. '
+            'nginx runs `worker_processes auto`.', '']
+    return out
+
+
+def section_async(a):
+    k, b = a['kiln'], a['bullmq']
+    out = ['## 2. Async: %s no-op requests, kiln\'s queue API against BullMQ' % f0(a['n']), '',
+           'kiln: wrk (wrk/submit.lua, 2 threads, 64 connections) POSTs to `/queue/bench/noop`; the noop app '
+           '(bench/apps/noop.c) runs on 2 runners × max_multiplexing 8 = %d at once; done when '
+           '`kiln:stats:{app}` counts every queued request completed. BullMQ %s: a Node.js producer '
+           '(`addBulk`, 1,000 per call) and a Worker of concurrency %d in another process, on their own '
+           'redis-server (same binary). Time from the first submit to the last completion; median of '
+           'the rounds.' % (a['concurrency'], '', a['concurrency']), '',
+           '| | completed/s | submitted/s | seconds | completed OK | per round (completed/s) |',
+           '|---|---|---|---|---|---|',
+           '| kiln | %s | %s | %s | %s/%s | %s |' % (f0(k['rate']), f0(k['submit_rate']), f2(k['seconds']),
+                                                    f0(k['ok']), f0(k['n']),
+                                                    [round(x['rate']) for x in a['runs']['kiln']]),
+           '| BullMQ | %s | %s | %s | %s/%s | %s |' % (f0(b['rate']), f0(b['submit_rate']), f2(b['seconds']),
+                                                      f0(b['ok']), f0(b['n']),
+                                                      [round(x['rate']) for x in a['runs']['bullmq']]),
+           '| kiln / BullMQ | %s | %s | | | |' % (f2(a['ratio']), f2(k['submit_rate'] / b['submit_rate'])),
+           '']
+    c = k['cpu_ms_per_request']
+    total = sum(v for v in c.values() if v is not None)
+    out += ['CPU time per async request (ms): kiln gateway %s, broker %s, runners %s, redis-server %s: '
+            '%s in all, i.e. about %.0f%% of one core at the measured rate (the machine has two); '
+            'BullMQ\'s redis-server %s.' % (
+                f3(c.get('gateway')), f3(c.get('broker')), f3(c.get('runners')), f3(c.get('redis')),
+                f3(total), total * k['rate'] / 10.0, f3(b['redis_cpu_ms_per_request'])),
+            '', 'kiln\'s Redis used %s MiB at the end (records kept for the retention).' % f0(a['kiln_redis_used_mb']),
+            '', ASYNC_WORK]
+    return out
+
+
+def section_coldstart(c):
+    out = ['## 3. Cold start (bench/scale.py: `coldstart` app, setup() sleeps 500 ms)', '',
+           '| sample | first call | its setup() | first call − setup | warm call | cold − setup − warm |',
+           '|---|---|---|---|---|---|']
+    for i, s in enumerate(c['samples']):
+        out.append('| %d | %s ms | %s ms | %s ms | %s ms | %s ms |' % (
+            i + 1, f0(s['cold_ms']), f0(s['setup_ms']), f1(s['cold_ms'] - s['setup_ms']), f1(s['warm_ms']),
+            f1(s['added_ms'])))
+    out += ['| median | | | %s ms | %s ms | %s ms |' % (f1(c['cold_minus_setup_ms']), f1(c['warm_ms']),
+                                                      f1(c['added_ms'])), '']
+    return out
+
+
+def section_scaleout(s):
+    out = ['## 4. Scale-out (bench/scale.py: %d requests of %d ms, max_concurrency %d; ideal %s s)'
+           % (s['requests'], s['ms'], s['max_concurrency'], f2(s['ideal_s'])), '',
+           '| runners at start | ok | submit all | first start | drained in | ratio to ideal | queue wait p50 / max '
+           '| most runners |', '|---|---|---|---|---|---|---|---|']
+    for r in s['rows']:
+        out.append('| %s | %d/%d | %s s | %s s | %s s | %s | %s / %s s | %d |' % (
+            'none (cold)' if r['label'] == 'cold' else '%d (warm)' % s['max_concurrency'],
+            r['ok'], r['count'], f2(r['submitted_s']), f2(r['first_start_s']), f2(r['drain_s']), f2(r['ratio']),
+            f2(r['wait_p50_s']), f2(r['wait_max_s']), r['max_runners']))
+    out.append('')
+    return out
+
+
+def section_deep(d):
+    out = ['## 5. Deep queue (bench/deep_queue.py: gateway and redis-server only, nothing runs)', '',
+           'Submit rate: %s queue submits over HTTP from 8 client processes: %s/s, each %s ms median, %s ms p99.'
+           % (f0(d['submits']), f0(d['submit_rate']), f3(d['submit_p50_ms']), f3(d['submit_p99_ms'])), '',
+           'Status latency with %s requests queued (filled in %s s by pipelining the real SUBMIT script%s):'
+           % (f0(d['depth']), f1(d['fill_s']),
+              '' if d['script_matches_gateway'] else '; warning: the gateway runs another SUBMIT text'), '',
+           '| request | queue position | status p50 | status p99 |', '|---|---|---|---|']
+    for label in ('alone', 'head', 'tail'):
+        s = d['status'][label]
+        out.append('| %s | %s | %s ms | %s ms |' % (
+            {'alone': 'alone in its queue', 'head': 'head of the deep queue',
+             'tail': 'tail of the deep queue'}[label], f0(s['position']), f3(s['p50_ms']), f3(s['p99_ms'])))
+    out.append('')
+    return out
+
+
+def per_call_kib(fp, name):
+    try:
+        return (fp['loaded'][name]['rss_mb'] - fp['idle'][name]['rss_mb']) * 1024 / fp['sent']
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
+def section_footprint(fp):
+    out = ['## 6. Footprint: %s sync calls waiting at once' % f0(fp['calls']), '',
+           'The `sleepy` noop variant (1 runner, one request at a time) holds each call %d s; %s connections '
+           'each POST one call and wait (file descriptor limit %s). %s sent, %s connects failed, '
+           'in %s s; %s queued in Redis when sampled (all queued: %s); %s answered early (should be 0); '
+           'the gateway held %s file descriptors; gateway still running: %s.' % (
+               90, f0(fp['calls']), f0(fp['fd_limit']), f0(fp['sent']), f0(fp['connect_failed']),
+               f1(fp['open_s']), f0(fp['queued']), fp['all_queued'], f0(fp['answered_early']),
+               f0(fp['gateway_fds']), fp['gateway_alive']), '',
+           '| process | idle RSS | RSS with calls waiting | peak (VmHWM) |', '|---|---|---|---|']
+    for name in ('gateway', 'broker', 'runner', 'redis'):
+        if name in fp['idle']:
+            i, l = fp['idle'][name], fp['loaded'].get(name, {})
+            out.append('| %s | %s MiB | %s MiB | %s MiB |' % (
+                name if name != 'redis' else 'redis-server', f1(i['rss_mb']), f1(l.get('rss_mb')),
+                f1(l.get('hwm_mb'))))
+    out += ['', 'The gateway grows by about %s KiB per waiting call (RSS with the calls waiting, less idle, '
+            'over the calls).' % f1(per_call_kib(fp, 'gateway')), '']
+    return out
+
+
+def section_profile(p):
+    out = ['## Where the time goes (perf, cpu-clock, kiln\'s processes under load)', '']
+    for name in ('sync', 'async'):
+        if name not in p:
+            continue
+        prof = p[name]
+        out.append('**%s load** (%s; full text in `%s`). Share of samples by process: %s.' % (
+            name, 'wrk c=16 on echo' if name == 'sync' else 'queue submits and their completion, noop app',
+            os.path.basename(prof['file']),
+            ', '.join('%s %.0f%%' % (n, pct) for pct, n in prof['by_process'])))
+        out += ['', '| share | process, object, symbol |', '|---|---|']
+        for pct, what in prof['by_symbol'][:15]:
+            what = re.sub(r'\s+-\s+-\s*$', '', what)
+            out.append('| %.1f%% | `%s` |' % (pct, what))
+        out.append('')
+    sc = p.get('syscalls')
+    if sc:
+        names = [n for n in sc if n != 'requests']
+        out += ['System calls per sync request (`perf trace -s` on each process over %s requests, wrk c=16 '
+                'on echo; a runner serves about half of them), and the most frequent ones:' % f0(sc['requests']),
+                '', '| process | system calls per request | the most frequent |', '|---|---|---|']
+        for n in names:
+            top = list(sc[n]['calls'].items())[:5]
+            out.append('| %s | %s | %s |' % (n, f1(sc[n]['total']),
+                                             ', '.join('%s %s' % (k, f1(v)) for k, v in top)))
+        out += ['| all | %s | |' % f1(sum(sc[n]['total'] for n in names)), '',
+                'For scale: nginx answers a keep-alive request with 2–3 system calls (read, write, '
+                'epoll_wait).', '']
+    out += ['`pvm_irq_enable` is the VM\'s kernel returning from system calls and wake-ups: most of every '
+            'process\'s time is spent in the kernel moving small messages between five processes '
+            '(HTTP, Redis protocol, ZeroMQ), not in kiln\'s own code.', '']
+    return out
+
+
+def write(results, results_dir):
+    meta = results['meta']
+    rows = summary_rows(results)
+    summary = table(rows)
+    made = charts(results, results_dir)
+    lines = ['# kiln benchmarks', '',
+             '%s; %d CPU cores; load average %s at the start, %s at the end; %s%d round(s); build `%s`; '
+             '%s s in all.' % (meta['date'], meta['cores'],
+                               ' '.join('%.1f' % x for x in meta['loadavg_start']),
+                               ' '.join('%.1f' % x for x in meta.get('loadavg_end', meta['loadavg_start'])),
+                               'QUICK mode (small N: a smoke run, not a measurement); ' if meta['quick'] else '',
+                               meta['rounds'], meta['build_dir'], f0(meta.get('elapsed_s'))),
+             '', 'Versions: ' + ', '.join('%s %s' % (k, v) for k, v in meta['versions'].items() if v) + '.', '',
+             'Everything on loopback on this one machine: the load generator, kiln\'s processes and the '
+             'reference share the same cores, so ratios measured in the same run are what to read, not '
+             'absolute numbers. Targets are from issue 8; they are reported, not asserted.', '',
+             '## Summary', '', summary, '']
+    for png, title in made:
+        lines += ['![%s](%s)' % (title, png), '']
+    sections = (('sync', section_sync), ('async', section_async), ('coldstart', section_coldstart),
+                ('scaleout', section_scaleout), ('deep', section_deep), ('footprint', section_footprint),
+                ('profile', section_profile))
+    for name, fn in sections:
+        if name in results:
+            if 'error' in results[name]:
+                lines += ['## %s: failed' % name, '', '    ' + results[name]['error'], '']
+            else:
+                try:
+                    lines += fn(results[name])
+                except (KeyError, TypeError, ZeroDivisionError) as e:
+                    lines += ['## %s: could not be reported (%r)' % (name, e), '']
+    lines += ['## What would make kiln faster', '', FIXES]
+    with open(os.path.join(results_dir, 'REPORT.md'), 'w') as f:
+        f.write('\n'.join(lines))
+    return '%s\n\n%s\n\nFull report: bench/results/REPORT.md' % (
+        'kiln bench, %s%s' % (meta['date'], ' (QUICK mode)' if meta['quick'] else ''), summary)
