@@ -698,12 +698,12 @@ def scenario_footprint(build_dir):
 # ---------------------------------------------------------------------------
 #  profile: perf on kiln's processes under load
 
-def perf_report(data, out_path, sort):
-    result = subprocess.run(['perf', 'report', '-i', data, '--stdio', '--no-children', '-g', 'none',
-                             '--sort', sort, '--percent-limit', '1'],
-                            capture_output=True, text=True, timeout=300)
+def perf_report(data, out_path, sort, extra=(), limit='1'):
+    argv = ['perf', 'report', '-i', data, '--stdio', '--no-children', '-g', 'none',
+            '--sort', sort, '--percent-limit', limit] + list(extra)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     with open(out_path, 'a') as f:
-        f.write('\n#### perf report --sort %s\n\n' % sort)
+        f.write('\n#### %s\n\n' % ' '.join(argv[1:]))
         f.write(result.stdout)
     rows = []
     for line in result.stdout.splitlines():
@@ -791,6 +791,8 @@ def scenario_profile(build_dir):
             log('profile %s: perf report' % name)
             out[name] = {'by_process': perf_report(data, text, 'comm'),
                          'by_symbol': perf_report(data, text, 'comm,dso,symbol')[:25],
+                         #  Redis's own code, as a share of redis-server's samples
+                         'redis': perf_report(data, text, 'symbol', ['--comms', 'redis-server', '--percentage', 'relative'], '0.5')[:15],
                          'file': os.path.relpath(text, SOURCE_DIR)}
         return out
     finally:

@@ -21,10 +21,11 @@ ASYNC_WORK = """\
 What one request costs each side:
 
 - **kiln**: an HTTP POST to the gateway (body checked as JSON, a UUID
-  made), one `EVAL SUBMIT` (EXISTS app, HSET of the 14-field record,
-  INCR `kiln:seq`, ZADD to the app's queue, PUBLISH `kiln:wake`) and the
-  HTTP answer; the broker's `EVAL TAKE` (ZRANGE/ZREM of the queue head,
-  HSET state, ZADD `kiln:inflight`), a ZeroMQ `REQUEST` to a runner
+  made), one `EVAL SUBMIT` (2 EXISTS, HSET of the 16-field record with
+  the body, INCR `kiln:seq`, ZADD to the app's queue, ZRANK for the
+  position, PUBLISH `kiln:wake`) and the HTTP answer; the broker's
+  `EVAL TAKE` (ZPOPMIN of the queue head, HMGET, HSET state, HINCRBY
+  attempts, ZADD `kiln:inflight`), a ZeroMQ `REQUEST` to a runner
   process (msgpack), the handler on a runner thread, a `RESULT` back,
   and `EVAL COMPLETE` (HMGET, 3 + up to 13 HINCRBY for the
   `kiln:stats` counters and latency histogram, 3 ZREM, HSET of the
@@ -75,11 +76,13 @@ own code.
    more, the executor could send its RESULT and LOG on its own DEALER
    socket instead of through the main loop.
 3. **EVALSHA instead of EVAL.** Each script call ships its whole text
-   (0.5–2 KB with `complete()` pasted in), which Redis parses and hashes
-   again (`SHA1Transform` is among redis-server's top symbols under the
-   async load; redis-server is the busiest process in both profiles).
-   `SCRIPT LOAD` once per connection, `EVALSHA` after, EVAL again on
-   `NOSCRIPT`. BullMQ does exactly this (ioredis `defineCommand`).
+   (0.5–2 KB with `complete()` pasted in), which Redis reads and hashes
+   again: redis-server is the busiest process in both profiles, mostly
+   in system calls, and of its own code `SHA1Transform` (that hashing)
+   and `dictFind` lead, at about 1 % of its samples each. A small gain
+   in Redis's CPU and in bytes moved, not a big one: `SCRIPT LOAD` once
+   per connection, `EVALSHA` after, EVAL again on `NOSCRIPT`. BullMQ does
+   this (ioredis `defineCommand`).
 4. **One histogram bucket per completion.** `complete()` does up to 13
    `HINCRBY le:*` per request (every bucket at or above the latency: all
    13 for a fast request). Incrementing only the request's own bucket and
@@ -352,10 +355,10 @@ def section_async(a):
     out = ['## 2. Async: %s no-op requests, kiln\'s queue API against BullMQ' % f0(a['n']), '',
            'kiln: wrk (wrk/submit.lua, 2 threads, 64 connections) POSTs to `/queue/bench/noop`; the noop app '
            '(bench/apps/noop.c) runs on 2 runners × max_multiplexing 8 = %d at once; done when '
-           '`kiln:stats:{app}` counts every queued request completed. BullMQ %s: a Node.js producer '
+           '`kiln:stats:{app}` counts every queued request completed. BullMQ: a Node.js producer '
            '(`addBulk`, 1,000 per call) and a Worker of concurrency %d in another process, on their own '
            'redis-server (same binary). Time from the first submit to the last completion; median of '
-           'the rounds.' % (a['concurrency'], '', a['concurrency']), '',
+           'the rounds.' % (a['concurrency'], a['concurrency']), '',
            '| | completed/s | submitted/s | seconds | completed OK | per round (completed/s) |',
            '|---|---|---|---|---|---|',
            '| kiln | %s | %s | %s | %s/%s | %s |' % (f0(k['rate']), f0(k['submit_rate']), f2(k['seconds']),
@@ -465,6 +468,10 @@ def section_profile(p):
             what = re.sub(r'\s+-\s+-\s*$', '', what)
             out.append('| %.1f%% | `%s` |' % (pct, what))
         out.append('')
+        if prof.get('redis'):
+            out += ['redis-server alone (share of its own samples): ' + ', '.join(
+                '`%s` %.1f%%' % (re.sub(r'\s+-\s+-\s*$', '', what).replace('[k] ', '').replace('[.] ', ''), pct)
+                for pct, what in prof['redis'][:10]) + '.', '']
     sc = p.get('syscalls')
     if sc:
         names = [n for n in sc if n != 'requests']

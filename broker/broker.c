@@ -2642,8 +2642,13 @@ s_expire_leases (kiln_broker_t *self)
         if (id->type != REDIS_REPLY_STRING || !kiln_id_valid (id->str)
         ||  zhashx_lookup (self->inflight, id->str))
             continue;
-        long long requeued = s_requeue (self, id->str, "?", true, false,
-                                        "its lease ran out and no runner holds it");
+        kiln_key_t req = kiln_key_request (id->str);
+        redisReply *app = s_command (self, "HGET %s app", req.s);
+        long long requeued = s_requeue (self, id->str,
+                                        app && app->type == REDIS_REPLY_STRING? app->str: "?",
+                                        true, false, "its lease ran out and no runner holds it");
+        if (app)
+            freeReplyObject (app);
         if (requeued == REQUEUE_NOT_RUNNING) {
             redisReply *gone = s_command (self, "ZREM %s %s", KILN_KEY_INFLIGHT, id->str);
             if (gone)

@@ -97,6 +97,7 @@ int kiln_requests_main (kiln_cli_t *cli, int argc, char *argv []);
 int kiln_logs_main (kiln_cli_t *cli, int argc, char *argv []);
 int kiln_run_main (kiln_cli_t *cli, int argc, char *argv []);
 int kiln_keys_main (kiln_cli_t *cli, int argc, char *argv []);
+int kiln_secrets_main (kiln_cli_t *cli, int argc, char *argv []);
 
 //  keys.c: the key `kiln up` saves, {state_dir}/key (caller frees the
 //  path); loading it sets config->key unless a key was given already.

@@ -21,9 +21,6 @@
 #include <time.h>
 #include <unistd.h>
 
-//  secrets.c (declared here rather than in cli.h, which is not ours to edit)
-int kiln_secrets_main (kiln_cli_t *cli, int argc, char *argv []);
-
 static const char *s_usage =
     "usage: kiln [--url URL] [--key KEY] COMMAND [ARGS]\n"
     "\n"

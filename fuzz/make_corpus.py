@@ -230,6 +230,9 @@ def frame_seeds():
         "describe": b"\x10" + frame({"type": "describe", "protocol": 1, "manifest": manifest}),
         "setup_failed": b"\x03" + frame({"type": "setup_failed", "error": "boom", "traceback": "..."}),
         "unknown_type": b"\x05" + frame({"type": "future", "x": [1, 2.5, None]}),
+        # a header and a body past the reader's first allocation (64 KiB): it grows
+        "grows": b"\xff" + frame({"type": "result", "request_id": UUID, "status": 200,
+                                  "content_type": "text/plain", "error": "e" * 66000}, b"b" * 66000),
         # nasty ones
         "empty": b"",
         "piece_only": b"\x20",
@@ -413,6 +416,30 @@ def auth_seeds():
     return {k: v.encode() for k, v in values.items()}
 
 
+# ---------------------------------------------------------------- webhooks
+def webhook_seeds():
+    def body(status, error, result):
+        return b"\x00" + struct.pack(">h", status) + bytes([len(error)]) + error + result
+    def address(raw):
+        return b"\x01" + raw
+    return {
+        "ok_json": body(200, b"", b'{"images": [{"url": "http://x/files/1"}]}'),
+        "ok_text": body(201, b"", "caf\u00e9 text".encode()),
+        "ok_binary": body(200, b"", b"\x89PNG\r\n\x1a\n\xff\xfe"),
+        "error_detail": body(500, b"boom", b'{"detail": "boom", "error_type": "runner_server_error"}'),
+        "error_no_text": body(404, b"", b""),
+        "negative_status": body(-1, b"\xff\xfe", b"\x00"),
+        "json_nul": body(200, b"", b'"a\\u0000b"'),
+        "v4_public": address(bytes([93, 184, 216, 34])),
+        "v4_loopback": address(bytes([127, 0, 0, 1])),
+        "v4_metadata": address(bytes([169, 254, 169, 254])),
+        "v6_loopback": address(bytes(15) + b"\x01"),
+        "v6_mapped_private": address(bytes(10) + b"\xff\xff" + bytes([10, 1, 2, 3])),
+        "v6_unique_local": address(b"\xfd" + bytes(15)),
+        "v6_public": address(bytes.fromhex("2606470000000000000000006810b0b0")),
+    }
+
+
 def write(target, seeds):
     directory = os.path.join(HERE, "corpus", target)
     os.makedirs(directory, exist_ok=True)
@@ -433,6 +460,7 @@ def main():
     write("fuzz_json", json_seeds())
     write("fuzz_redis_url", redis_url_seeds())
     write("fuzz_auth", auth_seeds())
+    write("fuzz_webhook", webhook_seeds())
 
 
 if __name__ == "__main__":

@@ -20,12 +20,18 @@
     | HTTP GET /queue/.../requests/{id}[/status…] | see gateway_queue.c                      |
     | HTTP PUT /queue/.../requests/{id}/cancel    | see gateway_queue.c                      |
     | HTTP GET /files/{id}                        | HMGET kiln:file:{id} → the file          |
-    | HTTP /v1/...                                | see gateway_v1.c                         |
+    | HTTP /v1/...                                | see gateway_v1.c (secrets:               |
+    |                                             | gateway_secrets.c)                       |
+    | a path over KILN_ROUTE_RAW_PATH_MAX or a    | 414 uri_too_long (before anything else)  |
+    | query over HTTP_MAX_QUERY_BYTES             |                                          |
+    | (any route but /health) past the caller's   | 429 rate_limited + Retry-After, before   |
+    | KILN_RATE_LIMIT_RPS (key id, else address)  | any Redis work (ratelimit.c)             |
     | (any route but /health) Authorization       | see gateway_auth.c: 401/403/404, or the  |
     |                                             | route's handler below                    |
     | HTTP GET /health                            | answered from memory                     |
     | HTTP GET /metrics                           | see gateway_metrics.c                    |
-    | Redis: SUBMIT's answer                      | -1 → 404; queue submits → 200            |
+    | Redis: SUBMIT's answer                      | -1 → 404; {-3, limit} → 429 queue_full;  |
+    |                                             | queue submits → 200                      |
     | Redis: "subscribe" on kiln:done:{id}        | starts answering HTTP (listener on)      |
     | Redis: "message" id on kiln:done:{id}       | HMGET kiln:req:{id} → the stored answer  |
     |                                             | (504 request_timeout: + X-Fal-Request-   |
@@ -1113,8 +1119,11 @@ kiln_gateway_replay (kiln_call_t *call, redisReply **fields)
     }
     const char *error = kiln_reply_str (fields [3]);
     const char *error_type = kiln_reply_str (fields [4]);
-    if (strcmp (error_type, "request_timeout") == 0)
-        //  fal's marker: the deadline the caller set expired
+    //  fal's marker: the start deadline the caller set (X-Fal-Request-Timeout)
+    //  expired. A request that ran past its app's request_timeout shares
+    //  the error_type but not the marker; the scripts' detail tells them
+    //  apart (kiln_scripts.c: "did not start").
+    if (strcmp (error_type, "request_timeout") == 0 && strstr (error, "did not start"))
         kiln_call_header (call, "X-Fal-Request-Timeout-Type", "user");
     const redisReply *body = fields [2];
     size_t body_size = body && body->type == REDIS_REPLY_STRING ? body->len : 0;
@@ -1539,7 +1548,7 @@ s_rate_fits (kiln_call_t *call, struct evhttp_request *req)
     kiln_gateway_t *self = call->gw;
     if (!self->ratelimit)
         return true;
-    char bucket [KILN_AUTH_ID_LEN + 8];
+    char bucket [KILN_AUTH_ID_LEN + 64];     //  "key:" id, or "ip:" an IPv6 address
     char id [KILN_AUTH_ID_LEN + 1];
     char secret [KILN_AUTH_SECRET_LEN + 1];
     const char *authorization = kiln_call_request_header (call, "Authorization");
@@ -1551,7 +1560,7 @@ s_rate_fits (kiln_call_t *call, struct evhttp_request *req)
         struct evhttp_connection *evcon = evhttp_request_get_connection (req);
         if (evcon)
             evhttp_connection_get_peer (evcon, &host, &port);
-        snprintf (bucket, sizeof bucket, "ip:%.*s", KILN_AUTH_ID_LEN, host ? host : "");
+        snprintf (bucket, sizeof bucket, "ip:%s", host ? host : "");
     }
     explicit_bzero (secret, sizeof secret);
     int64_t wait_ms = kiln_ratelimit_take (self->ratelimit, bucket, kiln_mono_ms ());

@@ -90,6 +90,16 @@ s_machine_type_valid (const char *type)
     return true;
 }
 
+//  The manifest travels as JSON, whose strings are UTF-8: jansson would
+//  drop a string that is not from the JSON we emit, without a word.
+static bool
+s_utf8 (const char *text)
+{
+    json_t *probe = json_string (text);
+    json_decref (probe);
+    return probe != NULL;
+}
+
 static bool
 s_endpoint_valid (const char *path)
 {
@@ -102,7 +112,7 @@ s_endpoint_valid (const char *path)
         if (c <= ' ' || c == 0x7f || c == '?' || c == '#')
             return false;
     }
-    return true;
+    return s_utf8 (path);
 }
 
 //  The rules both constructors share. NULL, or what is wrong (static).
@@ -150,6 +160,8 @@ s_check (const kiln_manifest_t *self)
         for (size_t j = 0; j < len; j++)
             if ((unsigned char) self->requirements [i][j] < ' ')
                 return "requirements: control characters are not allowed";
+        if (!s_utf8 (self->requirements [i]))
+            return "requirements: each must be UTF-8";
     }
     if (self->endpoint_count == 0)
         return "endpoints: must list at least one endpoint";
@@ -157,7 +169,7 @@ s_check (const kiln_manifest_t *self)
         return "endpoints: too many (at most 256)";
     for (size_t i = 0; i < self->endpoint_count; i++) {
         if (!s_endpoint_valid (self->endpoints [i]))
-            return "endpoints: each must be a path starting with '/', without spaces, '?' or '#'";
+            return "endpoints: each must be a path starting with '/', without spaces, '?' or '#', in UTF-8";
         for (size_t j = 0; j < i; j++)
             if (strcmp (self->endpoints [i], self->endpoints [j]) == 0)
                 return "endpoints: a path is listed twice";
@@ -645,6 +657,8 @@ kiln_manifest_test (bool verbose)
     BAD_APP (bad.endpoints = no_handler, "handler");
     static const kiln_endpoint_t query [] = { { "/a?b", s_test_handler }, { NULL, NULL } };
     BAD_APP (bad.endpoints = query, "endpoints");
+    static const kiln_endpoint_t latin1 [] = { { "/caf\xe9", s_test_handler }, { NULL, NULL } };
+    BAD_APP (bad.endpoints = latin1, "UTF-8");
 #undef BAD_APP
     error = NULL;
     assert (kiln_manifest_from_app (NULL, &error) == NULL && error);

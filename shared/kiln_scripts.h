@@ -24,7 +24,9 @@
             no_retry (0|1), caller (the calling key's owner, "" without
             a key; who may read the request besides the app's owner)
       →     -1 if the app is not deployed (nothing written), -2 if the id
-            exists already, else the queue position (requests ahead of it).
+            exists already, {-3, max_queue_length} when the app's queue
+            is at its manifest's max_queue_length (nothing written), else
+            the queue position (requests ahead of it).
             A deadline puts the id in kiln:deadlines. Publishes the app
             name on kiln:wake.
 
@@ -138,7 +140,7 @@
       KEYS  app, apps[, revisions]
       ARGV  name
       →     0 if the app was not deployed, else 1. Deletes the revisions
-            too when given. Publishes the name on kiln:wake (the broker
+            too when given, and the app's secrets (kiln:app:{app}:secrets). Publishes the name on kiln:wake (the broker
             retires its runners).
 
     KILN_SCRIPT_ROLLBACK — make a stored revision the current one

@@ -132,5 +132,66 @@ class SecretsTest(kiln_harness.KilnTestCase):
         self.assertEqual(listed['secrets'], [])
 
 
+class SecretsAccessTest(kiln_harness.KilnTestCase):
+    """With keys required: the secrets routes are the app owner's ADMIN
+    keys' (and the operator's); another owner's key gets the answer of an
+    unknown app, an API key 403, no key 401."""
+
+    @classmethod
+    def setUpClass(cls):
+        stack = kiln_harness.Stack(name='secretsauth', env={'KILN_AUTH': 'required'})
+        cls.stack = stack
+        try:
+            stack.start_redis()
+            made = stack.kiln('keys', 'create', '--redis', stack.env['KILN_REDIS_URL'],
+                              '--scope', 'ADMIN', '--owner', '*')
+            if made.returncode != 0:
+                raise AssertionError('kiln keys create --redis failed: %s' % made.stderr)
+            stack.env['KILN_KEY'] = made.stdout.strip()
+            stack.start_broker()
+            stack.start_gateway()
+            stack.start_worker()
+            stack.deploy(kiln_harness.example('echo'), 'alice/echo')
+            cls.keys = {}
+            for owner, scope in (('alice', 'ADMIN'), ('alice', 'API'), ('bob', 'ADMIN')):
+                status, _, body = stack.http('POST', '/v1/keys', {'scope': scope, 'owner': owner},
+                                             headers=cls.auth(stack.env['KILN_KEY']))
+                assert status == 201, (owner, scope, status, body)
+                cls.keys[owner, scope] = json.loads(body)['key']
+        except BaseException:
+            stack.dump_logs()
+            stack.close()
+            cls.stack = None
+            raise
+
+    @staticmethod
+    def auth(key):
+        return {'Authorization': 'Key ' + key} if key else {}
+
+    def test_who_may_manage_secrets(self):
+        base = '/v1/apps/alice/echo/secrets'
+        calls = (('PUT', base, {'TOKEN': 'v'}), ('GET', base, None), ('DELETE', base + '/TOKEN', None))
+        for method, path, body in calls:
+            status, headers, answer = self.stack.http(method, path, body)
+            self.assertJsonError(status, headers, answer, 401, 'unauthorized')
+            status, headers, answer = self.stack.http(method, path, body,
+                                                      headers=self.auth(self.keys['alice', 'API']))
+            self.assertJsonError(status, headers, answer, 403, 'forbidden')
+            status, headers, answer = self.stack.http(method, path, body,
+                                                      headers=self.auth(self.keys['bob', 'ADMIN']))
+            self.assertJsonError(status, headers, answer, 404, 'not_found')
+        owner = self.auth(self.keys['alice', 'ADMIN'])
+        status, _, answer = self.stack.http('PUT', base, {'TOKEN': 'v'}, headers=owner)
+        self.assertEqual(status, 200, answer)
+        status, _, answer = self.stack.http('GET', base, headers=owner)
+        self.assertEqual([s['name'] for s in json.loads(answer)['secrets']], ['TOKEN'])
+        #  The CLI with the operator's key
+        result = self.stack.kiln('secrets', 'list', 'alice/echo')
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn('TOKEN', result.stdout)
+        status, _, answer = self.stack.http('DELETE', base + '/TOKEN', headers=owner)
+        self.assertEqual(status, 200, answer)
+
+
 if __name__ == '__main__':
     kiln_harness.main()

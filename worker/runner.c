@@ -533,8 +533,13 @@ s_executor (zsock_t *pipe, void *args)
     while (true) {
         char *command = NULL;
         void *pointer = NULL;
-        if (zsock_recv (pipe, "sp", &command, &pointer) == -1)
-            break;                  //  interrupted: the context is going away
+        if (zsock_recv (pipe, "sp", &command, &pointer) == -1) {
+            //  A signal, or a SIGSTOP and SIGCONT, interrupts the wait
+            //  (EINTR): that is no reason to leave our requests unserved.
+            if (zmq_errno () == EINTR)
+                continue;
+            break;                  //  the context is going away
+        }
         bool terminate = !command || streq (command, "$TERM");
         if (command && streq (command, "REQUEST") && pointer) {
             kiln_msg_t *request = (kiln_msg_t *) pointer;
@@ -1019,6 +1024,10 @@ s_on_broker (zloop_t *loop, zsock_t *sock, void *arg)
 {
     (void) loop;
     s_runner_t *self = (s_runner_t *) arg;
+    //  The heartbeat timer may have read what zloop saw waiting (it runs
+    //  timers before readers): then a recv would block.
+    if (!(zsock_events (sock) & ZMQ_POLLIN))
+        return 0;
     kiln_msg_t *msg = kiln_msg_recv (sock, NULL);
     if (!msg)
         return 0;                   //  malformed (the codec logged it) or interrupted

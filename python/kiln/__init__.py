@@ -213,6 +213,8 @@ class App:
 
     and `app_auth="private"|"shared"|"public"` (who may call it: its
     owner's keys, any valid key, or anyone; kiln's default is private),
+    `max_queue_length=N` (fal's `fal_max_queue_length`; 0, the default:
+    unbounded),
     and class attributes `machine_type` (one, or a list in order of
     preference: "CPU", "GPU-A100", "GPU-H100", ...) and `requirements`
     (pip specs installed in the app's environment). `name` defaults to
@@ -228,7 +230,8 @@ class App:
     _kiln_options: Dict[str, Any] = {}
 
     def __init_subclass__(cls, **options: Any) -> None:
-        known = set(MANIFEST_DEFAULTS) | {"name", "app_auth"}
+        known = set(MANIFEST_DEFAULTS) | {"name", "app_auth", "max_queue_length",
+                                          "fal_max_queue_length"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise TypeError("%s: unknown kiln.App keyword(s) %s; known: %s"
@@ -340,6 +343,16 @@ class App:
                 raise ValueError("app_auth: must be \"private\", \"shared\" or \"public\" "
                                  "(got %r)" % (app_auth,))
             manifest["app_auth"] = app_auth
+
+        #  Longest queue the app takes (429 queue_full past it); fal's
+        #  spelling is fal_max_queue_length. 0: unbounded.
+        if "max_queue_length" in options and "fal_max_queue_length" in options:
+            raise ValueError("max_queue_length: give it once (fal_max_queue_length is the same)")
+        limit = options.get("max_queue_length", options.get("fal_max_queue_length"))
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise ValueError("max_queue_length: must be a whole number >= 0 (got %r)" % (limit,))
+            manifest["max_queue_length"] = limit
         return manifest
 
 
