@@ -5,7 +5,8 @@
 #                   then the same suite under AddressSanitizer + UBSan (build-asan/):
 #                   what CI runs
 #   make test       build and run the suite
-#   make asan       the sanitizer build and its suite
+#   make asan       the sanitizer build and its suite, with LeakSanitizer on: a leak
+#                   in any kiln process fails the test that ran it
 #   make chaos      build, then a long chaos soak (tests/chaos/chaos.py: kills and restarts
 #                   runners, worker, broker, gateway, redis under load; CHAOS_SECONDS=600,
 #                   CHAOS_SEED=random by default)
@@ -48,7 +49,7 @@ $(ASAN_BUILD)/Makefile:
 
 asan: $(ASAN_BUILD)/Makefile
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
-	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=0:protect_shadow_gap=0:abort_on_error=0 \
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:protect_shadow_gap=0:abort_on_error=0 \
 	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j $(JOBS)
 
 # deps first, then the rest in order, whatever -j says.

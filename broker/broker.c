@@ -55,7 +55,9 @@
     |               |                  | timeout, app deleted, slot needed by another app, |
     |               |                  | a READY runner silent or unreachable. Twice in a  |
     |               |                  | row: kill it now (a request past request_timeout) |
-    | REQUEST       | runner           | TAKE gave it the head of its app's queue          |
+    | REQUEST       | runner           | TAKE gave it the head of its app's queue. A send  |
+    |               |                  | that fails is no run: the request goes back to    |
+    |               |                  | the head uncounted, the runner is lost            |
     | CANCEL        | runner           | kiln:cancel named a request the runner holds      |
     | DISCONNECT    | peer             | an unknown peer spoke; every peer at shutdown     |
     |               |                  | (after the drain, see below)                      |
@@ -87,6 +89,17 @@
     request_timeout completes 504 request_timeout and its runner is
     killed (its other requests are re-queued, counted: they ran too).
 
+    Sends that fail. ROUTER_MANDATORY makes a send to a peer whose
+    connection is gone fail with EHOSTUNREACH rather than vanish. A
+    REQUEST that could not be sent never reached a handler: re-queued at
+    the head without counting a run, and its runner is lost (as if
+    silent: stopped, its other requests re-queued, counted). A send to a
+    worker that finds its connection gone (RUNNER_START, RUNNER_STOP,
+    HEARTBEAT) marks it unreachable: nothing more is sent or placed
+    there, and once the event at hand is handled it is forgotten with
+    its runners, as if its heartbeats had stopped (s_reap_workers). Alive
+    after all, it hears DISCONNECT and says hello again, as new.
+
     SIGTERM drains: no more dispatch or scaling; RESULTs of running
     requests are recorded for up to SHUTDOWN_GRACE_MS, or until none is
     in flight; then DISCONNECT to every peer, exit 0. What still runs
@@ -106,6 +119,7 @@
 #include "kiln_util.h"
 
 #include <czmq.h>
+#include <errno.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -177,6 +191,8 @@ typedef struct {
     size_t slot_count;
     int64_t last_seen_ms;       //  monotonic
     bool draining;              //  leaving: takes no runner
+    bool unreachable;           //  a send found its connection gone: forgotten
+                                //  once the event at hand is handled
 } s_worker_t;
 
 //  A request a runner holds, as we know it.
@@ -254,6 +270,7 @@ struct _kiln_broker_t {
 static void s_dispatch (kiln_broker_t *self, const char *name, bool reload);
 static void s_runner_forget (kiln_broker_t *self, s_runner_t *runner, const char *why);
 static void s_runner_lost (kiln_broker_t *self, s_runner_t *runner, const char *why);
+static void s_reap_workers (kiln_broker_t *self);
 
 //  -------------------------------------------------------------------------
 //  Small owned things
@@ -477,7 +494,8 @@ s_command (kiln_broker_t *self, const char *format, ...)
         return NULL;
     va_list args;
     va_start (args, format);
-    redisReply *reply = redisvCommand (self->redis, format, args);
+    //  Scripts go as EVALSHA (kiln_redis.h)
+    redisReply *reply = kiln_redis_vcommand (self->redis, format, args);
     va_end (args);
     if (!reply)
         s_redis_lost (self, format);
@@ -502,8 +520,8 @@ s_call_run_answered (kiln_broker_t *self, s_call_t **call_p, bool keep, const ch
     long long result = -1;
     redisReply *reply = NULL;
     if (self->redis) {
-        reply = redisCommandArgv (self->redis, call->argc,
-                                  (const char **) call->argv, call->argvlen);
+        reply = kiln_redis_command_argv (self->redis, call->argc,
+                                         (const char **) call->argv, call->argvlen);
         if (!reply)
             s_redis_lost (self, what);
     }
@@ -543,8 +561,8 @@ s_pending_flush (kiln_broker_t *self)
 {
     while (self->redis && zlistx_size (self->pending) > 0) {
         s_call_t *call = (s_call_t *) zlistx_first (self->pending);
-        redisReply *reply = redisCommandArgv (self->redis, call->argc,
-                                              (const char **) call->argv, call->argvlen);
+        redisReply *reply = kiln_redis_command_argv (self->redis, call->argc,
+                                                     (const char **) call->argv, call->argvlen);
         if (!reply) {
             s_redis_lost (self, "replay");
             return;
@@ -648,6 +666,7 @@ s_on_sub (zloop_t *loop, zmq_pollitem_t *item, void *arg)
         return 0;
     }
     s_sub_drain (self);
+    s_reap_workers (self);
     return 0;
 }
 
@@ -857,14 +876,43 @@ s_requeue (kiln_broker_t *self, const char *request_id, const char *app,
 //  -------------------------------------------------------------------------
 //  Sending
 
+//  0, or -1 with errno saying why (EHOSTUNREACH: the peer's connection
+//  is gone; EAGAIN: its pipe stayed full for SEND_TIMEOUT_MS).
 static int
 s_send (kiln_broker_t *self, kiln_msg_t **msg_p, const char *identity)
 {
     kiln_msg_type_t type = *msg_p? (*msg_p)->type: 0;
     int rc = kiln_msg_send (msg_p, self->router, identity);
-    if (rc != 0)
+    if (rc != 0) {
+        int error = zmq_errno ();
         kiln_log_warn ("cannot send %s to %s: %s",
-                       kiln_msg_type_name (type), identity, zmq_strerror (zmq_errno ()));
+                       kiln_msg_type_name (type), identity, zmq_strerror (error));
+        errno = error;
+    }
+    return rc;
+}
+
+//  Sends to a worker. A worker whose connection is gone (EHOSTUNREACH:
+//  ROUTER_MANDATORY found no pipe for it) is dead or cut off: it is
+//  marked unreachable, takes no more sends, and s_reap_workers forgets
+//  it and its runners once the event at hand is handled (not here: the
+//  caller may be walking the tables). Should it be alive after all, its
+//  next message is a stranger's, answered DISCONNECT, and it says hello
+//  again. 0, or -1 when nothing was sent.
+static int
+s_send_worker (kiln_broker_t *self, kiln_msg_t **msg_p, const char *worker_id)
+{
+    s_worker_t *worker = (s_worker_t *) zhashx_lookup (self->workers, worker_id);
+    if (worker && worker->unreachable) {
+        kiln_msg_destroy (msg_p);
+        return -1;
+    }
+    int rc = s_send (self, msg_p, worker_id);
+    if (rc != 0 && errno == EHOSTUNREACH && worker) {
+        kiln_log_warn ("worker %s: its connection is gone; forgetting it and its runners",
+                       worker_id);
+        worker->unreachable = true;
+    }
     return rc;
 }
 
@@ -1205,6 +1253,15 @@ s_app_start_failed (kiln_broker_t *self, const char *name, bool timeout, const c
 //  -------------------------------------------------------------------------
 //  Runners
 
+//  True when the runner's worker was found unreachable: the runner is
+//  about to be forgotten with it, and takes nothing meanwhile.
+static bool
+s_worker_unreachable (kiln_broker_t *self, const s_runner_t *runner)
+{
+    s_worker_t *worker = (s_worker_t *) zhashx_lookup (self->workers, runner->worker_id);
+    return worker && worker->unreachable;
+}
+
 static void
 s_send_stop (kiln_broker_t *self, s_runner_t *runner)
 {
@@ -1214,7 +1271,7 @@ s_send_stop (kiln_broker_t *self, s_runner_t *runner)
     //  A worker that cannot be told is about to be taken for dead, and
     //  its runners with it.
     if (msg)
-        s_send (self, &msg, runner->worker_id);
+        s_send_worker (self, &msg, runner->worker_id);
 }
 
 //  Asks the runner's worker to stop it; the runner is DRAINING from now
@@ -1225,10 +1282,13 @@ s_runner_stop (kiln_broker_t *self, s_runner_t *runner, const char *why)
 {
     //  Only its worker can stop it. A runner adopted after a restart may
     //  speak before its worker has registered again: it stays as it is
-    //  until then, and the next sweep tries again.
-    if (!zhashx_lookup (self->workers, runner->worker_id)) {
-        kiln_log_debug ("runner %s: cannot stop it (%s) before worker %s registers",
-                        runner->id, why, runner->worker_id);
+    //  until then, and the next sweep tries again. A worker found
+    //  unreachable is about to be forgotten, with its runners.
+    s_worker_t *worker = (s_worker_t *) zhashx_lookup (self->workers, runner->worker_id);
+    if (!worker || worker->unreachable) {
+        kiln_log_debug ("runner %s: cannot stop it (%s): worker %s is %s",
+                        runner->id, why, runner->worker_id,
+                        worker? "unreachable": "not registered");
         return false;
     }
     kiln_log_info ("stopping runner %s of %s (%s)", runner->id, runner->app, why);
@@ -1407,10 +1467,12 @@ s_snapshot_build (kiln_broker_t *self, s_snapshot_t *snap)
         entry->id = worker->id;
         entry->slots = &snap->slots [slot_at];
         entry->slot_count = worker->slot_count;
-        //  A draining worker is leaving: its slots are no place for a runner.
+        //  A draining worker is leaving, an unreachable one gone: their
+        //  slots are no place for a runner.
+        bool closed = worker->draining || worker->unreachable;
         for (size_t s = 0; s < worker->slot_count; s++) {
             snap->slots [slot_at + s].machine_type = worker->slots [s].machine_type;
-            snap->slots [slot_at + s].slots = worker->draining? 0: (int) worker->slots [s].count;
+            snap->slots [slot_at + s].slots = closed? 0: (int) worker->slots [s].count;
         }
         slot_at += worker->slot_count;
     }
@@ -1456,7 +1518,7 @@ s_runner_start (kiln_broker_t *self, s_app_t *app, const char *worker_id, const 
     }
     msg->revision = app->revision;
     runner->startup_timeout_ms = (int64_t) app->manifest->startup_timeout * 1000;
-    if (s_send (self, &msg, worker_id) != 0) {
+    if (s_send_worker (self, &msg, worker_id) != 0) {
         s_runner_destroy (&runner);
         return -1;
     }
@@ -1480,7 +1542,7 @@ s_app_take (kiln_broker_t *self, s_app_t *app)
         for (s_runner_t *runner = (s_runner_t *) zhashx_first (self->runners);
              runner; runner = (s_runner_t *) zhashx_next (self->runners)) {
             if (runner->state != RUNNER_READY || runner->revision != app->revision
-            ||  !streq (runner->app, app->name))
+            ||  !streq (runner->app, app->name) || s_worker_unreachable (self, runner))
                 continue;
             size_t load = zhashx_size (runner->requests);
             if (load < (size_t) runner->max_multiplexing && (!best || load < best_load)) {
@@ -1547,8 +1609,14 @@ s_app_take (kiln_broker_t *self, s_app_t *app)
         }
         else {
             kiln_log_debug ("request %s → runner %s", id, best->id);
-            if (s_send (self, &msg, best->id) != 0)
+            if (s_send (self, &msg, best->id) != 0) {
+                //  It never reached a handler: back to the head of its
+                //  queue without counting a run, as a hand-back is. The
+                //  runner is gone, or as good as: lost, like a silent one.
+                s_unhold (self, best, id);
+                s_requeue (self, id, app->name, false, false, "its REQUEST could not be sent");
                 s_runner_lost (self, best, "unreachable");
+            }
         }
         freeReplyObject (reply);
     }
@@ -1589,7 +1657,8 @@ s_offered_refresh (kiln_broker_t *self)
     int64_t now = kiln_mono_ms ();
     for (s_worker_t *worker = (s_worker_t *) zhashx_first (self->workers);
          worker; worker = (s_worker_t *) zhashx_next (self->workers))
-        for (size_t i = 0; i < worker->slot_count && !worker->draining; i++) {
+        for (size_t i = 0; i < worker->slot_count && !worker->draining
+                                                   && !worker->unreachable; i++) {
             int64_t *seen = (int64_t *) zhashx_lookup (self->offered, worker->slots [i].machine_type);
             if (!seen) {
                 seen = malloc (sizeof *seen);
@@ -1776,6 +1845,26 @@ s_worker_forget (kiln_broker_t *self, s_worker_t *worker, const char *why)
     zhashx_delete (self->workers, worker_id);
     free (worker_id);
     s_dispatch_cached (self);
+}
+
+//  Forgets every worker a send found unreachable (s_send_worker), with
+//  its runners, as if its heartbeats had stopped. Called between events,
+//  where no table is being walked; forgetting one dispatches, which may
+//  find another.
+static void
+s_reap_workers (kiln_broker_t *self)
+{
+    bool reaped = true;
+    while (reaped) {
+        reaped = false;
+        for (s_worker_t *worker = (s_worker_t *) zhashx_first (self->workers);
+             worker; worker = (s_worker_t *) zhashx_next (self->workers))
+            if (worker->unreachable) {
+                s_worker_forget (self, worker, "unreachable: its connection is gone");
+                reaped = true;
+                break;
+            }
+    }
 }
 
 static void
@@ -2316,8 +2405,11 @@ s_on_router (zloop_t *loop, zsock_t *router, void *arg)
             break;
         char *identity = NULL;
         kiln_msg_t *msg = kiln_msg_recv (router, &identity);
-        if (msg && identity && *identity)
+        if (msg && identity && *identity) {
+            s_reap_workers (self);
             s_on_message (self, identity, msg);
+            s_reap_workers (self);
+        }
         kiln_msg_destroy (&msg);
         zstr_free (&identity);
     }
@@ -2379,8 +2471,11 @@ static void
 s_send_heartbeats (kiln_broker_t *self)
 {
     zlistx_t *ids = zhashx_keys (self->workers);
-    for (const char *id = zlistx_first (ids); id; id = zlistx_next (ids))
-        s_send_simple (self, KILN_MSG_HEARTBEAT, id);
+    for (const char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
+        kiln_msg_t *msg = kiln_msg_new (KILN_MSG_HEARTBEAT);
+        if (msg)
+            s_send_worker (self, &msg, id);
+    }
     zlistx_destroy (&ids);
     ids = zhashx_keys (self->runners);
     for (const char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
@@ -2717,6 +2812,7 @@ s_on_timer (zloop_t *loop, int timer_id, void *arg)
     s_renew_leases (self);
     s_expire_leases (self);
     s_sweep_apps (self);
+    s_reap_workers (self);
     s_publish_view (self);
     return 0;
 }

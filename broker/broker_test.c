@@ -15,8 +15,10 @@
     (at the head, the retry limit, X-Fal-No-Retry, a handler's 503, a
     stopping runner's hand-back), a slot held until its runner's exit is
     reported, a worker's refusal, failed starts in the app's status, the
-    operators' view (kiln:runners, kiln:workers), live scale overrides
-    and a draining worker. Exits 0, or 1 naming the failed check and
+    operators' view (kiln:runners, kiln:workers), live scale overrides,
+    a draining worker, and sends that fail (a REQUEST to a runner whose
+    connection is gone: not a run; a worker whose connection is gone:
+    forgotten at once). Exits 0, or 1 naming the failed check and
     printing the tail of the broker's log. KILN_BROKER_TEST_KEEP set
     keeps the temp dir (logs) for reading.
     =========================================================================
@@ -1048,6 +1050,82 @@ s_scenarios_drain (void)
     s_peer_destroy (&two);
 }
 
+//  Sends that fail (issue 6): a REQUEST the broker could not send is no
+//  run; a worker whose connection is gone is forgotten at once, and
+//  registers again as new when it comes back with its id.
+static void
+s_scenarios_unreachable (void)
+{
+    char a [KILN_UUID_LEN + 1], b [KILN_UUID_LEN + 1];
+    s_step ("a REQUEST that cannot be sent (its runner's connection is gone) is "
+            "re-queued uncounted and run by another runner");
+    s_peer_t *worker = s_worker ("w-unr", "GPU-U", 2);
+    CHECK (s_wait_view (KILN_KEY_WORKERS, "w-unr", 5000, "\"id\":\"w-unr\"", NULL));
+    s_deploy ("local/unr", 1, "{\"name\":\"unr\",\"machine_types\":[\"GPU-U\"],"
+              "\"min_concurrency\":1,\"max_concurrency\":1,\"keep_alive\":300,"
+              "\"endpoints\":[\"/\"]}");
+    s_peer_t *gone = s_start_runner (worker, "local/unr");
+    CHECK (s_wait_view (KILN_KEY_RUNNERS, gone->id, 5000, "\"state\":\"ready\"", NULL));
+    char gone_id [64];
+    snprintf (gone_id, sizeof gone_id, "%s", gone->id);
+    //  Its process died: the broker's ROUTER drops its connection, and it
+    //  is not silent long enough (3 s) to be taken for lost.
+    s_peer_heartbeat (gone);
+    s_peer_destroy (&gone);
+    s_pump (200);
+    s_submit ("local/unr", "{\"n\":\"a\"}", a);
+    kiln_msg_t *msg = s_expect (worker, KILN_MSG_RUNNER_STOP, NULL, 2000);
+    CHECK (msg && streq (msg->runner_id, gone_id));
+    kiln_msg_destroy (&msg);
+    CHECK (s_field_is (a, "attempts", "0"));
+    s_exited (worker, gone_id, -15, "killed by signal 15");
+    s_peer_t *runner = s_start_runner (worker, "local/unr");
+    msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, a));
+    kiln_msg_destroy (&msg);
+    CHECK (s_field_is (a, "attempts", "1"));
+    s_result (runner, a, 200, "{\"n\":\"a\"}");
+    CHECK (s_wait_field (a, "state", "COMPLETED", WAIT_MS));
+    CHECK (s_field_is (a, "status", "200"));
+    CHECK (s_field_is (a, "attempts", "1"));
+
+    s_step ("a worker whose connection is gone is forgotten at the first send that "
+            "finds it so, with its runners; back with its id, it registers again");
+    //  The worker is killed and its runner dies with it.
+    s_peer_heartbeat (worker);
+    s_peer_heartbeat (runner);
+    s_peer_destroy (&worker);
+    s_peer_destroy (&runner);
+    int64_t killed = kiln_mono_ms ();
+    s_pump (200);
+    //  b's REQUEST fails, so does the RUNNER_STOP for its runner.
+    s_submit ("local/unr", "{\"n\":\"b\"}", b);
+    CHECK (s_wait_view_gone (KILN_KEY_WORKERS, "w-unr", 2000));
+    //  Long before 3 s of silence would have told.
+    CHECK (kiln_mono_ms () - killed < 2900);
+    CHECK (s_field_is (b, "state", "IN_QUEUE"));
+    CHECK (s_field_is (b, "attempts", "0"));
+    worker = s_worker ("w-unr", "GPU-U", 2);
+    runner = s_start_runner (worker, "local/unr");
+    msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, b));
+    kiln_msg_destroy (&msg);
+    CHECK (s_field_is (b, "attempts", "1"));
+    s_result (runner, b, 200, "{\"n\":\"b\"}");
+    CHECK (s_wait_field (b, "state", "COMPLETED", WAIT_MS));
+    CHECK (s_field_is (b, "status", "200"));
+    CHECK (s_wait_view (KILN_KEY_WORKERS, "w-unr", 5000, "\"used\":{\"GPU-U\":1}", NULL));
+    s_undeploy ("local/unr");
+    msg = s_expect (worker, KILN_MSG_RUNNER_STOP, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->runner_id, runner->id));
+    kiln_msg_destroy (&msg);
+    s_exited (worker, runner->id, 0, NULL);
+    s_peer_destroy (&runner);
+    s_peer_send_simple (worker, KILN_MSG_DISCONNECT);
+    s_pump (100);
+    s_peer_destroy (&worker);
+}
+
 int
 main (int argc, char *argv [])
 {
@@ -1402,6 +1480,7 @@ main (int argc, char *argv [])
     s_scenarios_scale ();
     s_scenarios_leases ();
     s_scenarios_drain ();
+    s_scenarios_unreachable ();
     s_peer_destroy (&runner);
 
     int status = 0;

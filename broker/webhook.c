@@ -221,6 +221,10 @@ s_ipv4_private (const uint8_t ip [4])
         { { 169, 254, 0, 0 }, 16 },  //  link-local (cloud metadata lives here)
         { { 172, 16, 0, 0 }, 12 },   //  private
         { { 192, 168, 0, 0 }, 16 },  //  private
+        { { 100, 64, 0, 0 }, 10 },   //  shared address space (CGNAT; some clouds' metadata)
+        { { 198, 18, 0, 0 }, 15 },   //  benchmarking
+        { { 224, 0, 0, 0 },  4 },    //  multicast
+        { { 240, 0, 0, 0 },  4 },    //  reserved, and the broadcast address
     };
     for (size_t i = 0; i < sizeof ranges / sizeof ranges [0]; i++)
         if (s_prefix (ip, ranges [i].net, ranges [i].bits))
@@ -246,9 +250,14 @@ kiln_webhook_address_private (const struct sockaddr *addr)
     static const uint8_t link_local [16] = { 0xfe, 0x80 };
     if (memcmp (ip, zero, 15) == 0 && (ip [15] == 0 || ip [15] == 1))
         return true;                //  :: and ::1
-    if (memcmp (ip, mapped, 12) == 0)
+    //  IPv4-mapped, and NAT64 (64:ff9b::/96), which reaches the IPv4
+    //  address in its last four bytes: judged as that address.
+    static const uint8_t nat64 [12] = { 0,0x64, 0xff,0x9b, 0,0,0,0, 0,0,0,0 };
+    if (memcmp (ip, mapped, 12) == 0 || memcmp (ip, nat64, 12) == 0)
         return s_ipv4_private (ip + 12);
-    return s_prefix (ip, unique_local, 7) || s_prefix (ip, link_local, 10);
+    static const uint8_t multicast [16] = { 0xff };
+    return s_prefix (ip, unique_local, 7) || s_prefix (ip, link_local, 10)
+        || s_prefix (ip, multicast, 8);
 }
 
 //  -------------------------------------------------------------------------

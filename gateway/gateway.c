@@ -991,13 +991,77 @@ kiln_call_body_fits (kiln_call_t *call)
     return false;
 }
 
+//  A script call in flight as EVALSHA: its EVAL form, sent if Redis
+//  answers NOSCRIPT (a restart or SCRIPT FLUSH lost its script cache).
+typedef struct {
+    redisCallbackFn *fn;
+    void *privdata;
+    char *cmd;
+    size_t len;
+} s_script_call_t;
+
+static void
+s_on_script_reply (redisAsyncContext *ac, void *reply, void *privdata)
+{
+    s_script_call_t *script = privdata;
+    if (kiln_redis_noscript (reply)
+    &&  !(ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING))
+    &&  redisAsyncFormattedCommand (ac, script->fn, script->privdata,
+                                    script->cmd, script->len) == REDIS_OK)
+        ;                           //  its callback gets the EVAL's reply
+    else
+        script->fn (ac, reply, script->privdata);
+    free (script->cmd);
+    free (script);
+}
+
+//  Sends a formatted command, which it frees; an EVAL goes as EVALSHA so
+//  Redis need not receive and hash the script's text each time.
+static int
+s_send_formatted (redisAsyncContext *ac, redisCallbackFn *fn, void *privdata,
+                  char *cmd, int len)
+{
+    if (len < 0)
+        return REDIS_ERR;
+    char *evalsha;
+    size_t evalsha_len;
+    s_script_call_t *script = NULL;
+    if (kiln_redis_evalsha_format (cmd, (size_t) len, &evalsha, &evalsha_len) == 0) {
+        script = malloc (sizeof *script);
+        if (script) {
+            *script = (s_script_call_t) { fn, privdata, cmd, (size_t) len };
+            int rc = redisAsyncFormattedCommand (ac, s_on_script_reply, script,
+                                                 evalsha, evalsha_len);
+            free (evalsha);
+            if (rc != REDIS_OK) {
+                free (script);
+                free (cmd);
+            }
+            return rc;
+        }
+        free (evalsha);
+    }
+    int rc = redisAsyncFormattedCommand (ac, fn, privdata, cmd, (size_t) len);
+    free (cmd);
+    return rc;
+}
+
 int
 kiln_call_redis (kiln_call_t *call, redisCallbackFn *fn,
                  int argc, const char **argv, const size_t *argvlen)
 {
     kiln_gateway_t *self = call->gw;
-    if (!self->redis_up || !self->cmd
-    ||  redisAsyncCommandArgv (self->cmd, fn, call, argc, argv, argvlen) != REDIS_OK) {
+    int rc = REDIS_ERR;
+    if (self->redis_up && self->cmd) {
+        if (argc >= 2 && strcasecmp (argv [0], "EVAL") == 0) {
+            char *cmd = NULL;
+            int len = redisFormatCommandArgv (&cmd, argc, argv, argvlen);
+            rc = s_send_formatted (self->cmd, fn, call, cmd, len);
+        }
+        else
+            rc = redisAsyncCommandArgv (self->cmd, fn, call, argc, argv, argvlen);
+    }
+    if (rc != REDIS_OK) {
         kiln_call_error (call, 503, "internal_error", "Redis is unavailable");
         return -1;
     }
@@ -1013,7 +1077,13 @@ kiln_call_redisf (kiln_call_t *call, redisCallbackFn *fn, const char *format, ..
     if (self->redis_up && self->cmd) {
         va_list args;
         va_start (args, format);
-        rc = redisvAsyncCommand (self->cmd, fn, call, format, args);
+        if (strncasecmp (format, "EVAL ", 5) == 0) {
+            char *cmd = NULL;
+            int len = redisvFormatCommand (&cmd, format, args);
+            rc = s_send_formatted (self->cmd, fn, call, cmd, len);
+        }
+        else
+            rc = redisvAsyncCommand (self->cmd, fn, call, format, args);
         va_end (args);
     }
     if (rc != REDIS_OK) {

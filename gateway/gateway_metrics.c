@@ -18,7 +18,8 @@
     |                                         |           | every app, 0 when none)      |
     | kiln_queue_depth{app}                   | gauge     | ZCARD kiln:queue:{app}       |
     | kiln_requests_total{app,status}         | counter   | kiln:stats:{app} status:{n}  |
-    | kiln_request_duration_seconds{app}      | histogram | kiln:stats:{app} le:{ms},    |
+    | kiln_request_duration_seconds{app}      | histogram | kiln:stats:{app} in:{ms}     |
+    |                                         |           | (summed into le buckets),    |
     |                                         |           | latency_sum_ms, _count       |
     | kiln_worker_slots{worker,machine_type}  | gauge     | kiln:workers slots           |
     | kiln_worker_slots_used{worker,...}      | gauge     | kiln:workers used (0 for a   |
@@ -212,12 +213,17 @@ s_app_families (FILE *out, const redisReply *apps)
         const char *app = kiln_reply_str (apps->element [i]);
         const redisReply *stats = apps->element [i + 2];
         long long total = s_stat (stats, "latency_count");
+        //  complete() counts each request once, in:{b} of the first
+        //  bucket it fits (one HINCRBY); Prometheus wants le:{b}, every
+        //  request at most b, so the counts add up.
+        long long cumulative = 0;
         for (size_t b = 0; b < bucket_count; b++) {
             char field [32];
-            snprintf (field, sizeof field, "le:%ld", buckets [b]);
+            snprintf (field, sizeof field, "in:%ld", buckets [b]);
+            cumulative += s_stat (stats, field);
             fputs ("kiln_request_duration_seconds_bucket{app=\"", out);
             s_label (out, app);
-            fprintf (out, "\",le=\"%g\"} %lld\n", buckets [b] / 1000.0, s_stat (stats, field));
+            fprintf (out, "\",le=\"%g\"} %lld\n", buckets [b] / 1000.0, cumulative);
         }
         fputs ("kiln_request_duration_seconds_bucket{app=\"", out);
         s_label (out, app);

@@ -7,7 +7,9 @@
     sees the URL itself) authenticates as a named ACL user; the parsed
     form authenticates with the password alone, as the default user.
 
-    Also here: EVAL with binary-safe arguments, and, for selftests only, a
+    Also here: EVAL with binary-safe arguments, scripts sent by SHA-1
+    (EVALSHA, falling back to EVAL on NOSCRIPT) for the broker, worker
+    and gateway, and, for selftests only, a
     throwaway redis-server on a free port (kiln_redis_test_server_start /
     _stop).
     =========================================================================
@@ -22,7 +24,9 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -273,6 +277,246 @@ kiln_redis_connect (const char *url_text, int timeout_ms)
 }
 
 //  ---------------------------------------------------------------------
+//  Scripts by SHA-1: EVALSHA with a NOSCRIPT fallback
+
+#define SCRIPT_SHA_CACHE_MAX 64     //  kiln has about 30 scripts
+
+//  SHA-1 (FIPS 180-4), only to name scripts the way Redis does; not for
+//  anything that needs a secure hash.
+static uint32_t
+s_rol (uint32_t x, int n)
+{
+    return (x << n) | (x >> (32 - n));
+}
+
+static void
+s_sha1_block (uint32_t h [5], const unsigned char *p)
+{
+    uint32_t w [80];
+    for (int i = 0; i < 16; i++)
+        w [i] = (uint32_t) p [4 * i] << 24 | (uint32_t) p [4 * i + 1] << 16
+              | (uint32_t) p [4 * i + 2] << 8 | (uint32_t) p [4 * i + 3];
+    for (int i = 16; i < 80; i++)
+        w [i] = s_rol (w [i - 3] ^ w [i - 8] ^ w [i - 14] ^ w [i - 16], 1);
+    uint32_t a = h [0], b = h [1], c = h [2], d = h [3], e = h [4];
+    for (int i = 0; i < 80; i++) {
+        uint32_t f, k;
+        if (i < 20) {
+            f = (b & c) | (~b & d);
+            k = 0x5A827999;
+        }
+        else
+        if (i < 40) {
+            f = b ^ c ^ d;
+            k = 0x6ED9EBA1;
+        }
+        else
+        if (i < 60) {
+            f = (b & c) | (b & d) | (c & d);
+            k = 0x8F1BBCDC;
+        }
+        else {
+            f = b ^ c ^ d;
+            k = 0xCA62C1D6;
+        }
+        uint32_t t = s_rol (a, 5) + f + e + k + w [i];
+        e = d;
+        d = c;
+        c = s_rol (b, 30);
+        b = a;
+        a = t;
+    }
+    h [0] += a;
+    h [1] += b;
+    h [2] += c;
+    h [3] += d;
+    h [4] += e;
+}
+
+static void
+s_sha1_hex (const void *data, size_t len, char hex [41])
+{
+    uint32_t h [5] = { 0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0 };
+    const unsigned char *p = data;
+    size_t left = len;
+    for (; left >= 64; p += 64, left -= 64)
+        s_sha1_block (h, p);
+    //  The tail, 0x80, zeros, and the length in bits: one or two blocks
+    unsigned char tail [128] = { 0 };
+    memcpy (tail, p, left);
+    tail [left] = 0x80;
+    size_t tail_len = left < 56 ? 64 : 128;
+    uint64_t bits = (uint64_t) len * 8;
+    for (int i = 0; i < 8; i++)
+        tail [tail_len - 1 - i] = (unsigned char) (bits >> (8 * i));
+    s_sha1_block (h, tail);
+    if (tail_len == 128)
+        s_sha1_block (h, tail + 64);
+    for (int i = 0; i < 5; i++)
+        snprintf (hex + 8 * i, 9, "%08x", h [i]);
+}
+
+//  Scripts seen, with their text, so a lookup is a length check and a
+//  memcmp rather than a hash of the whole text.
+typedef struct {
+    char *text;
+    size_t len;
+    char sha [41];
+} s_script_sha_t;
+
+static s_script_sha_t s_script_shas [SCRIPT_SHA_CACHE_MAX];
+static int s_script_sha_count;
+static pthread_mutex_t s_script_sha_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void
+kiln_redis_script_sha (const char *script, size_t len, char sha [41])
+{
+    pthread_mutex_lock (&s_script_sha_lock);
+    for (int i = 0; i < s_script_sha_count; i++) {
+        s_script_sha_t *entry = &s_script_shas [i];
+        if (entry->len == len && memcmp (entry->text, script, len) == 0) {
+            memcpy (sha, entry->sha, 41);
+            pthread_mutex_unlock (&s_script_sha_lock);
+            return;
+        }
+    }
+    s_sha1_hex (script, len, sha);
+    if (s_script_sha_count < SCRIPT_SHA_CACHE_MAX) {
+        s_script_sha_t *entry = &s_script_shas [s_script_sha_count];
+        entry->text = malloc (len + 1);
+        if (entry->text) {
+            memcpy (entry->text, script, len);
+            entry->text [len] = 0;
+            entry->len = len;
+            memcpy (entry->sha, sha, 41);
+            s_script_sha_count++;
+        }
+    }
+    pthread_mutex_unlock (&s_script_sha_lock);
+}
+
+bool
+kiln_redis_noscript (const redisReply *reply)
+{
+    return reply && reply->type == REDIS_REPLY_ERROR && reply->str
+        && strncmp (reply->str, "NOSCRIPT", 8) == 0;
+}
+
+//  Reads "<prefix><decimal>\r\n" at *pos; the number, or -1.
+static long long
+s_resp_number (const char *cmd, size_t len, size_t *pos, char prefix)
+{
+    size_t i = *pos;
+    if (i >= len || cmd [i] != prefix)
+        return -1;
+    i++;
+    long long n = 0;
+    size_t digits = 0;
+    for (; i < len && cmd [i] >= '0' && cmd [i] <= '9' && digits < 18; i++, digits++)
+        n = n * 10 + (cmd [i] - '0');
+    if (digits == 0 || i + 1 >= len || cmd [i] != '\r' || cmd [i + 1] != '\n')
+        return -1;
+    *pos = i + 2;
+    return n;
+}
+
+int
+kiln_redis_evalsha_format (const char *cmd, size_t len, char **out, size_t *out_len)
+{
+    //  *N\r\n $4\r\n EVAL\r\n $L\r\n <script>\r\n <the rest, kept>
+    size_t pos = 0;
+    long long argc = s_resp_number (cmd, len, &pos, '*');
+    if (argc < 2 || s_resp_number (cmd, len, &pos, '$') != 4
+    ||  pos + 6 > len || strncasecmp (cmd + pos, "EVAL", 4) != 0
+    ||  cmd [pos + 4] != '\r' || cmd [pos + 5] != '\n')
+        return -1;
+    pos += 6;
+    long long script_len = s_resp_number (cmd, len, &pos, '$');
+    if (script_len < 0 || (size_t) script_len + 2 > len - pos)
+        return -1;
+    const char *script = cmd + pos;
+    size_t rest = pos + (size_t) script_len + 2;
+    char sha [41];
+    kiln_redis_script_sha (script, (size_t) script_len, sha);
+    char head [96];                 //  62 bytes and the count
+    int head_len = snprintf (head, sizeof head, "*%lld\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n", argc, sha);
+    *out = malloc ((size_t) head_len + len - rest);
+    if (!*out)
+        return -1;
+    memcpy (*out, head, (size_t) head_len);
+    memcpy (*out + head_len, cmd + rest, len - rest);
+    *out_len = (size_t) head_len + len - rest;
+    return 0;
+}
+
+//  Sends a formatted command and waits for its reply; when it is an
+//  EVAL, as EVALSHA first. Takes nothing: the caller frees cmd.
+static redisReply *
+s_formatted_command (redisContext *ctx, const char *cmd, size_t len)
+{
+    char *evalsha;
+    size_t evalsha_len;
+    void *reply = NULL;
+    if (kiln_redis_evalsha_format (cmd, len, &evalsha, &evalsha_len) == 0) {
+        int rc = redisAppendFormattedCommand (ctx, evalsha, evalsha_len);
+        free (evalsha);
+        if (rc != REDIS_OK || redisGetReply (ctx, &reply) != REDIS_OK)
+            return NULL;
+        if (!kiln_redis_noscript (reply))
+            return reply;
+        freeReplyObject (reply);
+        reply = NULL;
+    }
+    if (redisAppendFormattedCommand (ctx, cmd, len) != REDIS_OK
+    ||  redisGetReply (ctx, &reply) != REDIS_OK)
+        return NULL;
+    return reply;
+}
+
+redisReply *
+kiln_redis_command_argv (redisContext *ctx, int argc, const char **argv, const size_t *argvlen)
+{
+    if (!ctx || argc < 1)
+        return NULL;
+    size_t len0 = argvlen ? argvlen [0] : strlen (argv [0]);
+    if (argc < 2 || len0 != 4 || strncasecmp (argv [0], "EVAL", 4) != 0)
+        return redisCommandArgv (ctx, argc, argv, argvlen);
+    char *cmd;
+    int len = redisFormatCommandArgv (&cmd, argc, argv, argvlen);
+    if (len < 0)
+        return NULL;
+    redisReply *reply = s_formatted_command (ctx, cmd, (size_t) len);
+    free (cmd);
+    return reply;
+}
+
+redisReply *
+kiln_redis_vcommand (redisContext *ctx, const char *format, va_list args)
+{
+    if (!ctx || !format)
+        return NULL;
+    if (strncasecmp (format, "EVAL ", 5) != 0)
+        return redisvCommand (ctx, format, args);
+    char *cmd;
+    int len = redisvFormatCommand (&cmd, format, args);
+    if (len < 0)
+        return NULL;
+    redisReply *reply = s_formatted_command (ctx, cmd, (size_t) len);
+    free (cmd);
+    return reply;
+}
+
+redisReply *
+kiln_redis_command (redisContext *ctx, const char *format, ...)
+{
+    va_list args;
+    va_start (args, format);
+    redisReply *reply = kiln_redis_vcommand (ctx, format, args);
+    va_end (args);
+    return reply;
+}
+
+//  ---------------------------------------------------------------------
 //  Throwaway redis-server for selftests
 
 #define REDIS_SERVER_BIN "/usr/bin/redis-server"
@@ -323,7 +567,7 @@ kiln_redis_eval (redisContext *ctx, const char *script,
         argv [argc] = args [i];
         argvlen [argc++] = lens? lens [i]: strlen (args [i]);
     }
-    return (redisReply *) redisCommandArgv (ctx, argc, argv, argvlen);
+    return kiln_redis_command_argv (ctx, argc, argv, argvlen);
 }
 
 //  Starts redis-server on a free loopback port with no persistence, in a
@@ -489,6 +733,38 @@ kiln_redis_test (bool verbose)
         assert (kiln_redis_url_parse (bad [i]) == NULL);
     kiln_redis_url_destroy (&url);          //  NULL is fine
 
+    //  SHA-1 test vectors (FIPS 180), across the one- and two-block tails
+    char hex [41];
+    s_sha1_hex ("", 0, hex);
+    assert (strcmp (hex, "da39a3ee5e6b4b0d3255bfef95601890afd80709") == 0);
+    s_sha1_hex ("abc", 3, hex);
+    assert (strcmp (hex, "a9993e364706816aba3e25717850c26c9cd0d89d") == 0);
+    const char *vector = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    s_sha1_hex (vector, strlen (vector), hex);
+    assert (strcmp (hex, "84983e441c3bd26ebaae4aa1f95129e5e54670f1") == 0);
+    char sha [41];
+    kiln_redis_script_sha (vector, strlen (vector), sha);
+    kiln_redis_script_sha (vector, strlen (vector), sha);       //  remembered
+    assert (strcmp (sha, "84983e441c3bd26ebaae4aa1f95129e5e54670f1") == 0);
+
+    //  The EVALSHA form of a formatted EVAL keeps the other arguments;
+    //  anything else is left alone.
+    char *cmd, *rewritten;
+    size_t rewritten_len;
+    int cmd_len = redisFormatCommand (&cmd, "EVAL %s 1 %s %b", "abc", "key", "a\0b", (size_t) 3);
+    assert (cmd_len > 0);
+    assert (kiln_redis_evalsha_format (cmd, (size_t) cmd_len, &rewritten, &rewritten_len) == 0);
+    static const char expect [] = "*5\r\n$7\r\nEVALSHA\r\n$40\r\na9993e364706816aba3e25717850c26c9cd0d89d\r\n"
+                         "$1\r\n1\r\n$3\r\nkey\r\n$3\r\na\0b\r\n";
+    assert (rewritten_len == sizeof expect - 1 && memcmp (rewritten, expect, rewritten_len) == 0);
+    free (rewritten);
+    free (cmd);
+    cmd_len = redisFormatCommand (&cmd, "EVALSHA %s 0", "abc");
+    assert (kiln_redis_evalsha_format (cmd, (size_t) cmd_len, &rewritten, &rewritten_len) == -1);
+    free (cmd);
+    const char *cut = "*2\r\n$4\r\nEVAL\r\n$9\r\nab";
+    assert (kiln_redis_evalsha_format (cut, strlen (cut), &rewritten, &rewritten_len) == -1);
+
     //  Connecting where nothing listens fails fast, with NULL.
     kiln_log_init ("kiln-selftest", "error");
     int closed_port = s_free_port ();
@@ -537,6 +813,42 @@ kiln_redis_test (bool verbose)
         if (reply)
             freeReplyObject (reply);
         ok = ok && !kiln_redis_eval (ctx, "return 1", 0, NULL, KILN_REDIS_EVAL_MAX_ARGS + 1, NULL, NULL);
+        //  Our SHA-1 names a script as Redis does; after SCRIPT FLUSH the
+        //  EVALSHA's NOSCRIPT falls back to EVAL, which loads it again.
+        const char *script = "return 'sha ' .. ARGV[1]";
+        char sha [41];
+        kiln_redis_script_sha (script, strlen (script), sha);
+        reply = redisCommand (ctx, "SCRIPT LOAD %s", script);
+        ok = ok && reply && reply->type == REDIS_REPLY_STRING && strcmp (reply->str, sha) == 0;
+        if (reply)
+            freeReplyObject (reply);
+        for (int round = 0; round < 2; round++) {
+            reply = redisCommand (ctx, "SCRIPT FLUSH");
+            if (reply)
+                freeReplyObject (reply);
+            reply = kiln_redis_command (ctx, "EVAL %s 0 %s", script, "x");
+            ok = ok && reply && reply->type == REDIS_REPLY_STRING && strcmp (reply->str, "sha x") == 0;
+            if (reply)
+                freeReplyObject (reply);
+            //  Now loaded: EVALSHA answers on the first try.
+            reply = redisCommand (ctx, "EVALSHA %s 0 y", sha);
+            ok = ok && reply && reply->type == REDIS_REPLY_STRING && strcmp (reply->str, "sha y") == 0;
+            if (reply)
+                freeReplyObject (reply);
+            const char *argv [] = { "eval", script, "0", "z" };
+            reply = redisCommand (ctx, "SCRIPT FLUSH");
+            if (reply)
+                freeReplyObject (reply);
+            reply = kiln_redis_command_argv (ctx, 4, argv, NULL);
+            ok = ok && reply && reply->type == REDIS_REPLY_STRING && strcmp (reply->str, "sha z") == 0;
+            if (reply)
+                freeReplyObject (reply);
+        }
+        //  Not an EVAL: sent as it is.
+        reply = kiln_redis_command (ctx, "ECHO %s", "EVAL");
+        ok = ok && reply && reply->type == REDIS_REPLY_STRING && strcmp (reply->str, "EVAL") == 0;
+        if (reply)
+            freeReplyObject (reply);
         redisFree (ctx);
     }
     snprintf (text, sizeof text, "redis://alice:alicepw@127.0.0.1:%d", port);
