@@ -1,7 +1,7 @@
 /*  =========================================================================
     fuzz_json — the JSON bodies (and the webhook URL) the gateway reads
 
-    Input: byte 0 picks what the rest is (mod 5):
+    Input: byte 0 picks what the rest is (mod 8):
 
     | 0 | a submit body with a JSON content type: it must be JSON       |
     |   | (json_loadb, JSON_DECODE_ANY | JSON_ALLOW_NUL, as gateway.c) |
@@ -9,20 +9,22 @@
     |   | gateway_v1.c's deploy, with the same libkiln functions        |
     | 2 | POST /v1/apps/{app}/rollback {revision}                      |
     | 3 | PATCH /v1/apps/{app} scale body, parsed as gateway_v1.c does  |
-    | 4 | ?fal_webhook=URL, parsed as gateway.c does (evhttp, strict)   |
+    | 4 | ?fal_webhook=URL: kiln_input_webhook_invalid (inputs.c)       |
+    | 5 | Content-Type and ?logs=: kiln_input_is_json_type, _flag       |
+    | 6 | X-Fal-Request-Timeout and X-Fal-No-Retry values               |
+    | 7 | a stored file's name: kiln_input_safe_file_name               |
 
     What the gateway accepts must survive being written out and read
     back (a body the gateway stores, a manifest it canonicalises), and a
     deploy it accepts must name a valid app and artifact.
 
-    The gateway's own validators are static in its files, so they are
-    not reached here yet: s_scale_patch (gateway_v1.c), s_webhook_invalid,
-    s_start_deadline, s_no_retry, s_is_json_type, s_safe_file_name
-    (gateway.c), s_flag (gateway_queue.c). Once they move into a pure
-    module (as route.c is), each gets a selector here.
+    The header and query parsers are gateway/inputs.c's, the very
+    functions the gateway calls. Not reached yet: s_scale_patch
+    (gateway_v1.c), static there.
     =========================================================================
 */
 #include "fuzz.h"
+#include "inputs.h"
 #include "route.h"
 #include "kiln_keys.h"
 #include "kiln_manifest.h"
@@ -159,12 +161,77 @@ s_webhook (const char *data, size_t size)
     free (url);
 }
 
+//  What kiln_input_webhook_invalid accepts, the deliverer gets: an
+//  http(s) URL with a host, within the cap, without spaces.
+static void
+s_webhook_check (const char *data, size_t size)
+{
+    char *url = fuzz_string ((const uint8_t *) data, size);
+    if (!url)
+        return;
+    if (!kiln_input_webhook_invalid (url)) {
+        FUZZ_CHECK (strlen (url) <= KILN_INPUT_WEBHOOK_URL_MAX);
+        FUZZ_CHECK (!strpbrk (url, " \t\r\n"));
+        struct evhttp_uri *uri = evhttp_uri_parse_with_flags (url, 0);
+        FUZZ_CHECK (uri && evhttp_uri_get_host (uri) && *evhttp_uri_get_host (uri));
+        evhttp_uri_free (uri);
+    }
+    free (url);
+}
+
+static void
+s_flags (const char *data, size_t size)
+{
+    char *value = fuzz_string ((const uint8_t *) data, size);
+    if (!value)
+        return;
+    //  Same answer twice (no state), and +json types end in "json"
+    FUZZ_CHECK (kiln_input_is_json_type (value) == kiln_input_is_json_type (value));
+    if (kiln_input_flag (value))
+        FUZZ_CHECK (strcmp (value, "1") == 0 || strcmp (value, "true") == 0
+                 || strcmp (value, "yes") == 0);
+    free (value);
+}
+
+static void
+s_headers (const char *data, size_t size)
+{
+    char *value = fuzz_string ((const uint8_t *) data, size);
+    if (!value)
+        return;
+    int64_t now_ms = 1700000000000;
+    int64_t deadline = kiln_input_start_deadline (value, now_ms);
+    //  A deadline is after now, and within the year the gateway allows
+    FUZZ_CHECK (deadline == -1
+             || (deadline > now_ms
+                 && deadline <= now_ms + (int64_t) KILN_INPUT_REQUEST_TIMEOUT_MAX_S * 1000));
+    int no_retry = kiln_input_no_retry (value);
+    FUZZ_CHECK (no_retry >= -1 && no_retry <= 1);
+    free (value);
+}
+
+static void
+s_file_name (const char *data, size_t size)
+{
+    char *name = fuzz_string ((const uint8_t *) data, size);
+    if (!name)
+        return;
+    char safe [256];
+    kiln_input_safe_file_name (name, safe, sizeof safe);
+    //  Nothing that could end the quoted header value or the header
+    for (const char *p = safe; *p; p++)
+        FUZZ_CHECK ((unsigned char) *p >= 0x20 && (unsigned char) *p < 0x7f
+                 && *p != '"' && *p != '\\' && *p != '/');
+    FUZZ_CHECK (strlen (safe) < sizeof safe);
+    free (name);
+}
+
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
-    int selector = data [0] % 5;
+    int selector = data [0] % 8;
     //  An exact-size copy, so a read past the body's end is caught
     size_t body_size = size - 1;
     char *body = malloc (body_size ? body_size : 1);
@@ -176,7 +243,10 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
         case 1: s_deploy_body (body, body_size); break;
         case 2: s_rollback_body (body, body_size); break;
         case 3: s_scale_body (body, body_size); break;
-        default: s_webhook (body, body_size); break;
+        case 4: s_webhook (body, body_size); s_webhook_check (body, body_size); break;
+        case 5: s_flags (body, body_size); break;
+        case 6: s_headers (body, body_size); break;
+        default: s_file_name (body, body_size); break;
     }
     free (body);
     return 0;

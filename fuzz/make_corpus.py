@@ -357,6 +357,13 @@ def json_seeds():
         "webhook_no_host": b"\x04" + b"http:///x",
         "webhook_relative": b"\x04" + b"/just/a/path",
         "webhook_scheme": b"\x04" + b"javascript:alert(1)",
+        "webhook_space": b"\x04" + b"http://exa mple.com/",
+        "content_type_plus_json": b"\x05" + b"application/problem+json; charset=utf-8",
+        "flag_true": b"\x05" + b"true",
+        "timeout_fraction": b"\x06" + b" 2.5 ",
+        "timeout_huge": b"\x06" + b"9999999999999",
+        "timeout_exponent": b"\x06" + b"1e3",
+        "file_name_nasty": b"\x07" + b'a"b/c\\\x01\xc3\xa9.png',
     }
     return seeds
 

@@ -54,6 +54,7 @@
 #include <sys/queue.h>
 
 #include "gateway_internal.h"
+#include "inputs.h"
 #include "kiln_auth.h"
 #include "kiln_scripts.h"
 #include "ratelimit.h"
@@ -102,11 +103,6 @@
 //  How long a sync call already submitted keeps waiting for Redis to come
 //  back before it gets a 503: a restart of Redis should not fail them.
 #define REDIS_OUTAGE_GRACE_MS 5000
-//  Longest webhook URL we store.
-#define WEBHOOK_URL_MAX 2048
-//  Longest X-Fal-Request-Timeout we take (a year): beyond it a deadline
-//  means nothing, and the ms must stay exact in a Lua number.
-#define REQUEST_TIMEOUT_MAX_S (366 * 24 * 3600)
 
 static void s_redis_connect (kiln_gateway_t *self);
 static void s_redis_lost (kiln_gateway_t *self, const char *reason);
@@ -1221,91 +1217,6 @@ kiln_gateway_replay (kiln_call_t *call, redisReply **fields)
 //  --------------------------------------------------------------------------
 //  Submits: POST /{owner}/{app}[/{path}] and POST /queue/...
 
-//  application/json, or any type ending in +json; parameters ignored.
-static bool
-s_is_json_type (const char *content_type)
-{
-    while (isspace ((unsigned char) *content_type))
-        content_type++;
-    size_t size = strcspn (content_type, ";");
-    while (size > 0 && isspace ((unsigned char) content_type [size - 1]))
-        size--;
-    if (size == 16 && strncasecmp (content_type, "application/json", 16) == 0)
-        return true;
-    return size > 5 && strncasecmp (content_type + size - 5, "+json", 5) == 0;
-}
-
-//  An absolute http(s) URL with a host: what the deliverer can POST to.
-//  NULL when it is one, else why not (for the 400's detail).
-static const char *
-s_webhook_invalid (const char *url)
-{
-    if (!*url)
-        return "is empty";
-    if (strlen (url) > WEBHOOK_URL_MAX)
-        return "is too long";
-    for (const char *p = url; *p; p++)
-        if ((unsigned char) *p <= ' ' || *p == 0x7f)
-            return "holds a space or a control character";
-    struct evhttp_uri *uri = evhttp_uri_parse_with_flags (url, 0);
-    if (!uri)
-        return "is not a URL";
-    const char *scheme = evhttp_uri_get_scheme (uri);
-    const char *host = evhttp_uri_get_host (uri);
-    const char *why = NULL;
-    if (!scheme || (strcasecmp (scheme, "http") != 0 && strcasecmp (scheme, "https") != 0))
-        why = "is not an http:// or https:// URL";
-    else
-    if (!host || !*host)
-        why = "has no host";
-    evhttp_uri_free (uri);
-    return why;
-}
-
-//  X-Fal-Request-Timeout: a positive number of seconds, fractional
-//  allowed ("30", "2.5", ".5"); no sign, exponent or other text. The
-//  deadline for processing to start, as ms since the epoch. -1 if bad.
-static int64_t
-s_start_deadline (const char *value, int64_t now_ms)
-{
-    while (*value == ' ' || *value == '\t')
-        value++;
-    const char *p = value;
-    size_t digits = 0;
-    while (isdigit ((unsigned char) *p)) {
-        p++;
-        digits++;
-    }
-    if (*p == '.')
-        for (p++; isdigit ((unsigned char) *p); p++)
-            digits++;
-    while (*p == ' ' || *p == '\t')
-        p++;
-    if (digits == 0 || *p)
-        return -1;
-    double seconds = strtod (value, NULL);
-    if (!(seconds > 0) || seconds > REQUEST_TIMEOUT_MAX_S)
-        return -1;
-    //  Rounded up: a timeout is never shorter than asked, and never 0
-    double exact = seconds * 1000.0;
-    int64_t ms = (int64_t) exact;
-    if ((double) ms < exact)
-        ms++;
-    return now_ms + (ms > 0 ? ms : 1);
-}
-
-//  X-Fal-No-Retry: 1 or true (any case) sets it, 0 or false clears it.
-//  -1 for anything else.
-static int
-s_no_retry (const char *value)
-{
-    if (!value || !*value || strcmp (value, "0") == 0 || strcasecmp (value, "false") == 0)
-        return 0;
-    if (strcmp (value, "1") == 0 || strcasecmp (value, "true") == 0)
-        return 1;
-    return -1;
-}
-
 static void
 s_queued (kiln_call_t *call, long long position)
 {
@@ -1382,7 +1293,7 @@ kiln_gateway_submit (kiln_call_t *call)
     const char *content_type = kiln_call_request_header (call, "Content-Type");
     if (!content_type)
         content_type = "";
-    if (s_is_json_type (content_type)) {
+    if (kiln_input_is_json_type (content_type)) {
         json_error_t error;
         json_t *json = json_loadb (body, body_size, JSON_DECODE_ANY | JSON_ALLOW_NUL, &error);
         if (!json) {
@@ -1403,21 +1314,21 @@ kiln_gateway_submit (kiln_call_t *call)
     int64_t now_ms = kiln_now_ms ();
     int64_t deadline_ms = 0;
     const char *timeout = kiln_call_request_header (call, "X-Fal-Request-Timeout");
-    if (timeout && (deadline_ms = s_start_deadline (timeout, now_ms)) < 0) {
+    if (timeout && (deadline_ms = kiln_input_start_deadline (timeout, now_ms)) < 0) {
         kiln_call_error (call, 400, "bad_request",
                          "X-Fal-Request-Timeout must be a positive number of seconds "
-                         "(at most %d), not '%.64s'", REQUEST_TIMEOUT_MAX_S, timeout);
+                         "(at most %d), not '%.64s'", KILN_INPUT_REQUEST_TIMEOUT_MAX_S, timeout);
         return;
     }
     const char *no_retry_text = kiln_call_request_header (call, "X-Fal-No-Retry");
-    int no_retry = s_no_retry (no_retry_text);
+    int no_retry = kiln_input_no_retry (no_retry_text);
     if (no_retry < 0) {
         kiln_call_error (call, 400, "bad_request",
                          "X-Fal-No-Retry must be 1, true, 0 or false, not '%.64s'", no_retry_text);
         return;
     }
     char *webhook = sync ? NULL : kiln_call_query (call, "fal_webhook");
-    const char *why = webhook ? s_webhook_invalid (webhook) : NULL;
+    const char *why = webhook ? kiln_input_webhook_invalid (webhook) : NULL;
     if (why) {
         kiln_call_error (call, 400, "bad_request",
                          "fal_webhook must be an absolute http:// or https:// URL; "
@@ -1519,18 +1430,6 @@ s_on_channel (redisAsyncContext *ctx, void *r, void *privdata)
 //  --------------------------------------------------------------------------
 //  GET /files/{id}
 
-//  A file name safe inside Content-Disposition's quotes.
-static void
-s_safe_file_name (const char *name, char *out, size_t size)
-{
-    size_t used = 0;
-    for (const char *p = name; *p && used + 1 < size; p++) {
-        unsigned char c = (unsigned char) *p;
-        out [used++] = (c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '/') ? '_' : (char) c;
-    }
-    out [used] = 0;
-}
-
 static void
 s_on_file (redisAsyncContext *ctx, void *r, void *privdata)
 {
@@ -1548,7 +1447,7 @@ s_on_file (redisAsyncContext *ctx, void *r, void *privdata)
             if (*file_name) {
                 char safe [256];
                 char disposition [300];
-                s_safe_file_name (file_name, safe, sizeof safe);
+                kiln_input_safe_file_name (file_name, safe, sizeof safe);
                 snprintf (disposition, sizeof disposition, "inline; filename=\"%s\"", safe);
                 kiln_call_header (call, "Content-Disposition", disposition);
             }

@@ -22,6 +22,7 @@
     =========================================================================
 */
 #include "gateway_internal.h"
+#include "inputs.h"
 #include "kiln_scripts.h"
 
 #include <inttypes.h>
@@ -365,13 +366,6 @@ s_fetch_status (kiln_call_t *call)
     kiln_call_redisf (call, s_on_status, "EXEC");
 }
 
-static bool
-s_flag (const char *value)
-{
-    return value && (strcmp (value, "1") == 0 || strcmp (value, "true") == 0
-                  || strcmp (value, "yes") == 0);
-}
-
 
 //  --------------------------------------------------------------------------
 //  GET .../requests/{id}
@@ -483,7 +477,7 @@ kiln_gateway_queue (kiln_call_t *call)
         case KILN_ROUTE_QUEUE_STATUS:
         case KILN_ROUTE_QUEUE_STREAM: {
             char *logs = kiln_call_query (call, "logs");
-            call->want_logs = s_flag (logs);
+            call->want_logs = kiln_input_flag (logs);
             free (logs);
             call->number = 0;
             s_fetch_status (call);

@@ -15,6 +15,7 @@
 #include "kiln_scripts.h"
 #include "kiln_util.h"
 #include "access.h"
+#include "inputs.h"
 #include "ratelimit.h"
 #include "route.h"
 
@@ -39,6 +40,7 @@ static const s_module_t s_modules [] = {
     { "auth", kiln_auth_test },
     { "access", kiln_access_test },
     { "ratelimit", kiln_ratelimit_test },
+    { "inputs", kiln_input_test },
     { NULL, NULL }
 };
 
