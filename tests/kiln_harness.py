@@ -674,9 +674,14 @@ class Stack:
         return Redis(self.redis_port)
 
     def kiln(self, *args, timeout=60):
-        """Runs the CLI against this stack: CompletedProcess (text)."""
-        return subprocess.run([program('kiln')] + list(args), env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        """Runs the CLI against this stack: CompletedProcess (text). A
+        sanitizer report on its stderr fails the test whatever its exit
+        status (a leak exits 1, which may be the status a test expects)."""
+        result = subprocess.run([program('kiln')] + list(args), env=self.env,
+                                capture_output=True, text=True, timeout=timeout)
+        if SANITIZER_REPORT_RE.search(result.stderr or ''):
+            raise AssertionError('kiln %s: sanitizer report:\n%s' % (' '.join(args), result.stderr))
+        return result
 
     def deploy(self, artifact, name):
         """`kiln deploy ARTIFACT --name NAME`; returns the new revision."""
