@@ -23,7 +23,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 //  kiln apps list: NAME REVISION MACHINE_TYPES ARTIFACT UPDATED
 #define LIST_COLUMNS 5
@@ -78,16 +77,6 @@ static const struct {
 //  is stuck, and the user should hear so.
 #define APPS_TIMEOUT_MS 60000
 
-//  A client for the /v1/apps calls. NULL on failure (reported).
-static kiln_http_t *
-s_http (kiln_cli_t *cli)
-{
-    kiln_http_t *http = kiln_cli_http (cli);
-    if (http)
-        kiln_http_set_timeout_ms (http, APPS_TIMEOUT_MS);
-    return http;
-}
-
 //  The manifest of an app, as an object (new reference) or NULL.
 static json_t *
 s_manifest (json_t *app)
@@ -120,20 +109,6 @@ s_string (json_t *object, const char *key, const char *fallback)
 {
     const char *value = json_string_value (json_object_get (object, key));
     return value ? value : fallback;
-}
-
-//  "2026-11-28 18:00:05" in local time, or "-".
-static void
-s_format_time (long long ms, char *out, size_t size)
-{
-    if (ms <= 0) {
-        snprintf (out, size, "-");
-        return;
-    }
-    time_t seconds = (time_t) (ms / 1000);
-    struct tm tm;
-    if (!localtime_r (&seconds, &tm) || !strftime (out, size, "%Y-%m-%d %H:%M:%S", &tm))
-        snprintf (out, size, "-");
 }
 
 //  "GPU-H100,CPU" from the manifest's machine_types.
@@ -181,22 +156,12 @@ s_print_field (json_t *app, json_t *manifest, const char *field)
 static int
 s_list (kiln_cli_t *cli, bool raw)
 {
-    kiln_http_t *http = s_http (cli);
-    if (!http)
-        return KILN_EXIT_FAILURE;
     json_t *answer = NULL;
-    char *error = NULL;
-    int rc = kiln_http_json (http, "GET", "/v1/apps", NULL, &answer, &error);
-    kiln_http_destroy (&http);
+    int rc = kiln_cli_call (cli, APPS_TIMEOUT_MS, "GET", "/v1/apps", NULL, &answer);
     if (rc)
-        return kiln_cli_fail_http (error);
-    if (raw) {
-        char *text = answer ? json_dumps (answer, JSON_INDENT (2)) : NULL;
-        printf ("%s\n", text ? text : "null");
-        free (text);
-        json_decref (answer);
-        return KILN_EXIT_OK;
-    }
+        return rc;
+    if (raw)
+        return kiln_cli_print_answer (answer, "null");
     json_t *apps = json_is_array (answer) ? answer : json_object_get (answer, "apps");
     if (!json_is_array (apps)) {
         json_decref (answer);
@@ -232,7 +197,7 @@ s_list (kiln_cli_t *cli, bool raw)
             snprintf (row [1], LIST_CELL_MAX, "%lld", revision);
         s_machine_types (manifest, row [2], LIST_CELL_MAX);
         snprintf (row [3], LIST_CELL_MAX, "%.12s", s_string (app, "artifact", "-"));
-        s_format_time (s_integer (app, "updated_ms"), row [4], LIST_CELL_MAX);
+        kiln_cli_format_time (s_integer (app, "updated_ms"), row [4], LIST_CELL_MAX);
         json_decref (manifest);
     }
     int widths [LIST_COLUMNS] = { 0 };
@@ -255,36 +220,29 @@ s_list (kiln_cli_t *cli, bool raw)
 static int
 s_show (kiln_cli_t *cli, const char *name, bool raw)
 {
-    kiln_http_t *http = s_http (cli);
+    //  Its own client: the answer's URLs fall back to its base URL
+    kiln_http_t *http = kiln_cli_http (cli);
     if (!http)
         return KILN_EXIT_FAILURE;
-    char *path = NULL;
-    if (asprintf (&path, "/v1/apps/%s", name) < 0) {
-        kiln_http_destroy (&http);
-        return kiln_cli_fail ("out of memory");
-    }
+    kiln_http_set_timeout_ms (http, APPS_TIMEOUT_MS);
     json_t *answer = NULL;
-    char *error = NULL;
-    int rc = kiln_http_json (http, "GET", path, NULL, &answer, &error);
+    char *path = kiln_cli_path ("/v1/apps/%s", name);
+    int rc = kiln_cli_json (http, "GET", path, NULL, &answer);
     free (path);
     if (rc) {
         kiln_http_destroy (&http);
-        return kiln_cli_fail_http (error);
+        return rc;
     }
     if (raw) {
-        char *text = answer ? json_dumps (answer, JSON_INDENT (2)) : NULL;
-        printf ("%s\n", text ? text : "null");
-        free (text);
-        json_decref (answer);
         kiln_http_destroy (&http);
-        return KILN_EXIT_OK;
+        return kiln_cli_print_answer (answer, "null");
     }
     //  Some gateways wrap the app: {"app": {...}}.
     json_t *app = json_is_object (json_object_get (answer, "app"))
                 ? json_object_get (answer, "app") : answer;
     json_t *manifest = s_manifest (app);
     char updated [32], types [128];
-    s_format_time (s_integer (app, "updated_ms"), updated, sizeof updated);
+    kiln_cli_format_time (s_integer (app, "updated_ms"), updated, sizeof updated);
     s_machine_types (manifest, types, sizeof types);
     printf ("%-20s%s\n", "name:", s_string (app, "name", name));
     long long revision = s_integer (app, "revision");
@@ -331,7 +289,7 @@ s_show (kiln_cli_t *cli, const char *name, bool raw)
     const char *last_error = s_string (app, "last_error", NULL);
     if (last_error && *last_error) {
         char when [32];
-        s_format_time (s_integer (app, "last_error_ms"), when, sizeof when);
+        kiln_cli_format_time (s_integer (app, "last_error_ms"), when, sizeof when);
         if (strcmp (when, "-") != 0)
             printf ("%-20s%s (at %s)\n", "last_error:", last_error, when);
         else
@@ -363,28 +321,14 @@ s_bound_value (const char *text)
 static int
 s_scale (kiln_cli_t *cli, const char *name, json_t *patch, bool raw)
 {
-    kiln_http_t *http = s_http (cli);
-    if (!http)
-        return KILN_EXIT_FAILURE;
-    char *path = NULL;
-    if (asprintf (&path, "/v1/apps/%s", name) < 0) {
-        kiln_http_destroy (&http);
-        return kiln_cli_fail ("out of memory");
-    }
     json_t *answer = NULL;
-    char *error = NULL;
-    int rc = kiln_http_json (http, "PATCH", path, patch, &answer, &error);
+    char *path = kiln_cli_path ("/v1/apps/%s", name);
+    int rc = kiln_cli_call (cli, APPS_TIMEOUT_MS, "PATCH", path, patch, &answer);
     free (path);
-    kiln_http_destroy (&http);
     if (rc)
-        return kiln_cli_fail_http (error);
-    if (raw) {
-        char *text = answer ? json_dumps (answer, JSON_INDENT (2)) : NULL;
-        printf ("%s\n", text ? text : "null");
-        free (text);
-        json_decref (answer);
-        return KILN_EXIT_OK;
-    }
+        return rc;
+    if (raw)
+        return kiln_cli_print_answer (answer, "null");
     json_t *manifest = s_manifest (answer);
     printf ("scaled %s\n", s_string (answer, "name", name));
     for (int i = 0; i < BOUND_COUNT; i++)
@@ -397,84 +341,30 @@ s_scale (kiln_cli_t *cli, const char *name, json_t *patch, bool raw)
 static int
 s_delete (kiln_cli_t *cli, const char *name, bool raw)
 {
-    kiln_http_t *http = s_http (cli);
-    if (!http)
-        return KILN_EXIT_FAILURE;
-    char *path = NULL;
-    if (asprintf (&path, "/v1/apps/%s", name) < 0) {
-        kiln_http_destroy (&http);
-        return kiln_cli_fail ("out of memory");
-    }
     json_t *answer = NULL;
-    char *error = NULL;
-    int rc = kiln_http_json (http, "DELETE", path, NULL, &answer, &error);
+    char *path = kiln_cli_path ("/v1/apps/%s", name);
+    int rc = kiln_cli_call (cli, APPS_TIMEOUT_MS, "DELETE", path, NULL, &answer);
     free (path);
-    kiln_http_destroy (&http);
     if (rc)
-        return kiln_cli_fail_http (error);
-    if (raw) {
-        char *text = answer ? json_dumps (answer, JSON_INDENT (2)) : NULL;
-        printf ("%s\n", text ? text : "null");
-        free (text);
-    }
-    else
-        printf ("deleted %s\n", name);
+        return rc;
+    if (raw)
+        return kiln_cli_print_answer (answer, "null");
+    printf ("deleted %s\n", name);
     json_decref (answer);
     return KILN_EXIT_OK;
-}
-
-//  "/v1/apps/NAME/SUFFIX" (suffix may be empty), malloc'd or NULL.
-static char *
-s_app_path (const char *name, const char *suffix)
-{
-    char *path = NULL;
-    if (asprintf (&path, "/v1/apps/%s%s", name, suffix) < 0)
-        return NULL;
-    return path;
-}
-
-//  Sends one /v1 call; prints the answer raw when raw. 0 with *answer
-//  (caller decrefs), else the exit code, reported.
-static int
-s_call (kiln_cli_t *cli, const char *method, const char *path, json_t *body,
-        json_t **answer)
-{
-    *answer = NULL;
-    if (!path)
-        return kiln_cli_fail ("out of memory");
-    kiln_http_t *http = s_http (cli);
-    if (!http)
-        return KILN_EXIT_FAILURE;
-    char *error = NULL;
-    int rc = kiln_http_json (http, method, path, body, answer, &error);
-    kiln_http_destroy (&http);
-    if (rc)
-        return kiln_cli_fail_http (error);
-    return KILN_EXIT_OK;
-}
-
-static void
-s_print_raw (json_t *answer)
-{
-    char *text = answer ? json_dumps (answer, JSON_INDENT (2)) : NULL;
-    printf ("%s\n", text ? text : "null");
-    free (text);
 }
 
 static int
 s_revisions (kiln_cli_t *cli, const char *name, bool raw)
 {
     json_t *answer = NULL;
-    char *path = s_app_path (name, "/revisions");
-    int rc = s_call (cli, "GET", path, NULL, &answer);
+    char *path = kiln_cli_path ("/v1/apps/%s/revisions", name);
+    int rc = kiln_cli_call (cli, APPS_TIMEOUT_MS, "GET", path, NULL, &answer);
     free (path);
     if (rc)
         return rc;
-    if (raw) {
-        s_print_raw (answer);
-        json_decref (answer);
-        return KILN_EXIT_OK;
-    }
+    if (raw)
+        return kiln_cli_print_answer (answer, "null");
     json_t *revisions = json_object_get (answer, "revisions");
     if (!json_is_array (revisions)) {
         json_decref (answer);
@@ -495,7 +385,7 @@ s_revisions (kiln_cli_t *cli, const char *name, bool raw)
     json_array_foreach (revisions, index, revision) {
         char created [32];
         long long number = s_integer (revision, "revision");
-        s_format_time (s_integer (revision, "created_ms"), created, sizeof created);
+        kiln_cli_format_time (s_integer (revision, "created_ms"), created, sizeof created);
         kiln_table_addf (table, "%lld", number);
         kiln_table_addf (table, "%.12s", s_string (revision, "artifact", "-"));
         kiln_table_add (table, created);
@@ -512,18 +402,18 @@ s_rollback (kiln_cli_t *cli, const char *name, long long revision, bool raw)
 {
     json_t *body = json_pack ("{s:I}", "revision", (json_int_t) revision);
     json_t *answer = NULL;
-    char *path = s_app_path (name, "/rollback");
-    int rc = body ? s_call (cli, "POST", path, body, &answer) : kiln_cli_fail ("out of memory");
+    char *path = kiln_cli_path ("/v1/apps/%s/rollback", name);
+    int rc = body ? kiln_cli_call (cli, APPS_TIMEOUT_MS, "POST", path, body, &answer)
+                  : kiln_cli_fail ("out of memory");
     free (path);
     json_decref (body);
     if (rc)
         return rc;
     if (raw)
-        s_print_raw (answer);
-    else
-        printf ("rolled %s back to revision %lld (artifact %.12s)\n",
-                s_string (answer, "name", name), s_integer (answer, "revision"),
-                s_string (answer, "artifact", "-"));
+        return kiln_cli_print_answer (answer, "null");
+    printf ("rolled %s back to revision %lld (artifact %.12s)\n",
+            s_string (answer, "name", name), s_integer (answer, "revision"),
+            s_string (answer, "artifact", "-"));
     json_decref (answer);
     return KILN_EXIT_OK;
 }

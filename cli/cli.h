@@ -86,6 +86,27 @@ kiln_http_t *kiln_cli_http (kiln_cli_t *self);
 //  message.
 const char *kiln_cli_app_name_problem (const char *name);
 
+//  cmd.c: one /v1 call and its failure, the same for every command.
+//  A path made like printf ("/v1/apps/%s", name); NULL when out of memory.
+char *kiln_cli_path (const char *format, ...)
+    __attribute__ ((format (printf, 1, 2)));
+//  Sends one JSON call on http (kiln_http_json). path NULL means it could
+//  not be made: "out of memory". Returns 0 with *answer (caller decrefs;
+//  NULL when the body was empty), else the exit code, reported
+//  (kiln_cli_fail_http).
+int kiln_cli_json (kiln_http_t *http, const char *method, const char *path, json_t *body,
+                   json_t **answer);
+//  The same on a client of its own for the configured gateway, each
+//  request bounded by timeout_ms.
+int kiln_cli_call (kiln_cli_t *cli, long timeout_ms, const char *method, const char *path,
+                   json_t *body, json_t **answer);
+//  Prints answer as the gateway gave it (--json), indented, or empty
+//  (such as "null" or "[]") when there is none; decrefs it. Returns
+//  KILN_EXIT_OK.
+int kiln_cli_print_answer (json_t *answer, const char *empty);
+//  "2026-11-28 18:00:05" in local time, or "-" (ms <= 0).
+void kiln_cli_format_time (long long ms, char *out, size_t size);
+
 //  Command groups: argv [0] is the command's name. Each returns an exit
 //  code.
 int kiln_up_main (kiln_cli_t *cli, int argc, char *argv []);

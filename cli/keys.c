@@ -27,7 +27,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 //  Bounds each key call to the gateway or to Redis.
@@ -308,20 +307,14 @@ s_create (kiln_cli_t *cli, const char *scope, const char *owner, const char *red
         free (id);
         return KILN_EXIT_OK;
     }
-    kiln_http_t *http = kiln_cli_http (cli);
-    if (!http)
-        return KILN_EXIT_FAILURE;
-    kiln_http_set_timeout_ms (http, KEYS_TIMEOUT_MS);
     json_t *body = json_pack ("{s:s}", "scope", scope);
     if (body && owner)
         json_object_set_new (body, "owner", json_string (owner));
     json_t *answer = NULL;
-    char *error = NULL;
-    int rc = kiln_http_json (http, "POST", "/v1/keys", body, &answer, &error);
+    int rc = kiln_cli_call (cli, KEYS_TIMEOUT_MS, "POST", "/v1/keys", body, &answer);
     json_decref (body);
-    kiln_http_destroy (&http);
     if (rc)
-        return kiln_cli_fail_http (error);
+        return rc;
     const char *id = json_string_value (json_object_get (answer, "id"));
     const char *key = json_string_value (json_object_get (answer, "key"));
     const char *its_owner = json_string_value (json_object_get (answer, "owner"));
@@ -334,37 +327,15 @@ s_create (kiln_cli_t *cli, const char *scope, const char *owner, const char *red
     return KILN_EXIT_OK;
 }
 
-//  "2026-11-28 18:00:05" in local time, or "-".
-static void
-s_format_time (json_t *value, char *out, size_t size)
-{
-    long long ms = json_is_integer (value) ? (long long) json_integer_value (value) : 0;
-    time_t seconds = (time_t) (ms / 1000);
-    struct tm tm;
-    if (ms <= 0 || !localtime_r (&seconds, &tm) || !strftime (out, size, "%Y-%m-%d %H:%M:%S", &tm))
-        snprintf (out, size, "-");
-}
-
 static int
 s_list (kiln_cli_t *cli, bool raw)
 {
-    kiln_http_t *http = kiln_cli_http (cli);
-    if (!http)
-        return KILN_EXIT_FAILURE;
-    kiln_http_set_timeout_ms (http, KEYS_TIMEOUT_MS);
     json_t *answer = NULL;
-    char *error = NULL;
-    int rc = kiln_http_json (http, "GET", "/v1/keys", NULL, &answer, &error);
-    kiln_http_destroy (&http);
+    int rc = kiln_cli_call (cli, KEYS_TIMEOUT_MS, "GET", "/v1/keys", NULL, &answer);
     if (rc)
-        return kiln_cli_fail_http (error);
-    if (raw) {
-        char *text = answer ? json_dumps (answer, JSON_INDENT (2)) : NULL;
-        printf ("%s\n", text ? text : "[]");
-        free (text);
-        json_decref (answer);
-        return KILN_EXIT_OK;
-    }
+        return rc;
+    if (raw)
+        return kiln_cli_print_answer (answer, "[]");
     kiln_table_t *table = kiln_table_new (5);
     if (!table) {
         json_decref (answer);
@@ -379,8 +350,10 @@ s_list (kiln_cli_t *cli, bool raw)
     json_t *item;
     json_array_foreach (answer, index, item) {
         char created [32], revoked [32];
-        s_format_time (json_object_get (item, "created_ms"), created, sizeof created);
-        s_format_time (json_object_get (item, "revoked_ms"), revoked, sizeof revoked);
+        kiln_cli_format_time (json_integer_value (json_object_get (item, "created_ms")),
+                              created, sizeof created);
+        kiln_cli_format_time (json_integer_value (json_object_get (item, "revoked_ms")),
+                              revoked, sizeof revoked);
         const char *id = json_string_value (json_object_get (item, "id"));
         const char *scope = json_string_value (json_object_get (item, "scope"));
         const char *owner = json_string_value (json_object_get (item, "owner"));
@@ -401,23 +374,13 @@ s_revoke (kiln_cli_t *cli, const char *id)
 {
     if (!kiln_id_valid (id))
         return kiln_cli_usage ("keys", "'%s' is not a key id", id);
-    kiln_http_t *http = kiln_cli_http (cli);
-    if (!http)
-        return KILN_EXIT_FAILURE;
-    kiln_http_set_timeout_ms (http, KEYS_TIMEOUT_MS);
-    char *path = NULL;
-    if (asprintf (&path, "/v1/keys/%s", id) < 0) {
-        kiln_http_destroy (&http);
-        return kiln_cli_fail ("out of memory");
-    }
     json_t *answer = NULL;
-    char *error = NULL;
-    int rc = kiln_http_json (http, "DELETE", path, NULL, &answer, &error);
+    char *path = kiln_cli_path ("/v1/keys/%s", id);
+    int rc = kiln_cli_call (cli, KEYS_TIMEOUT_MS, "DELETE", path, NULL, &answer);
     free (path);
-    kiln_http_destroy (&http);
     json_decref (answer);
     if (rc)
-        return kiln_cli_fail_http (error);
+        return rc;
     printf ("revoked %s\n", id);
     return KILN_EXIT_OK;
 }

@@ -95,18 +95,14 @@ s_print_line (json_t *line, bool raw)
 int
 kiln_logs_print (kiln_http_t *http, const char *app, char **since, int limit, bool raw)
 {
-    char *path = NULL;
-    int made = *since
-             ? asprintf (&path, "/v1/apps/%s/logs?since=%s&limit=%d", app, *since, LOGS_LIMIT_MAX)
-             : asprintf (&path, "/v1/apps/%s/logs?limit=%d", app, limit);
-    if (made < 0)
-        return kiln_cli_fail ("out of memory");
+    char *path = *since
+               ? kiln_cli_path ("/v1/apps/%s/logs?since=%s&limit=%d", app, *since, LOGS_LIMIT_MAX)
+               : kiln_cli_path ("/v1/apps/%s/logs?limit=%d", app, limit);
     json_t *answer = NULL;
-    char *error = NULL;
-    int rc = kiln_http_json (http, "GET", path, NULL, &answer, &error);
+    int rc = kiln_cli_json (http, "GET", path, NULL, &answer);
     free (path);
     if (rc)
-        return kiln_cli_fail_http (error);
+        return rc;
     json_t *logs = json_object_get (answer, "logs");
     const char *next = json_string_value (json_object_get (answer, "next"));
     if (!json_is_array (logs) || !next) {

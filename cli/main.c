@@ -91,6 +91,15 @@ kiln_cli_sleep_ms (int ms)
         nanosleep (&delay, NULL);
 }
 
+//  "kiln: <message>" on stderr, without the end of the line: each caller
+//  ends it its own way.
+static void
+s_say (const char *format, va_list args)
+{
+    fputs ("kiln: ", stderr);
+    vfprintf (stderr, format, args);
+}
+
 void
 kiln_cli_progress (kiln_cli_t *cli, const char *format, ...)
 {
@@ -98,8 +107,7 @@ kiln_cli_progress (kiln_cli_t *cli, const char *format, ...)
         return;
     va_list args;
     va_start (args, format);
-    fputs ("kiln: ", stderr);
-    vfprintf (stderr, format, args);
+    s_say (format, args);
     fputc ('\n', stderr);
     va_end (args);
 }
@@ -140,8 +148,7 @@ kiln_cli_fail (const char *format, ...)
 {
     va_list args;
     va_start (args, format);
-    fputs ("kiln: ", stderr);
-    vfprintf (stderr, format, args);
+    s_say (format, args);
     fputc ('\n', stderr);
     va_end (args);
     return KILN_EXIT_FAILURE;
@@ -163,8 +170,7 @@ kiln_cli_usage (const char *command, const char *format, ...)
 {
     va_list args;
     va_start (args, format);
-    fputs ("kiln: ", stderr);
-    vfprintf (stderr, format, args);
+    s_say (format, args);
     if (command)
         fprintf (stderr, " (see 'kiln %s --help')\n", command);
     else

@@ -53,23 +53,10 @@ static int
 s_call (kiln_cli_t *cli, const char *method, const char *id, const char *suffix,
         json_t **answer)
 {
-    *answer = NULL;
-    char *path = NULL;
-    if (asprintf (&path, "/v1/requests/%s%s", id, suffix) < 0)
-        return kiln_cli_fail ("out of memory");
-    kiln_http_t *http = kiln_cli_http (cli);
-    if (!http) {
-        free (path);
-        return KILN_EXIT_FAILURE;
-    }
-    kiln_http_set_timeout_ms (http, REQUESTS_TIMEOUT_MS);
-    char *error = NULL;
-    int rc = kiln_http_json (http, method, path, NULL, answer, &error);
-    kiln_http_destroy (&http);
+    char *path = kiln_cli_path ("/v1/requests/%s%s", id, suffix);
+    int rc = kiln_cli_call (cli, REQUESTS_TIMEOUT_MS, method, path, NULL, answer);
     free (path);
-    if (rc)
-        return kiln_cli_fail_http (error);
-    return KILN_EXIT_OK;
+    return rc;
 }
 
 //  "2026-11-28 18:00:05.123" in local time, or "-".
@@ -126,13 +113,8 @@ s_show (kiln_cli_t *cli, const char *id, bool raw)
     int rc = s_call (cli, "GET", id, "", &request);
     if (rc)
         return rc;
-    if (raw) {
-        char *text = request ? json_dumps (request, JSON_INDENT (2)) : NULL;
-        printf ("%s\n", text ? text : "null");
-        free (text);
-        json_decref (request);
-        return KILN_EXIT_OK;
-    }
+    if (raw)
+        return kiln_cli_print_answer (request, "null");
     static const char *fields [] = {
         "id", "app", "path", "state", "queue_position", "status", "error", "error_type",
         "priority", "attempts", "runner", NULL
@@ -191,13 +173,8 @@ s_cancel (kiln_cli_t *cli, const char *id, bool raw)
     int rc = s_call (cli, "PUT", id, "/cancel", &answer);
     if (rc)
         return rc;
-    if (raw) {
-        char *text = answer ? json_dumps (answer, JSON_INDENT (2)) : NULL;
-        printf ("%s\n", text ? text : "null");
-        free (text);
-        json_decref (answer);
-        return KILN_EXIT_OK;
-    }
+    if (raw)
+        return kiln_cli_print_answer (answer, "null");
     const char *status = json_string_value (json_object_get (answer, "status"));
     printf ("request %s: %s\n", id, status ? status : "CANCELLATION_REQUESTED");
     json_decref (answer);

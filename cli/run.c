@@ -177,32 +177,26 @@ kiln_cli_wait_ready (kiln_cli_t *cli, kiln_http_t *http, const char *app,
 static int
 s_keep_one_up (kiln_http_t *http, const char *app)
 {
-    char *path = NULL;
-    if (asprintf (&path, "/v1/apps/%s", app) < 0)
-        return kiln_cli_fail ("out of memory");
     json_t *patch = json_pack ("{s:i}", "min_concurrency", 1);
+    char *path = patch ? kiln_cli_path ("/v1/apps/%s", app) : NULL;
     json_t *answer = NULL;
-    char *error = NULL;
-    int rc = patch ? kiln_http_json (http, "PATCH", path, patch, &answer, &error) : -1;
+    int rc = kiln_cli_json (http, "PATCH", path, patch, &answer);
     json_decref (patch);
     json_decref (answer);
     free (path);
-    return rc == 0 ? KILN_EXIT_OK : kiln_cli_fail_http (error);
+    return rc;
 }
 
 static int
 s_delete (kiln_http_t *http, const char *app)
 {
-    char *path = NULL;
-    if (asprintf (&path, "/v1/apps/%s", app) < 0)
-        return kiln_cli_fail ("out of memory");
     json_t *answer = NULL;
-    char *error = NULL;
-    int rc = kiln_http_json (http, "DELETE", path, NULL, &answer, &error);
+    char *path = kiln_cli_path ("/v1/apps/%s", app);
+    int rc = kiln_cli_json (http, "DELETE", path, NULL, &answer);
     json_decref (answer);
     free (path);
     if (rc)
-        return kiln_cli_fail_http (error);
+        return rc;
     printf ("deleted %s\n", app);
     fflush (stdout);
     return KILN_EXIT_OK;

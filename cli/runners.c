@@ -48,23 +48,12 @@ static int
 s_fetch (kiln_cli_t *cli, const char *path, const char *key, bool raw, json_t **list)
 {
     *list = NULL;
-    kiln_http_t *http = kiln_cli_http (cli);
-    if (!http)
-        return KILN_EXIT_FAILURE;
-    kiln_http_set_timeout_ms (http, LIST_TIMEOUT_MS);
     json_t *answer = NULL;
-    char *error = NULL;
-    int rc = kiln_http_json (http, "GET", path, NULL, &answer, &error);
-    kiln_http_destroy (&http);
+    int rc = kiln_cli_call (cli, LIST_TIMEOUT_MS, "GET", path, NULL, &answer);
     if (rc)
-        return kiln_cli_fail_http (error);
-    if (raw) {
-        char *text = answer ? json_dumps (answer, JSON_INDENT (2)) : NULL;
-        printf ("%s\n", text ? text : "null");
-        free (text);
-        json_decref (answer);
-        return KILN_EXIT_OK;
-    }
+        return rc;
+    if (raw)
+        return kiln_cli_print_answer (answer, "null");
     json_t *found = json_object_get (answer, key);
     if (!json_is_array (found)) {
         json_decref (answer);
@@ -246,8 +235,8 @@ s_main (kiln_cli_t *cli, int argc, char *argv [], bool runners)
     if (problem)
         return kiln_cli_usage (command, "invalid app name '%s': %s", app, problem);
 
-    char *path = NULL;
-    if (asprintf (&path, "/v1/%s%s%s", command, app ? "?app=" : "", app ? app : "") < 0)
+    char *path = kiln_cli_path ("/v1/%s%s%s", command, app ? "?app=" : "", app ? app : "");
+    if (!path)
         return kiln_cli_fail ("out of memory");
     json_t *list = NULL;
     int rc = s_fetch (cli, path, command, raw, &list);

@@ -14,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 //  Bounds each call to the gateway.
 #define SECRETS_TIMEOUT_MS 10000
@@ -53,16 +52,6 @@ s_name_valid (const char *name, size_t len)
     return true;
 }
 
-//  "/v1/apps/{app}/secrets" plus suffix; NULL when out of memory.
-static char *
-s_path (const char *app, const char *suffix)
-{
-    char *path = NULL;
-    if (asprintf (&path, "/v1/apps/%s/secrets%s", app, suffix) < 0)
-        return NULL;
-    return path;
-}
-
 static int
 s_set (kiln_cli_t *cli, const char *app, int count, char *pairs [])
 {
@@ -94,18 +83,9 @@ s_set (kiln_cli_t *cli, const char *app, int count, char *pairs [])
         }
         json_object_set_new (body, name, value);
     }
-    kiln_http_t *http = kiln_cli_http (cli);
-    char *path = s_path (app, "");
-    if (!http || !path) {
-        kiln_http_destroy (&http);
-        free (path);
-        json_decref (body);
-        return http ? kiln_cli_fail ("out of memory") : KILN_EXIT_FAILURE;
-    }
-    kiln_http_set_timeout_ms (http, SECRETS_TIMEOUT_MS);
     json_t *answer = NULL;
-    char *error = NULL;
-    int rc = kiln_http_json (http, "PUT", path, body, &answer, &error);
+    char *path = kiln_cli_path ("/v1/apps/%s/secrets", app);
+    int rc = kiln_cli_call (cli, SECRETS_TIMEOUT_MS, "PUT", path, body, &answer);
     //  Values out of memory as soon as they are sent
     const char *name;
     json_t *value;
@@ -114,9 +94,8 @@ s_set (kiln_cli_t *cli, const char *app, int count, char *pairs [])
             explicit_bzero ((char *) json_string_value (value), json_string_length (value));
     json_decref (body);
     free (path);
-    kiln_http_destroy (&http);
     if (rc)
-        return kiln_cli_fail_http (error);
+        return rc;
     json_t *set = json_object_get (answer, "set");
     size_t index;
     json_array_foreach (set, index, value)
@@ -127,39 +106,17 @@ s_set (kiln_cli_t *cli, const char *app, int count, char *pairs [])
     return KILN_EXIT_OK;
 }
 
-//  "2026-11-28 18:00:05" in local time, or "-".
-static void
-s_format_time (json_t *value, char *out, size_t size)
-{
-    long long ms = json_is_integer (value) ? (long long) json_integer_value (value) : 0;
-    time_t seconds = (time_t) (ms / 1000);
-    struct tm tm;
-    if (ms <= 0 || !localtime_r (&seconds, &tm) || !strftime (out, size, "%Y-%m-%d %H:%M:%S", &tm))
-        snprintf (out, size, "-");
-}
-
 static int
 s_list (kiln_cli_t *cli, const char *app, bool raw)
 {
-    kiln_http_t *http = kiln_cli_http (cli);
-    if (!http)
-        return KILN_EXIT_FAILURE;
-    kiln_http_set_timeout_ms (http, SECRETS_TIMEOUT_MS);
-    char *path = s_path (app, "");
     json_t *answer = NULL;
-    char *error = NULL;
-    int rc = path ? kiln_http_json (http, "GET", path, NULL, &answer, &error) : -1;
+    char *path = kiln_cli_path ("/v1/apps/%s/secrets", app);
+    int rc = kiln_cli_call (cli, SECRETS_TIMEOUT_MS, "GET", path, NULL, &answer);
     free (path);
-    kiln_http_destroy (&http);
     if (rc)
-        return kiln_cli_fail_http (error);
-    if (raw) {
-        char *text = answer ? json_dumps (answer, JSON_INDENT (2)) : NULL;
-        printf ("%s\n", text ? text : "{}");
-        free (text);
-        json_decref (answer);
-        return KILN_EXIT_OK;
-    }
+        return rc;
+    if (raw)
+        return kiln_cli_print_answer (answer, "{}");
     kiln_table_t *table = kiln_table_new (2);
     if (!table) {
         json_decref (answer);
@@ -171,7 +128,8 @@ s_list (kiln_cli_t *cli, const char *app, bool raw)
     json_t *item;
     json_array_foreach (json_object_get (answer, "secrets"), index, item) {
         char updated [32];
-        s_format_time (json_object_get (item, "updated_ms"), updated, sizeof updated);
+        kiln_cli_format_time (json_integer_value (json_object_get (item, "updated_ms")),
+                              updated, sizeof updated);
         const char *name = json_string_value (json_object_get (item, "name"));
         kiln_table_add (table, name ? name : "?");
         kiln_table_add (table, updated);
@@ -187,21 +145,13 @@ s_unset (kiln_cli_t *cli, const char *app, const char *name)
 {
     if (!s_name_valid (name, strlen (name)))
         return kiln_cli_usage ("secrets", "'%.64s' is not a secret name", name);
-    kiln_http_t *http = kiln_cli_http (cli);
-    if (!http)
-        return KILN_EXIT_FAILURE;
-    kiln_http_set_timeout_ms (http, SECRETS_TIMEOUT_MS);
-    char suffix [SECRET_NAME_MAX + 2];
-    snprintf (suffix, sizeof suffix, "/%s", name);
-    char *path = s_path (app, suffix);
     json_t *answer = NULL;
-    char *error = NULL;
-    int rc = path ? kiln_http_json (http, "DELETE", path, NULL, &answer, &error) : -1;
+    char *path = kiln_cli_path ("/v1/apps/%s/secrets/%s", app, name);
+    int rc = kiln_cli_call (cli, SECRETS_TIMEOUT_MS, "DELETE", path, NULL, &answer);
     free (path);
-    kiln_http_destroy (&http);
     json_decref (answer);
     if (rc)
-        return kiln_cli_fail_http (error);
+        return rc;
     printf ("unset %s on %s\n", name, app);
     return KILN_EXIT_OK;
 }

@@ -170,6 +170,14 @@ void kiln_gateway_replay (kiln_call_t *call, redisReply **fields);
 void kiln_gateway_submit (kiln_call_t *call);
 //  gateway_v1.c: /v1/...
 void kiln_gateway_v1 (kiln_call_t *call);
+//  gateway_v1.c, for every /v1 handler: answers 404 "App {app} is not
+//  deployed" for call->route.app.
+void kiln_gateway_app_not_found (kiln_call_t *call);
+//  gateway_v1.c: items [0..count) sorted by compare (as qsort calls it)
+//  in a new array, which takes over their references (released either
+//  way). NULL when out of memory. The caller frees items itself.
+json_t *kiln_gateway_sorted_array (json_t **items, size_t count,
+                                   int (*compare) (const void *, const void *));
 //  gateway_queue.c: status, stream, result, cancel
 void kiln_gateway_queue (kiln_call_t *call);
 //  gateway_queue.c: one stored log line as {message, level, source,

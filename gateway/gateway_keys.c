@@ -224,13 +224,8 @@ s_on_listed (redisAsyncContext *ctx, void *r, void *privdata)
                 if (item)
                     items [count++] = item;
             }
-            qsort (items, count, sizeof *items, s_compare_keys);
-            json_t *list = items ? json_array () : NULL;
-            for (size_t i = 0; i < count; i++) {
-                if (list)
-                    json_array_append (list, items [i]);
-                json_decref (items [i]);
-            }
+            json_t *list = items
+                         ? kiln_gateway_sorted_array (items, count, s_compare_keys) : NULL;
             free (items);
             kiln_call_reply_json (call, 200, list);
         }

@@ -68,12 +68,6 @@ static const char *s_unset_script =
     "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end\n"
     "return redis.call('HDEL', KEYS[2], ARGV[1], ARGV[1] .. ':updated_ms') > 0 and 1 or 0\n";
 
-static void
-s_app_not_found (kiln_call_t *call)
-{
-    kiln_call_error (call, 404, "not_found", "App %s is not deployed", call->route.app);
-}
-
 
 //  --------------------------------------------------------------------------
 //  PUT .../secrets
@@ -89,7 +83,7 @@ s_on_set (redisAsyncContext *ctx, void *r, void *privdata)
             kiln_call_error (call, 500, "internal_error", "Unexpected answer from Redis");
         else
         if (reply->integer == -1)
-            s_app_not_found (call);
+            kiln_gateway_app_not_found (call);
         else
         if (reply->integer == -2)
             kiln_call_error (call, 422, "bad_request",
@@ -215,7 +209,7 @@ s_on_list (redisAsyncContext *ctx, void *r, void *privdata)
     redisReply *reply = r;
     if (kiln_call_usable (call, reply)) {
         if (reply->type == REDIS_REPLY_INTEGER && reply->integer == -1)
-            s_app_not_found (call);
+            kiln_gateway_app_not_found (call);
         else
         if (reply->type != REDIS_REPLY_ARRAY || reply->elements % 2)
             kiln_call_error (call, 500, "internal_error", "Unexpected answer from Redis");
@@ -269,7 +263,7 @@ s_on_unset (redisAsyncContext *ctx, void *r, void *privdata)
             kiln_call_error (call, 500, "internal_error", "Unexpected answer from Redis");
         else
         if (reply->integer == -1)
-            s_app_not_found (call);
+            kiln_gateway_app_not_found (call);
         else
         if (reply->integer == 0)
             kiln_call_error (call, 404, "not_found", "Secret %s is not set on %s",

@@ -79,6 +79,26 @@ s_number (const redisReply *reply)
     return *text && end && !*end ? value : -1;
 }
 
+void
+kiln_gateway_app_not_found (kiln_call_t *call)
+{
+    kiln_call_error (call, 404, "not_found", "App %s is not deployed", call->route.app);
+}
+
+json_t *
+kiln_gateway_sorted_array (json_t **items, size_t count,
+                           int (*compare) (const void *, const void *))
+{
+    qsort (items, count, sizeof *items, compare);
+    json_t *array = json_array ();
+    for (size_t i = 0; i < count; i++) {
+        if (array)
+            json_array_append (array, items [i]);
+        json_decref (items [i]);
+    }
+    return array;
+}
+
 //  A JSON object stored as text (new reference), or NULL.
 static json_t *
 s_object (const redisReply *stored)
@@ -335,7 +355,7 @@ s_on_app (redisAsyncContext *ctx, void *r, void *privdata)
             kiln_call_error (call, 500, "internal_error", "Unexpected answer from Redis");
         else
         if (reply->element [1]->type != REDIS_REPLY_STRING)
-            kiln_call_error (call, 404, "not_found", "App %s is not deployed", call->route.app);
+            kiln_gateway_app_not_found (call);
         else
             kiln_call_reply_json (call, 200, s_app_json (call->gw, reply->element, call->route.app));
     }
@@ -357,7 +377,7 @@ s_on_scaled (redisAsyncContext *ctx, void *r, void *privdata)
                       && reply->element [0]->type == REDIS_REPLY_INTEGER
                        ? reply->element [0]->integer : 0;
         if (code == -1)
-            kiln_call_error (call, 404, "not_found", "App %s is not deployed", call->route.app);
+            kiln_gateway_app_not_found (call);
         else
         if (code == -2 && reply->elements == 3)
             kiln_call_error (call, 422, "bad_request",
@@ -488,7 +508,7 @@ s_on_revisions (redisAsyncContext *ctx, void *r, void *privdata)
             kiln_call_error (call, 500, "internal_error", "Unexpected answer from Redis");
         else
         if (reply->element [0]->type != REDIS_REPLY_STRING)
-            kiln_call_error (call, 404, "not_found", "App %s is not deployed", call->route.app);
+            kiln_gateway_app_not_found (call);
         else {
             redisReply *stored = reply->element [1];
             json_t **items = calloc (stored->elements + 1, sizeof *items);
@@ -500,14 +520,8 @@ s_on_revisions (redisAsyncContext *ctx, void *r, void *privdata)
                 else
                     json_decref (item);
             }
-            if (items)
-                qsort (items, count, sizeof *items, s_compare_revisions);
-            json_t *list = items ? json_array () : NULL;
-            for (size_t i = 0; i < count; i++) {
-                if (list)
-                    json_array_append (list, items [i]);
-                json_decref (items [i]);
-            }
+            json_t *list = items
+                         ? kiln_gateway_sorted_array (items, count, s_compare_revisions) : NULL;
             free (items);
             kiln_call_reply_json (call, 200, list
                 ? json_pack ("{s:o, s:I}", "revisions", list,
@@ -591,7 +605,7 @@ s_on_logs (redisAsyncContext *ctx, void *r, void *privdata)
             kiln_call_error (call, 500, "internal_error", "Unexpected answer from Redis");
         else
         if (reply->element [0]->integer == 0)
-            kiln_call_error (call, 404, "not_found", "App %s is not deployed", call->route.app);
+            kiln_gateway_app_not_found (call);
         else {
             redisReply *entries = reply->element [1];
             bool newest_first = call->number == 1;
@@ -670,7 +684,7 @@ s_on_rolled_back (redisAsyncContext *ctx, void *r, void *privdata)
             kiln_call_error (call, 500, "internal_error", "Unexpected answer from the rollback script");
         else
         if (reply->integer == -1)
-            kiln_call_error (call, 404, "not_found", "App %s is not deployed", call->route.app);
+            kiln_gateway_app_not_found (call);
         else
         if (reply->integer == -2)
             kiln_call_error (call, 422, "bad_request", "App %s has no revision %" PRId64,
@@ -844,13 +858,7 @@ s_views (redisReply *reply, const char *app)
         }
         items [count++] = item;
     }
-    qsort (items, count, sizeof *items, s_compare_views);
-    json_t *array = json_array ();
-    for (size_t i = 0; i < count; i++) {
-        if (array)
-            json_array_append (array, items [i]);
-        json_decref (items [i]);
-    }
+    json_t *array = kiln_gateway_sorted_array (items, count, s_compare_views);
     free (items);
     return array;
 }
@@ -915,7 +923,7 @@ s_on_undeployed (redisAsyncContext *ctx, void *r, void *privdata)
             kiln_call_error (call, 500, "internal_error", "Unexpected answer from the delete script");
         else
         if (reply->integer == 0)
-            kiln_call_error (call, 404, "not_found", "App %s is not deployed", call->route.app);
+            kiln_gateway_app_not_found (call);
         else {
             //  Its log lines go with it (a late line is never added back:
             //  kiln_scripts.h, APP_LOG); an answer nobody needs to wait for.
