@@ -75,7 +75,7 @@ own code.
    max_multiplexing 1 the handler could run on the main thread; with
    more, the executor could send its RESULT and LOG on its own DEALER
    socket instead of through the main loop.
-3. **EVALSHA instead of EVAL.** Each script call ships its whole text
+3. **Done since: EVALSHA instead of EVAL.** Each script call ships its whole text
    (0.5–2 KB with `complete()` pasted in), which Redis reads and hashes
    again: redis-server is the busiest process in both profiles, mostly
    in system calls, and of its own code `SHA1Transform` (that hashing)
@@ -83,12 +83,12 @@ own code.
    in Redis's CPU and in bytes moved, not a big one: `SCRIPT LOAD` once
    per connection, `EVALSHA` after, EVAL again on `NOSCRIPT`. BullMQ does
    this (ioredis `defineCommand`).
-4. **One histogram bucket per completion.** `complete()` does up to 13
+4. **Done since: one histogram bucket per completion.** `complete()` does up to 13
    `HINCRBY le:*` per request (every bucket at or above the latency: all
    13 for a fast request). Incrementing only the request's own bucket and
    summing when `/metrics` is read (METRICS reads them all anyway) saves
    about 12 Redis commands per request.
-5. **Gateway: about 14 `epoll_ctl` per sync request.** libevent adds and
+5. **Done since (changelist on): gateway, about 14 `epoll_ctl` per sync request.** libevent adds and
    removes the write event of each hiredis connection for every command
    (the hiredis libevent adapter's addWrite/delWrite), and evhttp does
    the same per HTTP connection. `EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST`

@@ -3,8 +3,9 @@
 
     Every state change of a request is one of these scripts, so it is
     atomic: a request is queued and recorded together, taken and leased
-    together, completed once. Run them with EVAL (Redis caches the compiled
-    script by its SHA-1). The contracts:
+    together, completed once. Run them through kiln_redis_eval /
+    kiln_redis_command_argv, or the gateway's kiln_call_redis*, which send
+    EVALSHA and fall back to EVAL on NOSCRIPT. The contracts:
 
     Every script that ends a request does it through one Lua function,
     complete(), pasted in front of it: the record becomes COMPLETED once,
@@ -13,9 +14,10 @@
     webhook enters the kiln:webhooks outbox (score: when to deliver) and
     its record is kept until the delivery ends; otherwise the record
     expires after the retention. complete() also counts the request in
-    kiln:stats:{app}: status:{code}, latency_count, latency_sum_ms and,
-    for each bucket b of KILN_STATS_BUCKETS_MS, le:{b} (requests whose
-    latency, creation to completion, was at most b ms).
+    kiln:stats:{app}: status:{code}, latency_count, latency_sum_ms and
+    in:{b}, b the first bucket of KILN_STATS_BUCKETS_MS whose limit the
+    latency (creation to completion) is at most: one HINCRBY, and
+    /metrics sums these into Prometheus's cumulative buckets.
 
     KILN_SCRIPT_SUBMIT — record and queue a request
       KEYS  app, req, queue, seq               (kiln_key_app, _request, _queue, KILN_KEY_SEQ)
