@@ -96,9 +96,12 @@
     silent: stopped, its other requests re-queued, counted). A send to a
     worker that finds its connection gone (RUNNER_START, RUNNER_STOP,
     HEARTBEAT) marks it unreachable: nothing more is sent or placed
-    there, and once the event at hand is handled it is forgotten with
-    its runners, as if its heartbeats had stopped (s_reap_workers). Alive
-    after all, it hears DISCONNECT and says hello again, as new.
+    there, and once the event at hand is handled it is forgotten
+    (s_reap_workers), with the runners only it could end (starting or
+    stopping); its READY runners have connections of their own and live
+    or die by their own heartbeats, so a blip on the worker's connection
+    re-runs nothing. Alive after all, the worker
+    hears DISCONNECT and says hello again, as new.
 
     SIGTERM drains: no more dispatch or scaling; RESULTs of running
     requests are recorded for up to SHUTDOWN_GRACE_MS, or until none is
@@ -895,7 +898,7 @@ s_send (kiln_broker_t *self, kiln_msg_t **msg_p, const char *identity)
 //  Sends to a worker. A worker whose connection is gone (EHOSTUNREACH:
 //  ROUTER_MANDATORY found no pipe for it) is dead or cut off: it is
 //  marked unreachable, takes no more sends, and s_reap_workers forgets
-//  it and its runners once the event at hand is handled (not here: the
+//  it (its runners keep their own liveness) once the event at hand is handled (not here: the
 //  caller may be walking the tables). Should it be alive after all, its
 //  next message is a stranger's, answered DISCONNECT, and it says hello
 //  again. 0, or -1 when nothing was sent.
@@ -909,8 +912,7 @@ s_send_worker (kiln_broker_t *self, kiln_msg_t **msg_p, const char *worker_id)
     }
     int rc = s_send (self, msg_p, worker_id);
     if (rc != 0 && errno == EHOSTUNREACH && worker) {
-        kiln_log_warn ("worker %s: its connection is gone; forgetting it and its runners",
-                       worker_id);
+        kiln_log_warn ("worker %s: its connection is gone; forgetting it", worker_id);
         worker->unreachable = true;
     }
     return rc;
@@ -1253,8 +1255,9 @@ s_app_start_failed (kiln_broker_t *self, const char *name, bool timeout, const c
 //  -------------------------------------------------------------------------
 //  Runners
 
-//  True when the runner's worker was found unreachable: the runner is
-//  about to be forgotten with it, and takes nothing meanwhile.
+//  True when the runner's worker was found unreachable and is not yet
+//  forgotten: until then the runner takes nothing (afterwards its own
+//  heartbeats and sends decide).
 static bool
 s_worker_unreachable (kiln_broker_t *self, const s_runner_t *runner)
 {
@@ -1268,8 +1271,8 @@ s_send_stop (kiln_broker_t *self, s_runner_t *runner)
     kiln_msg_t *msg = kiln_msg_new (KILN_MSG_RUNNER_STOP);
     if (msg && !(msg->runner_id = strdup (runner->id)))
         kiln_msg_destroy (&msg);
-    //  A worker that cannot be told is about to be taken for dead, and
-    //  its runners with it.
+    //  A worker that cannot be told is about to be forgotten
+    //  (s_send_worker marks it).
     if (msg)
         s_send_worker (self, &msg, runner->worker_id);
 }
@@ -1283,7 +1286,7 @@ s_runner_stop (kiln_broker_t *self, s_runner_t *runner, const char *why)
     //  Only its worker can stop it. A runner adopted after a restart may
     //  speak before its worker has registered again: it stays as it is
     //  until then, and the next sweep tries again. A worker found
-    //  unreachable is about to be forgotten, with its runners.
+    //  unreachable is about to be forgotten.
     s_worker_t *worker = (s_worker_t *) zhashx_lookup (self->workers, runner->worker_id);
     if (!worker || worker->unreachable) {
         kiln_log_debug ("runner %s: cannot stop it (%s): worker %s is %s",
@@ -1828,8 +1831,14 @@ s_dispatch_cached (kiln_broker_t *self)
 //  -------------------------------------------------------------------------
 //  Messages
 
+//  Forgets a worker: nothing is placed there any more. With all its
+//  runners (it is silent, or said goodbye): their requests are
+//  re-queued. Otherwise (only its connection was found gone) with those
+//  that only the worker could end (starting, or stopping): its READY
+//  runners have connections of their own and live or die by their own
+//  heartbeats, so a blip on the worker's connection re-runs nothing.
 static void
-s_worker_forget (kiln_broker_t *self, s_worker_t *worker, const char *why)
+s_worker_forget (kiln_broker_t *self, s_worker_t *worker, const char *why, bool runners_too)
 {
     kiln_log_warn ("worker %s (%s) gone (%s)", worker->id, worker->host, why);
     char *worker_id = strdup (worker->id);
@@ -1838,7 +1847,8 @@ s_worker_forget (kiln_broker_t *self, s_worker_t *worker, const char *why)
     zlistx_t *ids = zhashx_keys (self->runners);
     for (const char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
         s_runner_t *runner = (s_runner_t *) zhashx_lookup (self->runners, id);
-        if (runner && streq (runner->worker_id, worker_id))
+        if (runner && streq (runner->worker_id, worker_id)
+        && (runners_too || runner->state != RUNNER_READY))
             s_runner_forget (self, runner, "its worker is gone");
     }
     zlistx_destroy (&ids);
@@ -1847,8 +1857,8 @@ s_worker_forget (kiln_broker_t *self, s_worker_t *worker, const char *why)
     s_dispatch_cached (self);
 }
 
-//  Forgets every worker a send found unreachable (s_send_worker), with
-//  its runners, as if its heartbeats had stopped. Called between events,
+//  Forgets every worker a send found unreachable (s_send_worker), but
+//  not its runners (see s_worker_forget). Called between events,
 //  where no table is being walked; forgetting one dispatches, which may
 //  find another.
 static void
@@ -1860,7 +1870,7 @@ s_reap_workers (kiln_broker_t *self)
         for (s_worker_t *worker = (s_worker_t *) zhashx_first (self->workers);
              worker; worker = (s_worker_t *) zhashx_next (self->workers))
             if (worker->unreachable) {
-                s_worker_forget (self, worker, "unreachable: its connection is gone");
+                s_worker_forget (self, worker, "unreachable: its connection is gone", false);
                 reaped = true;
                 break;
             }
@@ -2343,7 +2353,7 @@ s_on_message (kiln_broker_t *self, const char *identity, kiln_msg_t *msg)
             return;
         case KILN_MSG_DISCONNECT:
             if (worker)
-                s_worker_forget (self, worker, "said DISCONNECT");
+                s_worker_forget (self, worker, "said DISCONNECT", true);
             else
             if (runner && runner->state != RUNNER_STARTING) {
                 char *app = strdup (runner->app);
@@ -2429,7 +2439,7 @@ s_check_liveness (kiln_broker_t *self)
     for (const char *id = zlistx_first (ids); id; id = zlistx_next (ids)) {
         s_worker_t *worker = (s_worker_t *) zhashx_lookup (self->workers, id);
         if (worker && now - worker->last_seen_ms > silence_ms)
-            s_worker_forget (self, worker, "silent");
+            s_worker_forget (self, worker, "silent", true);
     }
     zlistx_destroy (&ids);
 

@@ -1124,6 +1124,35 @@ s_scenarios_unreachable (void)
     s_peer_send_simple (worker, KILN_MSG_DISCONNECT);
     s_pump (100);
     s_peer_destroy (&worker);
+
+    s_step ("a worker's connection lost while its runner lives on: the worker is "
+            "forgotten, the runner keeps its request and its result is recorded once");
+    char c [KILN_UUID_LEN + 1];
+    worker = s_worker ("w-blip", "GPU-U", 2);
+    CHECK (s_wait_view (KILN_KEY_WORKERS, "w-blip", 5000, "\"id\":\"w-blip\"", NULL));
+    s_deploy ("local/unr", 1, "{\"name\":\"unr\",\"machine_types\":[\"GPU-U\"],"
+              "\"min_concurrency\":1,\"max_concurrency\":1,\"keep_alive\":300,"
+              "\"endpoints\":[\"/\"]}");
+    runner = s_start_runner (worker, "local/unr");
+    CHECK (s_wait_view (KILN_KEY_RUNNERS, runner->id, 5000, "\"state\":\"ready\"", NULL));
+    s_submit ("local/unr", "{\"n\":\"c\"}", c);
+    msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, c));
+    kiln_msg_destroy (&msg);
+    //  Only the worker's connection goes; the broker's next heartbeat to
+    //  it finds that out.
+    s_peer_heartbeat (worker);
+    s_peer_destroy (&worker);
+    CHECK (s_wait_view_gone (KILN_KEY_WORKERS, "w-blip", 4000));
+    s_peer_heartbeat (runner);
+    s_result (runner, c, 200, "{\"n\":\"c\"}");
+    CHECK (s_wait_field (c, "state", "COMPLETED", WAIT_MS));
+    CHECK (s_field_is (c, "status", "200"));
+    CHECK (s_field_is (c, "attempts", "1"));
+    s_undeploy ("local/unr");
+    s_peer_send_simple (runner, KILN_MSG_DISCONNECT);
+    s_pump (100);
+    s_peer_destroy (&runner);
 }
 
 int

@@ -94,6 +94,12 @@ extern char **environ;
 //  Lines of a runner's output per LOG message, and bytes read from one
 //  pipe per wakeup (so a chatty runner cannot starve the loop).
 #define RUNNER_LOG_BATCH_MAX      64
+//  Runners' output shares the broker socket with the worker's own
+//  messages (hello, RUNNER_EXITED), which the socket drops when full: a
+//  runner printing in a loop must not crowd them out. At most this many
+//  LOG batches a second go out (64 lines each); the rest is dropped,
+//  counted.
+#define RUNNER_LOG_SENDS_PER_S    50
 #define RUNNER_READ_MAX_BYTES     65536
 
 //  SIGTERMs and SIGINTs received: the first drains, the next hurries.
@@ -160,7 +166,9 @@ struct _kiln_worker_t {
     bool hello_due;
     bool draining;                  //  SIGTERM seen: no new runner, then exit
     int signals_seen;               //  of s_signals, acted on
-    uint64_t log_lines_dropped;     //  runner output lines the broker socket refused
+    uint64_t log_lines_dropped;     //  runner output lines dropped (socket full, or over the rate)
+    int64_t log_window_ms;          //  monotonic start of the current second of LOG sends
+    int log_window_sends;           //  LOG batches sent in it
     zlistx_t *departed;             //  s_child_t * gone, freed on the next reap tick
 };
 
@@ -610,13 +618,24 @@ s_log_flush (kiln_worker_t *self, s_child_t *child)
     if (!msg)
         return;
     size_t count = msg->log_count;
-    if (kiln_msg_send (&msg, self->broker, NULL) == -1) {
+    int64_t now = kiln_mono_ms ();
+    if (now - self->log_window_ms >= 1000) {
+        self->log_window_ms = now;
+        self->log_window_sends = 0;
+    }
+    bool over_rate = self->log_window_sends >= RUNNER_LOG_SENDS_PER_S;
+    if (over_rate)
+        kiln_msg_destroy (&msg);
+    else
+        self->log_window_sends++;
+    if (over_rate || kiln_msg_send (&msg, self->broker, NULL) == -1) {
         uint64_t before = self->log_lines_dropped;
         self->log_lines_dropped += count;
         //  Once at the first loss, then once per thousand lines lost.
         if (before == 0 || before / 1000 != self->log_lines_dropped / 1000)
-            kiln_log_warn ("the broker socket is full: %" PRIu64 " runner log line(s) dropped so far",
-                           self->log_lines_dropped);
+            kiln_log_warn ("runner output over %d batches a second, or the broker socket full: "
+                           "%" PRIu64 " runner log line(s) dropped so far",
+                           RUNNER_LOG_SENDS_PER_S, self->log_lines_dropped);
     }
 }
 
