@@ -53,8 +53,9 @@
     | RUNNER_START  | worker           | scale() places a runner                           |
     | RUNNER_STOP   | worker           | idle past keep_alive, old revision, startup       |
     |               |                  | timeout, app deleted, slot needed by another app, |
-    |               |                  | a READY runner silent or unreachable. Twice in a  |
-    |               |                  | row: kill it now (a request past request_timeout) |
+    |               |                  | a READY runner silent or unreachable. With status |
+    |               |                  | KILN_RUNNER_STOP_KILL: kill it now (a request     |
+    |               |                  | past request_timeout)                             |
     | REQUEST       | runner           | TAKE gave it the head of its app's queue. A send  |
     |               |                  | that fails is no run: the request goes back to    |
     |               |                  | the head uncounted, the runner is lost            |
@@ -1265,12 +1266,15 @@ s_worker_unreachable (kiln_broker_t *self, const s_runner_t *runner)
     return worker && worker->unreachable;
 }
 
+//  status: 0, or KILN_RUNNER_STOP_KILL.
 static void
-s_send_stop (kiln_broker_t *self, s_runner_t *runner)
+s_send_stop (kiln_broker_t *self, s_runner_t *runner, int32_t status)
 {
     kiln_msg_t *msg = kiln_msg_new (KILN_MSG_RUNNER_STOP);
     if (msg && !(msg->runner_id = strdup (runner->id)))
         kiln_msg_destroy (&msg);
+    if (msg)
+        msg->status = status;
     //  A worker that cannot be told is about to be forgotten
     //  (s_send_worker marks it).
     if (msg)
@@ -1298,7 +1302,7 @@ s_runner_stop (kiln_broker_t *self, s_runner_t *runner, const char *why)
     if (runner->state != RUNNER_DRAINING)
         runner->draining_ms = kiln_mono_ms ();
     runner->state = RUNNER_DRAINING;
-    s_send_stop (self, runner);
+    s_send_stop (self, runner, 0);
     return true;
 }
 
@@ -1360,7 +1364,7 @@ s_runner_kill (kiln_broker_t *self, s_runner_t *runner, const char *why)
     if (!s_runner_stop (self, runner, why))
         s_runner_forget (self, runner, why);
     else
-        s_send_stop (self, runner);
+        s_send_stop (self, runner, KILN_RUNNER_STOP_KILL);
 }
 
 //  The machine type of a runner we adopted: the first of its app's types

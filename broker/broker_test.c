@@ -961,7 +961,7 @@ s_scenarios_leases (void)
     s_peer_destroy (&runner);
 
     s_step ("a request past its app's request_timeout ends 504 request_timeout; "
-            "its runner is killed (RUNNER_STOP twice)");
+            "its runner is killed (a RUNNER_STOP with status KILN_RUNNER_STOP_KILL)");
     s_deploy ("local/stuck", 1, T4_MANIFEST ("stuck", ",\"max_concurrency\":1,"
                                              "\"keep_alive\":300,\"request_timeout\":1"));
     s_submit ("local/stuck", "{}", x);
@@ -977,9 +977,11 @@ s_scenarios_leases (void)
     char *error = s_field (x, "error");
     CHECK (strstr (error, "request_timeout (1 s)"));
     free (error);
+    //  Stopped, then killed: only the kill says so.
     for (int stop = 0; stop < 2; stop++) {
         msg = s_expect (s_one, KILN_MSG_RUNNER_STOP, NULL, WAIT_MS);
         CHECK (msg && streq (msg->runner_id, runner->id));
+        CHECK (msg->status == (stop == 0? 0: KILN_RUNNER_STOP_KILL));
         kiln_msg_destroy (&msg);
     }
     //  Its answer, should it come after all, changes nothing.

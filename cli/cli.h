@@ -111,6 +111,17 @@ void kiln_cli_format_time (long long ms, char *out, size_t size);
 //  code.
 int kiln_up_main (kiln_cli_t *cli, int argc, char *argv []);
 int kiln_deploy_main (kiln_cli_t *cli, int argc, char *argv []);
+
+//  getopt_long values kiln deploy and kiln run share: --progress and the
+//  manifest overrides --auth and --max-queue-length.
+#define KILN_OPT_PROGRESS           0x3001
+#define KILN_OPT_AUTH               0x3002
+#define KILN_OPT_MAX_QUEUE_LENGTH   0x3003
+
+//  Takes --auth or --max-queue-length for command ("deploy" or "run"),
+//  applied by kiln_deploy_app. KILN_EXIT_OK, or KILN_EXIT_USAGE after a
+//  one-line error for a bad value.
+int kiln_deploy_override (const char *command, int opt, const char *value);
 int kiln_apps_main (kiln_cli_t *cli, int argc, char *argv []);
 int kiln_runners_main (kiln_cli_t *cli, int argc, char *argv []);
 int kiln_workers_main (kiln_cli_t *cli, int argc, char *argv []);

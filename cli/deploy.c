@@ -43,26 +43,76 @@
 #define DESCRIBE_OUTPUT_MAX (1024 * 1024)
 
 static const char *s_help_text =
-    "usage: kiln deploy APP.so [--name OWNER/APP] [--progress] [--json]\n"
-    "       kiln deploy FILE.py::ClassName [--name OWNER/APP] [--progress] [--json]\n"
+    "usage: kiln deploy APP.so [--name OWNER/APP] [OPTIONS]\n"
+    "       kiln deploy FILE.py::ClassName [--name OWNER/APP] [OPTIONS]\n"
     "\n"
     "Uploads a native kiln app (a shared library built against\n"
     "include/kiln/app.h) or a Python app (a kiln.App subclass in FILE.py)\n"
     "and deploys it as a new revision, then prints its sync and queue URLs.\n"
+    "--auth and --max-queue-length override what the app itself says.\n"
     "With progress (stderr a terminal, or --progress) it says what it does\n"
     "on stderr and, for an app that keeps runners up (min_concurrency > 0),\n"
     "waits until one of the new revision is ready.\n"
     "\n"
     "options:\n"
     "  -n, --name OWNER/APP the app's name (default local/<the app's own name>)\n"
+    "  --auth WHO           who may call it: private (the owner's keys; the\n"
+    "                       default), shared (any key) or public (anyone)\n"
+    "  --max-queue-length N queued requests at most; past it a submit is\n"
+    "                       429 queue_full (0: unbounded, the default)\n"
     "  --progress           show progress on stderr even when it is not a terminal\n"
     "  --json               print the gateway's answer as it is (JSON)\n"
     KILN_CLI_COMMON_HELP;
 
 //  How long `kiln deploy` with progress waits for a runner to be ready.
 #define DEPLOY_READY_TIMEOUT_MS 300000
-//  getopt_long value of --progress.
-#define OPT_PROGRESS 0x3001
+
+//  The manifest overrides of this command line (kiln deploy or kiln run:
+//  one per process), applied by kiln_deploy_app. kiln up, which sets
+//  none, deploys the apps as they describe themselves.
+static const char *s_auth_override;             //  NULL: the app's own
+static int s_max_queue_length_override = -1;    //  -1: the app's own
+
+int
+kiln_deploy_override (const char *command, int opt, const char *value)
+{
+    if (opt == KILN_OPT_AUTH) {
+        if (strcmp (value, KILN_MANIFEST_AUTH_PRIVATE) != 0
+        &&  strcmp (value, KILN_MANIFEST_AUTH_SHARED) != 0
+        &&  strcmp (value, KILN_MANIFEST_AUTH_PUBLIC) != 0)
+            return kiln_cli_usage (command, "--auth must be private, shared or public, not '%s'",
+                                   value);
+        s_auth_override = value;
+        return KILN_EXIT_OK;
+    }
+    //  A whole number, digits only: "1e3", "-1" or "12abc" are mistakes
+    char *end = NULL;
+    errno = 0;
+    long long number = strtoll (value, &end, 10);
+    if (value [0] < '0' || value [0] > '9' || *end || errno || number > INT_MAX)
+        return kiln_cli_usage (command, "--max-queue-length needs a whole number from 0 to %d, "
+                               "not '%s'", INT_MAX, value);
+    s_max_queue_length_override = (int) number;
+    return KILN_EXIT_OK;
+}
+
+//  Puts the overrides into the app's manifest (JSON). 0 or -1 (out of
+//  memory).
+static int
+s_apply_overrides (json_t *manifest)
+{
+    if (s_auth_override
+    &&  json_object_set_new (manifest, "app_auth", json_string (s_auth_override)) != 0)
+        return -1;
+    if (s_max_queue_length_override >= 0) {
+        //  One spelling only: the manifest refuses both at once
+        json_object_del (manifest, "fal_max_queue_length");
+        if (json_object_set_new (manifest, "max_queue_length",
+                                 json_integer (s_max_queue_length_override)) != 0)
+            return -1;
+    }
+    return 0;
+}
 
 //  Appends up to size bytes to a growing buffer, keeping at most
 //  DESCRIBE_OUTPUT_MAX. 0 or -1 (out of memory).
@@ -456,6 +506,13 @@ kiln_deploy_file (kiln_cli_t *cli, kiln_http_t *http, const char *path, bool pyt
         json_decref (manifest_json);
         return -1;
     }
+    //  Before the bundle is made, so that its kiln.json says the same
+    if (s_apply_overrides (manifest_json) != 0) {
+        kiln_manifest_destroy (&manifest);
+        json_decref (manifest_json);
+        *error = strdup ("out of memory");
+        return -1;
+    }
 
     char *full_name = NULL;
     if (name)
@@ -582,8 +639,10 @@ kiln_deploy_main (kiln_cli_t *cli, int argc, char *argv [])
     static const struct option options [] = {
         KILN_CLI_COMMON_OPTIONS,
         { "name", required_argument, NULL, 'n' },
-        { "progress", no_argument,   NULL, OPT_PROGRESS },
+        { "progress", no_argument,   NULL, KILN_OPT_PROGRESS },
         { "json",     no_argument,   NULL, 'j' },
+        { "auth",     required_argument, NULL, KILN_OPT_AUTH },
+        { "max-queue-length", required_argument, NULL, KILN_OPT_MAX_QUEUE_LENGTH },
         { NULL, 0, NULL, 0 }
     };
     const char *name = NULL;
@@ -598,11 +657,17 @@ kiln_deploy_main (kiln_cli_t *cli, int argc, char *argv [])
         if (opt == 'n')
             name = optarg;
         else
-        if (opt == OPT_PROGRESS)
+        if (opt == KILN_OPT_PROGRESS)
             cli->progress = true;
         else
         if (opt == 'j')
             cli->json = true;
+        else
+        if (opt == KILN_OPT_AUTH || opt == KILN_OPT_MAX_QUEUE_LENGTH) {
+            int rc = kiln_deploy_override ("deploy", opt, optarg);
+            if (rc != KILN_EXIT_OK)
+                return rc;
+        }
         else
         if (!kiln_cli_common_option (cli, opt, optarg))
             return kiln_cli_bad_option ("deploy", opt, argv);

@@ -40,12 +40,10 @@
 #define RUN_OWNER "local"
 //  "-run-" and six hex digits.
 #define RUN_SUFFIX_LEN 11
-//  getopt_long value of --progress.
-#define OPT_PROGRESS 0x3001
 
 static const char *s_help_text =
-    "usage: kiln run APP.so [--progress]\n"
-    "       kiln run FILE.py::ClassName [--progress]\n"
+    "usage: kiln run APP.so [OPTIONS]\n"
+    "       kiln run FILE.py::ClassName [OPTIONS]\n"
     "\n"
     "Deploys the app under a fresh name (local/<file>-run-<6 hex>), keeps\n"
     "one runner of it up, prints its sync and queue URLs and streams its log\n"
@@ -53,6 +51,11 @@ static const char *s_help_text =
     "SIGTERM; then deletes the app and exits 0.\n"
     "\n"
     "options:\n"
+    "  --auth WHO           who may call it: private (the owner's keys; the\n"
+    "                       default), shared (any key) or public (anyone);\n"
+    "                       overrides what the app itself says\n"
+    "  --max-queue-length N queued requests at most; past it a submit is\n"
+    "                       429 queue_full (0: unbounded); overrides the app's\n"
     "  --progress           show progress on stderr even when it is not a terminal\n"
     KILN_CLI_COMMON_HELP;
 
@@ -207,7 +210,9 @@ kiln_run_main (kiln_cli_t *cli, int argc, char *argv [])
 {
     static const struct option options [] = {
         KILN_CLI_COMMON_OPTIONS,
-        { "progress", no_argument, NULL, OPT_PROGRESS },
+        { "progress", no_argument, NULL, KILN_OPT_PROGRESS },
+        { "auth", required_argument, NULL, KILN_OPT_AUTH },
+        { "max-queue-length", required_argument, NULL, KILN_OPT_MAX_QUEUE_LENGTH },
         { NULL, 0, NULL, 0 }
     };
     optind = 0;
@@ -218,8 +223,14 @@ kiln_run_main (kiln_cli_t *cli, int argc, char *argv [])
             fputs (s_help_text, stdout);
             return KILN_EXIT_OK;
         }
-        if (opt == OPT_PROGRESS)
+        if (opt == KILN_OPT_PROGRESS)
             cli->progress = true;
+        else
+        if (opt == KILN_OPT_AUTH || opt == KILN_OPT_MAX_QUEUE_LENGTH) {
+            int rc = kiln_deploy_override ("run", opt, optarg);
+            if (rc != KILN_EXIT_OK)
+                return rc;
+        }
         else
         if (!kiln_cli_common_option (cli, opt, optarg))
             return kiln_cli_bad_option ("run", opt, argv);

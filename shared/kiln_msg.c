@@ -120,7 +120,7 @@ static const s_type_t s_types [] = {
         BIT (F_RUNNER_ID) | BIT (F_APP) | BIT (F_REVISION) | BIT (F_ARTIFACT) | BIT (F_MACHINE_TYPE) | BIT (F_GPU),
         BIT (F_RUNNER_ID) | BIT (F_APP) | BIT (F_REVISION) | BIT (F_ARTIFACT) | BIT (F_MACHINE_TYPE) },
     [KILN_MSG_RUNNER_STOP] = { "RUNNER_STOP",
-        BIT (F_RUNNER_ID),
+        BIT (F_RUNNER_ID) | BIT (F_STATUS),
         BIT (F_RUNNER_ID) },
     [KILN_MSG_RUNNER_EXITED] = { "RUNNER_EXITED",
         BIT (F_RUNNER_ID) | BIT (F_STATUS) | BIT (F_ERROR),

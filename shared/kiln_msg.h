@@ -26,7 +26,8 @@
     | HEARTBEAT      | any ↔ broker     | requests (from a runner: the ids of every request   |
     |                |                  | it holds; its leases are renewed, see broker.c)     |
     | RUNNER_START   | broker → worker  | runner_id*, app*, revision*, artifact*, machine_type*, gpu |
-    | RUNNER_STOP    | broker → worker  | runner_id*                                          |
+    | RUNNER_STOP    | broker → worker  | runner_id*, status (KILN_RUNNER_STOP_KILL: SIGKILL  |
+    |                |                  | now, no teardown; else SIGTERM and a grace)         |
     | RUNNER_EXITED  | worker → broker  | runner_id*, status* (exit code, or -signal), error  |
     | REQUEST        | broker → runner  | request_id*, path*, content_type, body              |
     | RESULT         | runner → broker  | request_id*, status*, content_type, body, error,    |
@@ -83,6 +84,10 @@ typedef enum {
 
 //  error_type of a RESULT that hands back a request no handler started.
 #define KILN_ERROR_TYPE_RUNNER_DRAINING "runner_draining"
+
+//  status of a RUNNER_STOP that wants the runner killed at once (a
+//  handler past its request_timeout may never return).
+#define KILN_RUNNER_STOP_KILL -9
 
 //  The highest type this codec knows.
 #define KILN_MSG_TYPE_LAST KILN_MSG_CANCEL

@@ -306,6 +306,32 @@ class AuthTest(kiln_harness.KilnTestCase):
         self.assertEqual(self.as_key(self.carol, 'POST', '/alice/pub', {})[0], 200)
         self.assert_unauthorized(self.stack.http('GET', '/v1/apps/alice/pub'), 'v1')
 
+    def test_native_app_deployed_with_auth_public(self):
+        #  A native app's descriptor has no app_auth: kiln deploy --auth
+        #  sets it (an owner no test lists, so the others see no change)
+        app = 'dave/pubcli'
+        result = self.stack.kiln('deploy', example('echo'), '--name', app, '--auth', 'public')
+        self.assertEqual(result.returncode, 0, result.stderr)
+        manifest = json.loads(self.as_key(self.root, 'GET', '/v1/apps/' + app)[2])['manifest']
+        if isinstance(manifest, str):
+            manifest = json.loads(manifest)
+        self.assertEqual(manifest['app_auth'], 'public')
+        wait_until(lambda: self.stack.http('POST', '/' + app, {'d': 1})[0] == 200, 60,
+                   what='%s to answer without a key' % app)
+        status, _, body = self.stack.http('POST', '/' + app, {'d': 2})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(json.loads(body)['input'], {'d': 2})
+        self.assert_unauthorized(self.stack.http('GET', '/v1/apps/' + app), 'v1')
+        #  A bad value is a usage error, said in one line, before anything is sent
+        for args in (('--auth', 'open'), ('--auth', ''), ('--max-queue-length', '-1'),
+                     ('--max-queue-length', 'ten'), ('--max-queue-length', '1e3')):
+            for command in (('deploy', '--name', 'dave/bad'), ('run',)):
+                result = self.stack.kiln(command[0], example('echo'), *(command[1:] + args))
+                self.assertEqual(result.returncode, 2, (command, args, result.stderr))
+                self.assertEqual(result.stderr.count('\n'), 1, result.stderr)
+                self.assertIn(args[0], result.stderr)
+        self.assertEqual(self.as_key(self.root, 'GET', '/v1/apps/dave/bad')[0], 404)
+
     # -- keys ------------------------------------------------------------
 
     def test_key_management_rules(self):

@@ -218,6 +218,26 @@ class LimitsTest(LimitsTestCase):
         self.assertEqual(status, 200, obj)
         self.stack.http('PUT', '/queue/%s/requests/%s/cancel' % (app, holder['request_id']))
 
+    def test_deploy_max_queue_length_option(self):
+        #  A native app's descriptor has no max_queue_length: kiln deploy
+        #  --max-queue-length sets it
+        app = 'local/bounded-cli'
+        result = self.stack.kiln('deploy', app_for_tests('slowlog'), '--name', app,
+                                 '--max-queue-length', '1')
+        self.assertEqual(result.returncode, 0, result.stderr)
+        manifest = json.loads(self.stack.http('GET', '/v1/apps/' + app)[2])['manifest']
+        self.assertEqual(manifest['max_queue_length'], 1)
+        #  The one runner busy, the first submit waits and the second is refused
+        holder = self.stack.queue_submit('/' + app, {'lines': 40, 'interval_ms': 100})[2]
+        self.stack.wait_state(app, holder['request_id'], 'IN_PROGRESS', timeout=60)
+        status, _, first = self.stack.queue_submit('/' + app, {'lines': 1})
+        self.assertEqual(status, 200, first)
+        status, headers, body = self.stack.http('POST', '/queue/' + app, {'lines': 1})
+        obj = self.assertJsonError(status, headers, body, 429, 'queue_full')
+        self.assertIn('max_queue_length = 1', obj['detail'])
+        for request_id in (first['request_id'], holder['request_id']):
+            self.stack.http('PUT', '/queue/%s/requests/%s/cancel' % (app, request_id))
+
     # -- the tampered artifact --------------------------------------------
 
     def test_tampered_artifact_is_refused(self):

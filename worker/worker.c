@@ -25,7 +25,7 @@
     |               |     | kiln-runner; while draining, or with no                 |
     |               |     | free slot, refused: RUNNER_EXITED 127 "no free … slot…" |
     | RUNNER_STOP   | ←   | SIGTERM the runner, SIGKILL after RUNNER_STOP_GRACE_MS; |
-    |               |     | for a runner already asked to stop: SIGKILL at once     |
+    |               |     | status KILN_RUNNER_STOP_KILL: SIGKILL at once           |
     | RUNNER_EXITED | →   | a runner exited (status: exit code or -signal), or      |
     |               |     | could not be started (status 127, error says why)       |
     | LOG           | →   | {runner_id, logs}: lines of a runner's stdout/stderr    |
@@ -1187,10 +1187,10 @@ s_on_broker (zloop_t *loop, zsock_t *sock, void *arg)
         }
         case KILN_MSG_RUNNER_STOP: {
             s_child_t *child = s_child_find (self, msg->runner_id, 0);
-            if (child && child->kill_at_ms) {
-                //  Asked again: the broker will not wait for teardown (a
-                //  handler past its request_timeout may never return).
-                kiln_log_warn ("RUNNER_STOP again for runner %s: killing it now",
+            if (child && msg->status == KILN_RUNNER_STOP_KILL) {
+                //  The broker will not wait for teardown (a handler past
+                //  its request_timeout may never return).
+                kiln_log_warn ("RUNNER_STOP (kill) for runner %s: killing it now",
                                child->runner_id);
                 kill (child->pid, SIGKILL);
             }
