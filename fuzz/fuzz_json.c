@@ -1,36 +1,42 @@
 /*  =========================================================================
     fuzz_json — the JSON bodies (and the webhook URL) the gateway reads
 
-    Input: byte 0 picks what the rest is (mod 8):
+    Input: byte 0 picks what the rest is (mod 9):
 
     | 0 | a submit body with a JSON content type: it must be JSON       |
     |   | (json_loadb, JSON_DECODE_ANY | JSON_ALLOW_NUL, as gateway.c) |
-    | 1 | POST /v1/apps {name, artifact, manifest}: the checks of       |
-    |   | gateway_v1.c's deploy, with the same libkiln functions        |
+    | 1 | POST /v1/apps {name, artifact, manifest}: kiln_input_deploy   |
     | 2 | POST /v1/apps/{app}/rollback {revision}                      |
-    | 3 | PATCH /v1/apps/{app} scale body, parsed as gateway_v1.c does  |
-    | 4 | ?fal_webhook=URL: kiln_input_webhook_invalid (inputs.c)       |
+    | 3 | PATCH /v1/apps/{app} scale body: kiln_input_scale_patch       |
+    | 4 | ?fal_webhook=URL: kiln_input_webhook_invalid                  |
     | 5 | Content-Type and ?logs=: kiln_input_is_json_type, _flag       |
     | 6 | X-Fal-Request-Timeout and X-Fal-No-Retry values               |
     | 7 | a stored file's name: kiln_input_safe_file_name               |
+    | 8 | POST /v1/keys {scope, owner?}: kiln_input_key_request         |
 
     What the gateway accepts must survive being written out and read
-    back (a body the gateway stores, a manifest it canonicalises), and a
-    deploy it accepts must name a valid app and artifact.
+    back (a body the gateway stores, a manifest it canonicalises), a
+    deploy it accepts must name a valid app and artifact, a scale patch
+    it accepts gives the SCALE script only "", "-" or a number in range,
+    and a key it makes has a valid scope and owner. A body it refuses
+    gets a status it documents and a detail.
 
-    The header and query parsers are gateway/inputs.c's, the very
-    functions the gateway calls. Not reached yet: s_scale_patch
-    (gateway_v1.c), static there.
+    Every parser but the submit and rollback bodies' is gateway/inputs.c's,
+    the very function the gateway calls.
     =========================================================================
 */
 #include "fuzz.h"
+#include "access.h"
 #include "inputs.h"
 #include "route.h"
+#include "kiln_auth.h"
 #include "kiln_keys.h"
 #include "kiln_manifest.h"
 
 #include <event2/http.h>
 #include <jansson.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 //  A value that loaded must dump and load back equal.
@@ -57,54 +63,45 @@ s_submit_body (const char *body, size_t size)
     json_decref (json);
 }
 
+//  A refusal: a status the route documents and a detail to answer with
+static void
+s_refused (int status, const char *why)
+{
+    FUZZ_CHECK (status == 400 || status == 422 || status == 500);
+    FUZZ_CHECK (memchr (why, 0, KILN_INPUT_WHY_MAX) && *why);
+}
+
 static void
 s_deploy_body (const char *body, size_t size)
 {
-    json_t *request = json_loadb (body, size, 0, NULL);
-    if (!json_is_object (request)) {
-        json_decref (request);
+    kiln_input_deploy_t deploy;
+    char why [KILN_INPUT_WHY_MAX];
+    int status = kiln_input_deploy (body, size, &deploy, why);
+    if (status) {
+        s_refused (status, why);
+        FUZZ_CHECK (deploy.manifest == NULL);
         return;
     }
-    const char *name = json_string_value (json_object_get (request, "name"));
-    const char *artifact = json_string_value (json_object_get (request, "artifact"));
-    json_t *manifest = json_object_get (request, "manifest");
-    char *manifest_text = NULL;
-    if (json_is_string (manifest))
-        manifest_text = strdup (json_string_value (manifest));
-    else
-    if (json_is_object (manifest))
-        manifest_text = json_dumps (manifest, JSON_COMPACT);
-    bool name_ok = name && kiln_app_name_valid (name)
-                && !kiln_route_owner_reserved (name, strcspn (name, "/"));
-    bool artifact_ok = artifact && kiln_route_sha256_valid (artifact);
-    if (name_ok) {
-        //  What the keys are built from: owner/app, both parts valid
-        const char *slash = strchr (name, '/');
-        FUZZ_CHECK (slash && kiln_name_part_valid (name, (size_t) (slash - name)));
-        FUZZ_CHECK (kiln_name_part_valid (slash + 1, strlen (slash + 1)));
-        FUZZ_CHECK (strlen (name) <= 2 * KILN_NAME_MAX + 1);
-    }
-    if (artifact_ok)
-        FUZZ_CHECK (strlen (artifact) == 64);
-    if (manifest_text) {
-        char *reason = NULL;
-        kiln_manifest_t *parsed = kiln_manifest_from_json (manifest_text, strlen (manifest_text),
-                                                           &reason);
-        FUZZ_CHECK (parsed || (reason && *reason));
-        if (parsed) {
-            //  The canonical form is what the gateway stores: it must parse
-            char *canonical = kiln_manifest_to_json (parsed);
-            FUZZ_CHECK (canonical);
-            kiln_manifest_t *stored = kiln_manifest_from_json (canonical, strlen (canonical), NULL);
-            FUZZ_CHECK (stored);
-            kiln_manifest_destroy (&stored);
-            free (canonical);
-        }
-        kiln_manifest_destroy (&parsed);
-        free (reason);
-    }
-    free (manifest_text);
-    json_decref (request);
+    //  What the keys are built from: owner/app, both parts valid
+    const char *name = deploy.name;
+    FUZZ_CHECK (kiln_app_name_valid (name)
+             && !kiln_route_owner_reserved (name, strcspn (name, "/")));
+    const char *slash = strchr (name, '/');
+    FUZZ_CHECK (slash && kiln_name_part_valid (name, (size_t) (slash - name)));
+    FUZZ_CHECK (kiln_name_part_valid (slash + 1, strlen (slash + 1)));
+    FUZZ_CHECK (strlen (name) <= 2 * KILN_NAME_MAX + 1);
+    FUZZ_CHECK (strlen (deploy.artifact) == 64 && kiln_route_sha256_valid (deploy.artifact));
+    //  The canonical form is what the gateway stores: it must parse, and
+    //  canonicalise to itself
+    FUZZ_CHECK (deploy.manifest);
+    kiln_manifest_t *stored = kiln_manifest_from_json (deploy.manifest,
+                                                       strlen (deploy.manifest), NULL);
+    FUZZ_CHECK (stored);
+    char *again = kiln_manifest_to_json (stored);
+    FUZZ_CHECK (again && strcmp (again, deploy.manifest) == 0);
+    free (again);
+    kiln_manifest_destroy (&stored);
+    free (deploy.manifest);
 }
 
 static void
@@ -120,19 +117,33 @@ s_rollback_body (const char *body, size_t size)
 static void
 s_scale_body (const char *body, size_t size)
 {
-    json_error_t error;
-    json_t *patch = json_loadb (body, size, JSON_REJECT_DUPLICATES, &error);
-    if (!patch) {
-        //  The 422's detail quotes error.text: it must be a C string
-        FUZZ_CHECK (memchr (error.text, 0, sizeof error.text));
+    char values [KILN_INPUT_SCALE_FIELD_COUNT][24];
+    bool reset;
+    char why [KILN_INPUT_WHY_MAX];
+    int status = kiln_input_scale_patch (body, size, values, &reset, why);
+    if (status) {
+        FUZZ_CHECK (status == 422);
+        s_refused (status, why);
         return;
     }
-    const char *key;
-    json_t *value;
-    json_object_foreach (patch, key, value)
-        FUZZ_CHECK (key && value);
-    s_round_trip (patch, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY);
-    json_decref (patch);
+    //  The script's arguments: "" (not given), "-" (drop) or 0..INT_MAX,
+    //  and something to do
+    bool changes = reset;
+    for (int i = 0; i < KILN_INPUT_SCALE_FIELD_COUNT; i++) {
+        const char *value = values [i];
+        if (!*value || strcmp (value, "-") == 0) {
+            changes |= *value != 0;
+            continue;
+        }
+        FUZZ_CHECK (strspn (value, "0123456789") == strlen (value));
+        char *end = NULL;
+        long long number = strtoll (value, &end, 10);
+        FUZZ_CHECK (*end == 0 && number >= 0 && number <= INT_MAX);
+        if (i == 1)
+            FUZZ_CHECK (number >= 1);       //  max_concurrency
+        changes = true;
+    }
+    FUZZ_CHECK (changes);
 }
 
 static void
@@ -226,12 +237,36 @@ s_file_name (const char *data, size_t size)
     free (name);
 }
 
+//  Whoever calls: no key (keys off), an owner's key, the operator's
+static void
+s_keys_body (const char *body, size_t size)
+{
+    const char *callers [] = { NULL, "alice", KILN_OWNER_ANY };
+    for (size_t i = 0; i < sizeof callers / sizeof callers [0]; i++) {
+        char scope [16];
+        char owner [KILN_NAME_MAX + 1];
+        char why [KILN_INPUT_WHY_MAX];
+        int status = kiln_input_key_request (body, size, callers [i], scope, owner, why);
+        if (status) {
+            FUZZ_CHECK (status == 400);
+            s_refused (status, why);
+            continue;
+        }
+        FUZZ_CHECK (kiln_auth_scope_valid (scope));
+        if (strcmp (owner, KILN_OWNER_ANY) == 0)
+            FUZZ_CHECK (strcmp (scope, KILN_SCOPE_ADMIN) == 0);
+        else
+            FUZZ_CHECK (kiln_name_part_valid (owner, strlen (owner))
+                     && !kiln_route_owner_reserved (owner, strlen (owner)));
+    }
+}
+
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
-    int selector = data [0] % 8;
+    int selector = data [0] % 9;
     //  An exact-size copy, so a read past the body's end is caught
     size_t body_size = size - 1;
     char *body = malloc (body_size ? body_size : 1);
@@ -246,7 +281,8 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
         case 4: s_webhook (body, body_size); s_webhook_check (body, body_size); break;
         case 5: s_flags (body, body_size); break;
         case 6: s_headers (body, body_size); break;
-        default: s_file_name (body, body_size); break;
+        case 7: s_file_name (body, body_size); break;
+        default: s_keys_body (body, body_size); break;
     }
     free (body);
     return 0;

@@ -364,6 +364,11 @@ def json_seeds():
         "timeout_huge": b"\x06" + b"9999999999999",
         "timeout_exponent": b"\x06" + b"1e3",
         "file_name_nasty": b"\x07" + b'a"b/c\\\x01\xc3\xa9.png',
+        "scale_reset_only": b"\x03" + b'{"reset": true}',
+        "keys": b"\x08" + b'{"scope": "API", "owner": "alice"}',
+        "keys_operator": b"\x08" + b'{"scope": "ADMIN", "owner": "*"}',
+        "keys_bad": b"\x08" + b'{"scope": "api", "owner": "queue"}',
+        "keys_empty": b"\x08",
     }
     return seeds
 

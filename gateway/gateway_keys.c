@@ -18,6 +18,7 @@
     =========================================================================
 */
 #include "gateway_internal.h"
+#include "inputs.h"
 #include "kiln_auth.h"
 
 #include <inttypes.h>
@@ -88,36 +89,15 @@ s_create (kiln_call_t *call)
         return;
     size_t size;
     const char *body = kiln_call_body (call, &size);
-    json_t *request = size ? json_loadb (body, size, 0, NULL) : json_object ();
-    if (!json_is_object (request)) {
-        json_decref (request);
-        kiln_call_error (call, 400, "bad_request", "Body must be a JSON object {scope, owner?}");
-        return;
-    }
-    const char *scope = json_string_value (json_object_get (request, "scope"));
-    json_t *owner_json = json_object_get (request, "owner");
-    const char *owner = json_string_value (owner_json);
-    if (!owner_json || json_is_null (owner_json))
-        owner = call->caller.kind == KILN_CALLER_KEY ? call->caller.owner : NULL;
-
-    if (!scope || !kiln_auth_scope_valid (scope))
-        kiln_call_error (call, 400, "bad_request", "scope must be API or ADMIN");
-    else
-    if (!owner || !*owner)
-        kiln_call_error (call, 400, "bad_request",
-                         "owner is required: the tenant the key belongs to");
-    else
-    if (strcmp (owner, KILN_OWNER_ANY) == 0 && strcmp (scope, KILN_SCOPE_ADMIN) != 0)
-        kiln_call_error (call, 400, "bad_request",
-                         "owner * (the operator) is for ADMIN keys only");
-    else
-    if (strcmp (owner, KILN_OWNER_ANY) != 0
-    &&  (!kiln_name_part_valid (owner, strlen (owner))
-         || kiln_route_owner_reserved (owner, strlen (owner))))
-        kiln_call_error (call, 400, "bad_request",
-                         "owner must be 1-%d of [a-z0-9_-], starting with a letter or digit, "
-                         "and not queue, v1, files, health or metrics (or * for the operator)",
-                         KILN_NAME_MAX);
+    char scope [16];
+    char owner [KILN_NAME_MAX + 1];
+    char why [KILN_INPUT_WHY_MAX];
+    int status = kiln_input_key_request (body, size,
+                                         call->caller.kind == KILN_CALLER_KEY
+                                         ? call->caller.owner : NULL,
+                                         scope, owner, why);
+    if (status)
+        kiln_call_error (call, status, "bad_request", "%s", why);
     else
     if (!kiln_access_owns (&call->caller, owner)
     ||  (strcmp (owner, KILN_OWNER_ANY) == 0 && !kiln_access_all (&call->caller)))
@@ -128,7 +108,6 @@ s_create (kiln_call_t *call)
         kiln_auth_key_t key;
         if (kiln_auth_key_make (&key) != 0) {
             kiln_call_error (call, 500, "internal_error", "Cannot make a key");
-            json_decref (request);
             return;
         }
         char created [24];
@@ -163,7 +142,6 @@ s_create (kiln_call_t *call)
             }
         }
     }
-    json_decref (request);
 }
 
 

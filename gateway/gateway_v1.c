@@ -50,6 +50,7 @@
     =========================================================================
 */
 #include "gateway_internal.h"
+#include "inputs.h"
 #include "kiln_scripts.h"
 #include "kiln_manifest.h"
 
@@ -63,11 +64,9 @@
 #define LOGS_LIMIT_DEFAULT 100
 #define LOGS_LIMIT_MAX 1000
 
-//  The bounds an operator may change live, as the manifest names them.
-static const char *s_scale_fields [] = {
-    "min_concurrency", "max_concurrency", "concurrency_buffer", "keep_alive", NULL
-};
-#define SCALE_FIELD_COUNT 4
+//  The bounds an operator may change live, as the manifest names them
+//  (inputs.c parses the PATCH that sets them).
+static const char **s_scale_fields = kiln_input_scale_fields;
 
 //  A number stored as a decimal string, or -1.
 static long long
@@ -250,73 +249,33 @@ s_apps_deploy (kiln_call_t *call)
         return;
     size_t size;
     const char *body = kiln_call_body (call, &size);
-    json_error_t error;
-    json_t *request = json_loadb (body, size, 0, &error);
-    if (!json_is_object (request)) {
-        json_decref (request);
-        kiln_call_error (call, 400, "bad_request",
-                         "Body must be a JSON object {name, artifact, manifest}");
+    kiln_input_deploy_t deploy;
+    char why [KILN_INPUT_WHY_MAX];
+    int status = kiln_input_deploy (body, size, &deploy, why);
+    if (status) {
+        kiln_call_error (call, status, status == 500 ? "internal_error" : "bad_request",
+                         "%s", why);
         return;
     }
-    const char *name = json_string_value (json_object_get (request, "name"));
-    const char *artifact = json_string_value (json_object_get (request, "artifact"));
-    json_t *manifest = json_object_get (request, "manifest");
-    char *manifest_text = NULL;
-    if (json_is_string (manifest))
-        manifest_text = strdup (json_string_value (manifest));
-    else
-    if (json_is_object (manifest))
-        manifest_text = json_dumps (manifest, JSON_COMPACT);
-
-    if (!name || !kiln_app_name_valid (name)
-    ||  kiln_route_owner_reserved (name, strcspn (name, "/")))
-        kiln_call_error (call, 400, "bad_request",
-                         "name must be owner/app: each part 1-%d of [a-z0-9_-], starting "
-                         "with a letter or digit; owners queue, v1, files, health and "
-                         "metrics are reserved", KILN_NAME_MAX);
-    else
-    if (!artifact || !kiln_route_sha256_valid (artifact))
-        kiln_call_error (call, 400, "bad_request",
-                         "artifact must be the artifact's SHA-256 in lower-case hex");
-    else
-    if (!manifest_text)
-        kiln_call_error (call, 422, "bad_request", "manifest must be a JSON object");
-    else {
-        char *reason = NULL;
-        kiln_manifest_t *parsed = kiln_manifest_from_json (manifest_text, strlen (manifest_text), &reason);
-        char *canonical = parsed ? kiln_manifest_to_json (parsed) : NULL;
-        if (!parsed)
-            kiln_call_error (call, 422, "bad_request", "Invalid manifest: %s",
-                             reason ? reason : "not valid");
-        else
-        if (!canonical)
-            kiln_call_error (call, 500, "internal_error", "Out of memory");
-        else {
-            //  Kept for the answer
-            snprintf (call->route.app, sizeof call->route.app, "%s", name);
-            snprintf (call->route.id, sizeof call->route.id, "%s", artifact);
-            kiln_key_t app_key = kiln_key_app (name);
-            kiln_key_t artifact_key = kiln_key_artifact (artifact);
-            kiln_key_t revisions_key = kiln_key_revisions (name);
-            char now [24];
-            snprintf (now, sizeof now, "%" PRId64, kiln_now_ms ());
-            const char *argv [] = {
-                "EVAL", KILN_SCRIPT_DEPLOY, "4", app_key.s, KILN_KEY_APPS, artifact_key.s,
-                revisions_key.s,
-                name, artifact, canonical, now
-            };
-            size_t argvlen [sizeof argv / sizeof argv [0]];
-            for (size_t i = 0; i < sizeof argv / sizeof argv [0]; i++)
-                argvlen [i] = strlen (argv [i]);
-            kiln_call_redis (call, s_on_deployed, (int) (sizeof argv / sizeof argv [0]),
-                             argv, argvlen);
-        }
-        free (canonical);
-        free (reason);
-        kiln_manifest_destroy (&parsed);
-    }
-    free (manifest_text);
-    json_decref (request);
+    //  Kept for the answer
+    snprintf (call->route.app, sizeof call->route.app, "%s", deploy.name);
+    snprintf (call->route.id, sizeof call->route.id, "%s", deploy.artifact);
+    kiln_key_t app_key = kiln_key_app (deploy.name);
+    kiln_key_t artifact_key = kiln_key_artifact (deploy.artifact);
+    kiln_key_t revisions_key = kiln_key_revisions (deploy.name);
+    char now [24];
+    snprintf (now, sizeof now, "%" PRId64, kiln_now_ms ());
+    const char *argv [] = {
+        "EVAL", KILN_SCRIPT_DEPLOY, "4", app_key.s, KILN_KEY_APPS, artifact_key.s,
+        revisions_key.s,
+        deploy.name, deploy.artifact, deploy.manifest, now
+    };
+    size_t argvlen [sizeof argv / sizeof argv [0]];
+    for (size_t i = 0; i < sizeof argv / sizeof argv [0]; i++)
+        argvlen [i] = strlen (argv [i]);
+    kiln_call_redis (call, s_on_deployed, (int) (sizeof argv / sizeof argv [0]),
+                     argv, argvlen);
+    free (deploy.manifest);
 }
 
 
@@ -400,61 +359,6 @@ s_on_scaled (redisAsyncContext *ctx, void *r, void *privdata)
     kiln_call_unref (&call);
 }
 
-//  Reads a scale patch into the script's arguments: per field "" (not
-//  given), "-" (null: drop the override) or the number. NULL when it is
-//  good, else why not (into why).
-static const char *
-s_scale_patch (json_t *patch, char values [SCALE_FIELD_COUNT][24], bool *reset,
-               char *why, size_t why_size)
-{
-    *reset = false;
-    for (int i = 0; i < SCALE_FIELD_COUNT; i++)
-        values [i][0] = 0;
-    if (!json_is_object (patch))
-        return "Body must be a JSON object {min_concurrency?, max_concurrency?, "
-               "concurrency_buffer?, keep_alive?, reset?}";
-    const char *key;
-    json_t *value;
-    bool changes = false;
-    json_object_foreach (patch, key, value) {
-        if (strcmp (key, "reset") == 0) {
-            if (!json_is_boolean (value))
-                return "reset must be true or false";
-            *reset = json_is_true (value);
-            changes |= *reset;
-            continue;
-        }
-        int index = 0;
-        while (s_scale_fields [index] && strcmp (s_scale_fields [index], key) != 0)
-            index++;
-        if (!s_scale_fields [index]) {
-            snprintf (why, why_size, "Unknown field '%.64s': the fields are min_concurrency, "
-                      "max_concurrency, concurrency_buffer, keep_alive and reset", key);
-            return why;
-        }
-        if (json_is_null (value))
-            snprintf (values [index], sizeof values [index], "-");
-        else
-        if (!json_is_integer (value)
-        ||  json_integer_value (value) < 0 || json_integer_value (value) > INT_MAX) {
-            snprintf (why, why_size, "%s must be a whole number from 0 to %d (or null to "
-                      "drop the override)", key, INT_MAX);
-            return why;
-        }
-        else
-        if (strcmp (key, "max_concurrency") == 0 && json_integer_value (value) < 1)
-            return "max_concurrency must be at least 1";
-        else
-            snprintf (values [index], sizeof values [index], "%" JSON_INTEGER_FORMAT,
-                      json_integer_value (value));
-        changes = true;
-    }
-    if (!changes)
-        return "Nothing to change: give min_concurrency, max_concurrency, "
-               "concurrency_buffer, keep_alive or reset";
-    return NULL;
-}
-
 static void
 s_app_scale (kiln_call_t *call)
 {
@@ -462,19 +366,12 @@ s_app_scale (kiln_call_t *call)
         return;
     size_t size;
     const char *body = kiln_call_body (call, &size);
-    json_error_t error;
-    json_t *patch = json_loadb (body, size, JSON_REJECT_DUPLICATES, &error);
-    char values [SCALE_FIELD_COUNT][24];
-    char why_buffer [256];
+    char values [KILN_INPUT_SCALE_FIELD_COUNT][24];
     bool reset = false;
-    const char *why = why_buffer;
-    if (!patch)
-        snprintf (why_buffer, sizeof why_buffer, "Body is not valid JSON: %s", error.text);
-    else
-        why = s_scale_patch (patch, values, &reset, why_buffer, sizeof why_buffer);
-    json_decref (patch);
-    if (why) {
-        kiln_call_error (call, 422, "bad_request", "%s", why);
+    char why [KILN_INPUT_WHY_MAX];
+    int status = kiln_input_scale_patch (body, size, values, &reset, why);
+    if (status) {
+        kiln_call_error (call, status, "bad_request", "%s", why);
         return;
     }
     kiln_key_t key = kiln_key_app (call->route.app);

@@ -1,7 +1,7 @@
 /*  =========================================================================
     inputs — the gateway's parsers of request headers and query values
 
-    Pure functions (no I/O, no allocation kept), so the selftest and the
+    Pure functions (no I/O), so the selftest and the
     fuzz target fuzz_json drive exactly what the gateway runs:
 
     | function                      | reads                                    |
@@ -12,10 +12,20 @@
     | kiln_input_no_retry           | X-Fal-No-Retry                           |
     | kiln_input_flag               | ?logs=1 and other boolean query values   |
     | kiln_input_safe_file_name     | a stored file's name, for Content-Disposition |
+    | kiln_input_scale_patch        | PATCH /v1/apps/{app} body (live scale)   |
+    | kiln_input_deploy             | POST /v1/apps body {name, artifact, manifest} |
+    | kiln_input_key_request        | POST /v1/keys body {scope, owner?}       |
+
+    The body parsers answer 0 when the body is good, else the HTTP
+    status (400, 422, 500) and, in why, the detail the gateway answers
+    with: the gateway only adds the error type (internal_error for 500,
+    bad_request otherwise) and does the Redis part.
     =========================================================================
 */
 #ifndef KILN_INPUTS_H_INCLUDED
 #define KILN_INPUTS_H_INCLUDED
+
+#include "kiln_keys.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -49,6 +59,43 @@ bool kiln_input_flag (const char *value);
 //  A file name safe inside Content-Disposition's quotes: control
 //  characters, non-ASCII, '"', '\\' and '/' become '_'. Truncated to fit.
 void kiln_input_safe_file_name (const char *name, char *out, size_t size);
+
+//  The bounds an operator may change live, as the manifest names them,
+//  in the order the SCALE script takes them; NULL-terminated.
+#define KILN_INPUT_SCALE_FIELD_COUNT 4
+extern const char *kiln_input_scale_fields [KILN_INPUT_SCALE_FIELD_COUNT + 1];
+
+//  Room for a body parser's why: the gateway's detail buffer.
+#define KILN_INPUT_WHY_MAX 1024
+
+//  A PATCH /v1/apps/{app} body (JSON, duplicate keys refused) into the
+//  SCALE script's arguments: per field "" (not given), "-" (null: drop
+//  the override) or the number; reset true when asked. 0 or 422.
+int kiln_input_scale_patch (const char *body, size_t size,
+                            char values [KILN_INPUT_SCALE_FIELD_COUNT][24], bool *reset,
+                            char why [KILN_INPUT_WHY_MAX]);
+
+//  What a good deploy body holds: the app's name, the artifact's
+//  SHA-256, and the manifest's canonical JSON (heap: the caller frees it).
+typedef struct {
+    char name [2 * KILN_NAME_MAX + 2];
+    char artifact [65];
+    char *manifest;
+} kiln_input_deploy_t;
+
+//  A POST /v1/apps body: {name, artifact, manifest (object, or a string
+//  of JSON)}. 0 (and deploy filled), 400, 422 or 500 (out of memory).
+//  deploy->manifest is NULL unless 0.
+int kiln_input_deploy (const char *body, size_t size, kiln_input_deploy_t *deploy,
+                       char why [KILN_INPUT_WHY_MAX]);
+
+//  A POST /v1/keys body {scope, owner?} (empty: {}). default_owner is
+//  the owner when none (or null) is given: the calling key's, or NULL.
+//  0 (and scope, owner filled: owner "*" is the operator) or 400. Who
+//  may make the key is the gateway's call, not this one's.
+int kiln_input_key_request (const char *body, size_t size, const char *default_owner,
+                            char scope [16], char owner [KILN_NAME_MAX + 1],
+                            char why [KILN_INPUT_WHY_MAX]);
 
 void kiln_input_test (bool verbose);
 
