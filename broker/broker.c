@@ -179,6 +179,18 @@
 //  The worker's status for a runner it could not start at all
 //  (worker/runner.h: KILN_RUNNER_EXIT_NOT_STARTED).
 #define NOT_STARTED_STATUS      127
+//  Requests one TAKE hands out at most (one per free runner slot).
+#define TAKE_BATCH_MAX          64
+//  Rounds of s_settle per event: dispatch that marks more apps (a failed
+//  send loses a runner) goes round again, this many times at most; the
+//  next tick sweeps every app anyway.
+#define SETTLE_ROUNDS_MAX       4
+//  What s_dispatch marks an app for.
+//  How long log lines may wait for a round trip to go with (a RESULT
+//  often follows its handler's lines at once).
+#define LOG_DEFER_MS            5
+#define DISPATCH_TAKE           ((void *) 1)
+#define DISPATCH_RELOAD         ((void *) 2)
 
 typedef enum {
     RUNNER_STARTING = 0,        //  RUNNER_START sent, no hello yet
@@ -244,12 +256,15 @@ typedef struct {
     int64_t no_worker_logged_ms;
 } s_app_t;
 
-//  A Redis command kept as owned argv, so it can wait out a Redis outage.
+//  A Redis command kept as owned argv, so it can wait out a Redis outage
+//  or go with the next round trip (s_call_defer).
 typedef struct {
     int argc;
     char **argv;
     size_t *argvlen;
     int capacity;
+    bool keep;                  //  deferred: kept through an outage
+    const char *what;           //  deferred: what it is, for the log
 } s_call_t;
 
 struct _kiln_broker_t {
@@ -266,12 +281,17 @@ struct _kiln_broker_t {
     zhashx_t *apps;             //  name → s_app_t
     zhashx_t *inflight;         //  request id → s_runner_t (not owned)
     zlistx_t *pending;          //  s_call_t, COMPLETEs waiting for Redis
+    zlistx_t *deferred;         //  s_call_t, writes for the next round trip
+    bool deferred_results;      //  a result among them: it goes at once
+    int deferred_timer;         //  flushes log lines that wait alone, or -1
+    zhashx_t *dirty;            //  app name → DISPATCH_*, settled after the event
     zhashx_t *offered;          //  machine type → int64_t *, when last offered (mono ms)
     int64_t started_ms;
     bool stopping;              //  SIGTERM: draining, no dispatch
 };
 
 static void s_dispatch (kiln_broker_t *self, const char *name, bool reload);
+static void s_settle (kiln_broker_t *self);
 static void s_runner_forget (kiln_broker_t *self, s_runner_t *runner, const char *why);
 static void s_runner_lost (kiln_broker_t *self, s_runner_t *runner, const char *why);
 static void s_reap_workers (kiln_broker_t *self);
@@ -488,12 +508,133 @@ s_redis_lost (kiln_broker_t *self, const char *during)
     self->redis_retry_ms = kiln_mono_ms () + self->redis_backoff_ms;
 }
 
+//  A deferred write that Redis did not answer: kept for the replay after
+//  the reconnect when it asked to be (a result), else dropped (a log line).
+static void
+s_deferred_unanswered (kiln_broker_t *self, s_call_t **call_p)
+{
+    s_call_t *call = *call_p;
+    *call_p = NULL;
+    if (call->keep && zlistx_size (self->pending) < PENDING_MAX) {
+        kiln_log_warn ("redis: %s kept until Redis is back", call->what);
+        zlistx_add_end (self->pending, call);
+    }
+    else {
+        kiln_log_error ("redis: %s dropped: no connection", call->what);
+        s_call_destroy (&call);
+    }
+}
+
+//  One round trip: the deferred writes (s_call_defer), then the caller's
+//  calls (none, to flush), all appended and sent at once, then every
+//  reply read in order. replies [i] gets the reply to calls [i] (caller
+//  frees it; it may be an error reply), NULL when Redis did not answer.
+//  A script Redis does not know (NOSCRIPT: it restarted, or SCRIPT FLUSH)
+//  did not run: it runs again on its own, after the others, loading it.
+//  Takes ownership of nothing: the caller destroys its calls.
+static void
+s_pipeline (kiln_broker_t *self, s_call_t **calls, size_t count, redisReply **replies)
+{
+    for (size_t i = 0; i < count; i++)
+        replies [i] = NULL;
+    size_t writes = zlistx_size (self->deferred);
+    size_t total = writes + count;
+    if (total == 0)
+        return;
+    s_call_t **all = calloc (total, sizeof *all);
+    redisReply **answers = calloc (total, sizeof *answers);
+    if (!all || !answers) {
+        //  Out of memory: nothing is sent; deferred writes stay deferred
+        free (all);
+        free (answers);
+        return;
+    }
+    for (size_t i = 0; i < writes; i++)
+        all [i] = (s_call_t *) zlistx_detach (self->deferred, NULL);
+    self->deferred_results = false;
+    for (size_t i = 0; i < count; i++)
+        all [writes + i] = calls [i];
+
+    size_t appended = 0;
+    while (self->redis && appended < total
+       &&  kiln_redis_append_argv (self->redis, all [appended]->argc,
+                                   (const char **) all [appended]->argv,
+                                   all [appended]->argvlen) == REDIS_OK)
+        appended++;
+    if (self->redis && appended < total)
+        s_redis_lost (self, "a pipelined command");
+    for (size_t i = 0; self->redis && i < appended; i++)
+        if (redisGetReply (self->redis, (void **) &answers [i]) != REDIS_OK || !answers [i])
+            s_redis_lost (self, all [i]->what? all [i]->what: "a pipelined command");
+    for (size_t i = 0; i < total; i++) {
+        s_call_t *call = all [i];
+        if (kiln_redis_noscript (answers [i])) {
+            freeReplyObject (answers [i]);
+            answers [i] = self->redis?
+                kiln_redis_command_argv (self->redis, call->argc, (const char **) call->argv,
+                                         call->argvlen): NULL;
+            if (!answers [i] && self->redis)
+                s_redis_lost (self, call->what? call->what: "a script");
+        }
+        if (i >= writes) {
+            replies [i - writes] = answers [i];
+            continue;
+        }
+        if (!answers [i])
+            s_deferred_unanswered (self, &call);
+        else {
+            if (answers [i]->type == REDIS_REPLY_ERROR)
+                kiln_log_error ("redis: %s failed: %s", call->what, answers [i]->str);
+            freeReplyObject (answers [i]);
+            s_call_destroy (&call);
+        }
+    }
+    free (all);
+    free (answers);
+}
+
+//  Sends the deferred writes now: before any command whose answer we
+//  wait for, so that Redis sees every write in the order we made it.
+static void
+s_flush (kiln_broker_t *self)
+{
+    if (zlistx_size (self->deferred) > 0)
+        s_pipeline (self, NULL, 0, NULL);
+}
+
+//  Defers a write whose answer nobody waits for (a RESULT's COMPLETE, a
+//  LOG): it goes with the next round trip, at the latest when the event
+//  at hand is handled (s_settle). keep: kept through a Redis outage and
+//  replayed, as a result must be; else dropped, as a log line may be.
+//  Takes ownership of the call.
+static void
+s_call_defer (kiln_broker_t *self, s_call_t **call_p, bool keep, const char *what)
+{
+    s_call_t *call = *call_p;
+    *call_p = NULL;
+    if (!call)
+        return;
+    call->keep = keep;
+    call->what = what;
+    if (!self->redis)
+        s_deferred_unanswered (self, &call);
+    else
+    if (zlistx_add_end (self->deferred, call) == NULL) {
+        kiln_log_error ("redis: %s dropped: out of memory", what);
+        s_call_destroy (&call);
+    }
+    else
+    if (keep)
+        self->deferred_results = true;
+}
+
 //  A command on the command connection. NULL when there is no connection
 //  or it was lost now (logged). Caller frees the reply, which may be an
 //  error reply.
 static redisReply *
 s_command (kiln_broker_t *self, const char *format, ...)
 {
+    s_flush (self);
     if (!self->redis)
         return NULL;
     va_list args;
@@ -521,6 +662,7 @@ s_call_run_answered (kiln_broker_t *self, s_call_t **call_p, bool keep, const ch
         *answered = false;
     if (!call)
         return -1;
+    s_flush (self);
     long long result = -1;
     redisReply *reply = NULL;
     if (self->redis) {
@@ -579,6 +721,27 @@ s_pending_flush (kiln_broker_t *self)
     }
 }
 
+//  Loads the scripts that go in pipelines (Redis may have restarted
+//  without them), so that their EVALSHA runs where it stands: a NOSCRIPT
+//  answer in a pipeline runs again after the rest (s_pipeline), and a
+//  TAKE run after its ZCARD would make the queue look longer than it is.
+static void
+s_scripts_load (kiln_broker_t *self)
+{
+    const char *scripts [] = { KILN_SCRIPT_TAKE, KILN_SCRIPT_COMPLETE, KILN_SCRIPT_LOG,
+                               KILN_SCRIPT_APP_LOG };
+    for (size_t i = 0; self->redis && i < sizeof scripts / sizeof scripts [0]; i++) {
+        redisReply *reply = redisCommand (self->redis, "SCRIPT LOAD %s", scripts [i]);
+        if (!reply)
+            s_redis_lost (self, "SCRIPT LOAD");
+        else {
+            if (reply->type == REDIS_REPLY_ERROR)
+                kiln_log_error ("redis: SCRIPT LOAD failed: %s", reply->str);
+            freeReplyObject (reply);
+        }
+    }
+}
+
 static int64_t
 s_backoff_next (int64_t backoff_ms)
 {
@@ -594,6 +757,7 @@ s_redis_reconnect (kiln_broker_t *self)
     self->redis = kiln_redis_connect (self->cfg->redis_url, REDIS_TIMEOUT_MS);
     if (self->redis) {
         kiln_log_info ("redis: connected to %s", self->cfg->redis_url);
+        s_scripts_load (self);
         self->redis_backoff_ms = REDIS_BACKOFF_MIN_MS;
         s_pending_flush (self);
     }
@@ -634,8 +798,10 @@ s_sub_handle (kiln_broker_t *self, redisReply *reply)
         kiln_log_warn ("wake for an invalid app name, ignored");
         return;
     }
-    kiln_log_debug ("wake for %s", app);
-    s_dispatch (self, app, true);
+    //  A queued request needs a take; a changed record, a fresh read.
+    bool changed = streq (reply->element [1]->str, KILN_CHANNEL_CHANGED);
+    kiln_log_debug ("%s for %s", changed? "change": "wake", app);
+    s_dispatch (self, app, changed);
 }
 
 //  Handles every whole reply already read; false when the connection
@@ -671,6 +837,7 @@ s_on_sub (zloop_t *loop, zmq_pollitem_t *item, void *arg)
     }
     s_sub_drain (self);
     s_reap_workers (self);
+    s_settle (self);
     return 0;
 }
 
@@ -683,13 +850,14 @@ s_sub_reconnect (kiln_broker_t *self)
     if (self->sub) {
         //  The first confirmation is read synchronously; the second, and
         //  later messages, by poll.
-        redisReply *reply = redisCommand (self->sub, "SUBSCRIBE %s %s",
-                                          KILN_CHANNEL_WAKE, KILN_CHANNEL_CANCEL);
+        redisReply *reply = redisCommand (self->sub, "SUBSCRIBE %s %s %s", KILN_CHANNEL_WAKE,
+                                          KILN_CHANNEL_CHANGED, KILN_CHANNEL_CANCEL);
         bool ok = reply && reply->type == REDIS_REPLY_ARRAY;
         if (reply)
             freeReplyObject (reply);
         if (!ok) {
-            kiln_log_error ("redis: SUBSCRIBE %s %s failed", KILN_CHANNEL_WAKE, KILN_CHANNEL_CANCEL);
+            kiln_log_error ("redis: SUBSCRIBE %s %s %s failed", KILN_CHANNEL_WAKE,
+                            KILN_CHANNEL_CHANGED, KILN_CHANNEL_CANCEL);
             redisFree (self->sub);
             self->sub = NULL;
         }
@@ -709,7 +877,8 @@ s_sub_reconnect (kiln_broker_t *self)
     }
     //  An error on the fd is ours to handle (by reading), not zloop's.
     zloop_poller_set_tolerant (self->loop, &self->sub_item);
-    kiln_log_info ("redis: subscribed to %s and %s", KILN_CHANNEL_WAKE, KILN_CHANNEL_CANCEL);
+    kiln_log_info ("redis: subscribed to %s, %s and %s", KILN_CHANNEL_WAKE,
+                   KILN_CHANNEL_CHANGED, KILN_CHANNEL_CANCEL);
     //  Wakes that came with the confirmation are in the buffer already,
     //  where poll cannot see them.
     s_sub_drain (self);
@@ -731,16 +900,20 @@ s_error_body (const char *detail, const char *error_type)
     return text;
 }
 
-//  Runs COMPLETE. 1 recorded, 0 already complete or unknown, -1 failed
-//  (or kept for replay).
-static long long
-s_complete (kiln_broker_t *self, const char *request_id, const char *app,
-            const kiln_msg_t *result, int status, const char *error, const char *error_type)
+//  The COMPLETE of a request: the runner's result, or an error of ours
+//  (result NULL). holder: the runner that must still hold it, or NULL.
+//  NULL when out of memory (logged).
+static s_call_t *
+s_complete_call (kiln_broker_t *self, const char *request_id, const char *app,
+                 const kiln_msg_t *result, int status, const char *error,
+                 const char *error_type, const char *holder)
 {
     size_t file_count = result? result->file_count: 0;
-    s_call_t *call = s_call_new (17 + 4 * (int) file_count);
-    if (!call)
-        return -1;
+    s_call_t *call = s_call_new (18 + 4 * (int) file_count);
+    if (!call) {
+        kiln_log_error ("request %s: out of memory completing it", request_id);
+        return NULL;
+    }
     kiln_key_t req = kiln_key_request (request_id);
     kiln_key_t logs = kiln_key_logs (request_id);
     kiln_key_t queue = kiln_key_queue (app);
@@ -788,13 +961,25 @@ s_complete (kiln_broker_t *self, const char *request_id, const char *app,
             | s_call_add_str (call, file->file_name)
             | s_call_add (call, file->data? (const void *) file->data: "", file->size);
     }
+    if (holder)
+        rc |= s_call_add_str (call, holder);
     free (error_body);
     if (rc != 0) {
         kiln_log_error ("request %s: out of memory completing it", request_id);
         s_call_destroy (&call);
-        return -1;
     }
-    return s_call_run (self, &call, true, "COMPLETE");
+    return call;
+}
+
+//  Runs COMPLETE now. 1 recorded, 0 already complete or unknown, -1
+//  failed (or kept for replay).
+static long long
+s_complete (kiln_broker_t *self, const char *request_id, const char *app,
+            const kiln_msg_t *result, int status, const char *error, const char *error_type)
+{
+    s_call_t *call = s_complete_call (self, request_id, app, result, status,
+                                      error, error_type, NULL);
+    return call? s_call_run (self, &call, true, "COMPLETE"): -1;
 }
 
 //  Completes a request with an error of ours (no result from a runner).
@@ -1050,20 +1235,19 @@ s_app_apply_scale (s_app_t *app, kiln_manifest_t *manifest, const char *scale)
     free (why);
 }
 
-//  Reads the app's record from Redis into the cache. Returns the cached
-//  app, or NULL when it is not deployed (then its runners are stopped).
-//  When Redis cannot answer, the cache stands. A changed manifest or
-//  scale override takes effect even under the same revision.
+//  Takes the app's record (the reply to HGETALL kiln:app:{name}) into
+//  the cache. Returns the cached app, or NULL when it is not deployed
+//  (then its runners are stopped). When Redis did not answer (reply
+//  NULL), the cache stands. A changed manifest or scale override takes
+//  effect even under the same revision. Frees the reply.
 static s_app_t *
-s_app_reload (kiln_broker_t *self, const char *name)
+s_app_apply_record (kiln_broker_t *self, const char *name, redisReply *reply)
 {
     s_app_t *app = (s_app_t *) zhashx_lookup (self->apps, name);
-    kiln_key_t key = kiln_key_app (name);
-    redisReply *reply = s_command (self, "HGETALL %s", key.s);
     if (!reply)
         return app;
     if (reply->type != REDIS_REPLY_ARRAY) {
-        kiln_log_error ("redis: HGETALL %s: %s", key.s,
+        kiln_log_error ("redis: HGETALL %s: %s", kiln_key_app (name).s,
                         reply->type == REDIS_REPLY_ERROR? reply->str: "unexpected reply");
         freeReplyObject (reply);
         return app;
@@ -1176,6 +1360,13 @@ s_app_reload (kiln_broker_t *self, const char *name)
 done:
     freeReplyObject (reply);
     return app;
+}
+
+//  Reads the app's record from Redis into the cache, now.
+static s_app_t *
+s_app_reload (kiln_broker_t *self, const char *name)
+{
+    return s_app_apply_record (self, name, s_command (self, "HGETALL %s", kiln_key_app (name).s));
 }
 
 //  Counts the app's runners: in-flight requests, and runners not draining.
@@ -1538,70 +1729,112 @@ s_runner_start (kiln_broker_t *self, s_app_t *app, const char *worker_id, const 
 //  -------------------------------------------------------------------------
 //  Dispatch: take, retire, scale
 
-//  While a ready runner of the app's current revision has room, gives it
-//  the head of the queue. The least loaded runner goes first.
-static void
-s_app_take (kiln_broker_t *self, s_app_t *app)
+//  The TAKE that fills the free slots of the app's ready runners of its
+//  current revision: one runner id per request to take, the least loaded
+//  runner first each time, as many as TAKE_BATCH_MAX. NULL when no
+//  runner has room (or out of memory).
+static s_call_t *
+s_take_call (kiln_broker_t *self, s_app_t *app)
 {
-    while (self->redis) {
-        s_runner_t *best = NULL;
-        size_t best_load = 0;
-        for (s_runner_t *runner = (s_runner_t *) zhashx_first (self->runners);
-             runner; runner = (s_runner_t *) zhashx_next (self->runners)) {
-            if (runner->state != RUNNER_READY || runner->revision != app->revision
-            ||  !streq (runner->app, app->name) || s_worker_unreachable (self, runner))
-                continue;
-            size_t load = zhashx_size (runner->requests);
-            if (load < (size_t) runner->max_multiplexing && (!best || load < best_load)) {
-                best = runner;
-                best_load = load;
-            }
-        }
-        if (!best)
-            return;
+    s_runner_t *ready [TAKE_BATCH_MAX];
+    size_t load [TAKE_BATCH_MAX];
+    size_t ready_count = 0;
+    for (s_runner_t *runner = (s_runner_t *) zhashx_first (self->runners);
+         runner && ready_count < TAKE_BATCH_MAX;
+         runner = (s_runner_t *) zhashx_next (self->runners)) {
+        if (runner->state != RUNNER_READY || runner->revision != app->revision
+        ||  !streq (runner->app, app->name) || s_worker_unreachable (self, runner)
+        ||  zhashx_size (runner->requests) >= (size_t) runner->max_multiplexing)
+            continue;
+        ready [ready_count] = runner;
+        load [ready_count] = zhashx_size (runner->requests);
+        ready_count++;
+    }
+    if (ready_count == 0)
+        return NULL;
+    s_call_t *call = s_call_new (6 + TAKE_BATCH_MAX);
+    if (!call)
+        return NULL;
+    kiln_key_t queue = kiln_key_queue (app->name);
+    int64_t now = kiln_now_ms ();
+    int rc = s_call_add_str (call, "EVAL")
+           | s_call_add_str (call, KILN_SCRIPT_TAKE)
+           | s_call_add_str (call, "2")
+           | s_call_add_str (call, queue.s)
+           | s_call_add_str (call, KILN_KEY_INFLIGHT);
+    //  ARGV: the first runner, now, lease, retention, the other runners
+    int taken = 0;
+    while (rc == 0 && taken < TAKE_BATCH_MAX) {
+        size_t best = ready_count;
+        for (size_t i = 0; i < ready_count; i++)
+            if (load [i] < (size_t) ready [i]->max_multiplexing
+            &&  (best == ready_count || load [i] < load [best]))
+                best = i;
+        if (best == ready_count)
+            break;
+        load [best]++;
+        rc = s_call_add_str (call, ready [best]->id);
+        if (taken++ == 0)
+            rc |= s_call_add_int (call, now)
+                | s_call_add_int (call, now + LEASE_MS)
+                | s_call_add_int (call, self->cfg->result_retention_s);
+    }
+    if (rc != 0) {
+        s_call_destroy (&call);
+        return NULL;
+    }
+    return call;
+}
 
-        kiln_key_t queue = kiln_key_queue (app->name);
-        int64_t now = kiln_now_ms ();
-        int64_t lease = now + LEASE_MS;
-        redisReply *reply = s_command (self, "EVAL %s 2 %s %s %s %" PRId64 " %" PRId64 " %d",
-                                       KILN_SCRIPT_TAKE, queue.s, KILN_KEY_INFLIGHT,
-                                       best->id, now, lease, self->cfg->result_retention_s);
-        if (!reply)
-            return;
-        if (reply->type == REDIS_REPLY_NIL) {
-            freeReplyObject (reply);
-            return;             //  queue empty
+//  Sends each request TAKE gave (reply: {id, path, content_type, body}
+//  per request) to the runner it was taken for (take: the TAKE call, whose
+//  runner ids say which). One that cannot be sent goes back to the head
+//  of its queue, uncounted.
+static void
+s_take_answer (kiln_broker_t *self, const char *app_name, const s_call_t *take,
+               const redisReply *reply)
+{
+    if (!reply || reply->type == REDIS_REPLY_NIL)
+        return;                 //  no answer (logged), or the queue is empty
+    //  argv: EVAL, script, 2, queue, inflight, the first runner, now,
+    //  lease, retention, the other runners
+    size_t slots = (size_t) take->argc - 8;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements % 4 != 0
+    ||  reply->elements / 4 > slots) {
+        kiln_log_error ("redis: TAKE for %s: %s", app_name,
+                        reply->type == REDIS_REPLY_ERROR? reply->str: "unexpected reply");
+        return;
+    }
+    for (size_t i = 0; i < reply->elements / 4; i++) {
+        redisReply **fields = reply->element + 4 * i;
+        if (fields [0]->type != REDIS_REPLY_STRING || fields [1]->type != REDIS_REPLY_STRING
+        ||  fields [2]->type != REDIS_REPLY_STRING || fields [3]->type != REDIS_REPLY_STRING
+        ||  !kiln_id_valid (fields [0]->str)) {
+            kiln_log_error ("redis: TAKE for %s gave an invalid request; skipped", app_name);
+            continue;
         }
-        if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4
-        ||  reply->element [0]->type != REDIS_REPLY_STRING
-        ||  reply->element [1]->type != REDIS_REPLY_STRING
-        ||  reply->element [2]->type != REDIS_REPLY_STRING
-        ||  reply->element [3]->type != REDIS_REPLY_STRING) {
-            kiln_log_error ("redis: TAKE for %s: %s", app->name,
-                            reply->type == REDIS_REPLY_ERROR? reply->str: "unexpected reply");
-            freeReplyObject (reply);
-            return;
-        }
-        const char *id = reply->element [0]->str;
-        if (!kiln_id_valid (id)) {
-            kiln_log_error ("redis: TAKE for %s gave an invalid id; skipped", app->name);
-            freeReplyObject (reply);
+        const char *id = fields [0]->str;
+        const char *runner_id = take->argv [i == 0? 5: 8 + i];
+        s_runner_t *runner = (s_runner_t *) zhashx_lookup (self->runners, runner_id);
+        if (!runner || runner->state != RUNNER_READY) {
+            //  Lost while an earlier send of this answer failed
+            s_requeue (self, id, app_name, false, false, "its runner was lost before it was sent");
             continue;
         }
         //  Recorded before the send, so that a failed send ends it cleanly.
-        bool held = s_hold (self, best, id, kiln_mono_ms ()) == 0;
-        best->last_request_ms = kiln_mono_ms ();
+        bool held = s_hold (self, runner, id, kiln_mono_ms ()) == 0;
+        runner->last_request_ms = kiln_mono_ms ();
 
         kiln_msg_t *msg = kiln_msg_new (KILN_MSG_REQUEST);
         if (msg) {
             msg->request_id = strdup (id);
-            msg->path = strdup (reply->element [1]->str);
-            msg->content_type = strdup (reply->element [2]->str);
-            size_t body_size = reply->element [3]->len;
+            msg->path = strdup (fields [1]->str);
+            msg->content_type = strdup (fields [2]->str);
+            size_t body_size = fields [3]->len;
             if (body_size) {
                 msg->body = malloc (body_size);
                 if (msg->body) {
-                    memcpy (msg->body, reply->element [3]->str, body_size);
+                    memcpy (msg->body, fields [3]->str, body_size);
                     msg->body_size = body_size;
                 }
             }
@@ -1611,21 +1844,20 @@ s_app_take (kiln_broker_t *self, s_app_t *app)
         }
         if (!msg || !held) {
             kiln_msg_destroy (&msg);
-            s_unhold (self, best, id);
-            s_fail_request (self, id, app->name, 500, "Out of memory in the broker", "internal_error");
+            s_unhold (self, runner, id);
+            s_fail_request (self, id, app_name, 500, "Out of memory in the broker", "internal_error");
         }
         else {
-            kiln_log_debug ("request %s → runner %s", id, best->id);
-            if (s_send (self, &msg, best->id) != 0) {
+            kiln_log_debug ("request %s → runner %s", id, runner->id);
+            if (s_send (self, &msg, runner->id) != 0) {
                 //  It never reached a handler: back to the head of its
                 //  queue without counting a run, as a hand-back is. The
                 //  runner is gone, or as good as: lost, like a silent one.
-                s_unhold (self, best, id);
-                s_requeue (self, id, app->name, false, false, "its REQUEST could not be sent");
-                s_runner_lost (self, best, "unreachable");
+                s_unhold (self, runner, id);
+                s_requeue (self, id, app_name, false, false, "its REQUEST could not be sent");
+                s_runner_lost (self, runner, "unreachable");
             }
         }
-        freeReplyObject (reply);
     }
 }
 
@@ -1789,38 +2021,158 @@ s_app_scale (kiln_broker_t *self, s_app_t *app, int target, long long queued)
     s_snapshot_free (&snap);
 }
 
-//  Everything the broker does for one app: take while runners have room,
-//  retire the idle, start what the demand needs.
+//  Marks the app for what the broker does for an app: take while its
+//  runners have room, retire the idle, start what the demand needs; with
+//  reload, read its record again first. It happens once the event at
+//  hand is handled (s_settle), for every app marked meanwhile at once, so
+//  that the Redis work of many messages goes in a few round trips.
 static void
-s_dispatch (kiln_broker_t *self, const char *name_arg, bool reload)
+s_dispatch (kiln_broker_t *self, const char *name, bool reload)
 {
     if (self->stopping)
         return;                 //  draining: nothing new starts
-    //  The name may live in a runner that this call forgets.
-    char *name = strdup (name_arg);
-    if (!name)
-        return;
-    s_app_t *app = reload? s_app_reload (self, name)
-                         : (s_app_t *) zhashx_lookup (self->apps, name);
-    if (app && app->manifest && self->redis) {
-        s_app_take (self, app);
-        kiln_key_t queue = kiln_key_queue (name);
-        redisReply *reply = s_command (self, "ZCARD %s", queue.s);
-        if (reply && reply->type == REDIS_REPLY_INTEGER) {
-            long long queued = reply->integer;
+    void *marked = zhashx_lookup (self->dirty, name);
+    if (!marked)
+        zhashx_insert (self->dirty, name, reload? DISPATCH_RELOAD: DISPATCH_TAKE);
+    else
+    if (reload && marked != DISPATCH_RELOAD)
+        zhashx_update (self->dirty, name, DISPATCH_RELOAD);
+}
+
+//  Settles the marked apps, in two round trips at most: the records of
+//  those to read again (and of any not cached yet), then for each app a
+//  TAKE for its runners' free slots and the queue's length after it,
+//  which sizes the app (retire, scale).
+static void
+s_settle_apps (kiln_broker_t *self, zhashx_t *marked)
+{
+    zlistx_t *names = zhashx_keys (marked);
+    size_t count = names? zlistx_size (names): 0;
+    s_call_t **calls = calloc (2 * count + 1, sizeof *calls);
+    redisReply **replies = calloc (2 * count + 1, sizeof *replies);
+    const char **reloads = calloc (count + 1, sizeof *reloads);
+    if (!names || !calls || !replies || !reloads)
+        goto done;
+
+    size_t reload_count = 0;
+    for (const char *name = zlistx_first (names); name; name = zlistx_next (names)) {
+        if (zhashx_lookup (marked, name) != DISPATCH_RELOAD && zhashx_lookup (self->apps, name))
+            continue;
+        s_call_t *call = s_call_new (2);
+        if (!call || s_call_add_str (call, "HGETALL") || s_call_add_str (call, kiln_key_app (name).s)) {
+            s_call_destroy (&call);
+            continue;
+        }
+        reloads [reload_count] = name;
+        calls [reload_count++] = call;
+    }
+    if (reload_count > 0) {
+        s_pipeline (self, calls, reload_count, replies);
+        for (size_t i = 0; i < reload_count; i++) {
+            s_app_apply_record (self, reloads [i], replies [i]);
+            replies [i] = NULL;
+            s_call_destroy (&calls [i]);
+        }
+    }
+    if (!self->redis || self->stopping)
+        goto done;
+
+    //  calls [2i]: the app's TAKE (NULL: no room), calls [2i + 1]: ZCARD
+    size_t app_count = 0;
+    for (const char *name = zlistx_first (names); name; name = zlistx_next (names)) {
+        s_app_t *app = (s_app_t *) zhashx_lookup (self->apps, name);
+        if (!app || !app->manifest)
+            continue;
+        s_call_t *zcard = s_call_new (2);
+        if (!zcard || s_call_add_str (zcard, "ZCARD") || s_call_add_str (zcard, kiln_key_queue (name).s)) {
+            s_call_destroy (&zcard);
+            continue;
+        }
+        calls [2 * app_count] = s_take_call (self, app);
+        calls [2 * app_count + 1] = zcard;
+        reloads [app_count++] = name;
+    }
+    //  Packed for the pipeline: the TAKEs that exist, each ZCARD after its TAKE
+    s_call_t **packed = calloc (2 * app_count + 1, sizeof *packed);
+    redisReply **answers = calloc (2 * app_count + 1, sizeof *answers);
+    size_t packed_count = 0;
+    if (packed && answers) {
+        for (size_t i = 0; i < 2 * app_count; i++)
+            if (calls [i])
+                packed [packed_count++] = calls [i];
+        s_pipeline (self, packed, packed_count, answers);
+        for (size_t i = 0, at = 0; i < 2 * app_count; i++)
+            replies [i] = calls [i]? answers [at++]: NULL;
+    }
+    for (size_t i = 0; i < app_count; i++) {
+        const char *name = reloads [i];
+        if (calls [2 * i])
+            s_take_answer (self, name, calls [2 * i], replies [2 * i]);
+        redisReply *queued = replies [2 * i + 1];
+        s_app_t *app = (s_app_t *) zhashx_lookup (self->apps, name);
+        if (app && app->manifest && queued && queued->type == REDIS_REPLY_INTEGER) {
             int inflight, active;
             s_app_count (self, name, &inflight, &active);
             const kiln_manifest_t *m = app->manifest;
-            int demand = (int) (queued > INT32_MAX / 2? INT32_MAX / 2: queued) + inflight;
+            long long waiting = queued->integer;
+            int demand = (int) (waiting > INT32_MAX / 2? INT32_MAX / 2: waiting) + inflight;
             int target = kiln_scale_target (demand, m->max_multiplexing, m->concurrency_buffer,
                                             m->min_concurrency, m->max_concurrency);
             s_app_retire (self, app, target);
-            s_app_scale (self, app, target, queued);
+            s_app_scale (self, app, target, waiting);
         }
-        if (reply)
-            freeReplyObject (reply);
     }
-    free (name);
+    for (size_t i = 0; i < 2 * app_count; i++) {
+        if (replies [i])
+            freeReplyObject (replies [i]);
+        s_call_destroy (&calls [i]);
+    }
+    free (packed);
+    free (answers);
+done:
+    free (reloads);
+    free (replies);
+    free (calls);
+    zlistx_destroy (&names);
+}
+
+static int
+s_on_deferred_timer (zloop_t *loop, int timer_id, void *arg)
+{
+    (void) loop;
+    (void) timer_id;
+    kiln_broker_t *self = (kiln_broker_t *) arg;
+    self->deferred_timer = -1;
+    s_flush (self);
+    return 0;
+}
+
+//  Runs at the end of every event (a message, a wake, the timer): settles
+//  the apps s_dispatch marked, again for those that settling marked, then
+//  sends what writes are left: results at once, log lines alone within
+//  LOG_DEFER_MS (so that they most often go with the RESULT after them).
+static void
+s_settle (kiln_broker_t *self)
+{
+    for (int round = 0; round < SETTLE_ROUNDS_MAX && zhashx_size (self->dirty) > 0; round++) {
+        zhashx_t *marked = self->dirty;
+        self->dirty = zhashx_new ();
+        if (!self->dirty) {
+            self->dirty = marked;
+            break;
+        }
+        if (self->redis && !self->stopping)
+            s_settle_apps (self, marked);
+        zhashx_destroy (&marked);
+    }
+    if (self->deferred_results || self->stopping)
+        s_flush (self);
+    else
+    if (zlistx_size (self->deferred) > 0 && self->deferred_timer < 0) {
+        self->deferred_timer = zloop_timer (self->loop, LOG_DEFER_MS, 1, s_on_deferred_timer, self);
+        if (self->deferred_timer < 0)
+            s_flush (self);
+    }
 }
 
 static void
@@ -2154,10 +2506,14 @@ s_on_result (kiln_broker_t *self, const char *runner_id, s_runner_t *runner, kil
             requeued = s_requeue (self, msg->request_id, app, true, true,
                                   "its handler answered 503");
         if (requeued == REQUEUE_OUT_OF_TRIES || requeued == REQUEUE_NO_ANSWER) {
-            long long recorded = s_complete (self, msg->request_id, app, msg, status,
-                                             error? error: "", error_type? error_type: "");
-            kiln_log_debug ("request %s ← runner %s: %d%s", msg->request_id, runner_id, status,
-                            recorded == 0? " (already complete)": "");
+            //  With the next round trip (the next TAKE, most often).
+            //  Named holder: a runner that lost the request meanwhile
+            //  (it was re-queued) records nothing.
+            s_call_t *call = s_complete_call (self, msg->request_id, app, msg, status,
+                                              error? error: "", error_type? error_type: "",
+                                              runner_id);
+            s_call_defer (self, &call, true, "COMPLETE");
+            kiln_log_debug ("request %s ← runner %s: %d", msg->request_id, runner_id, status);
         }
         if (runner) {
             runner->served++;
@@ -2168,25 +2524,15 @@ s_on_result (kiln_broker_t *self, const char *runner_id, s_runner_t *runner, kil
     free (app);
 }
 
-//  Appends a LOG's lines to its app's stream, kiln:logs:{app}: what
-//  `kiln logs` and GET /v1/apps/{app}/logs read. request_id may be NULL
-//  (a runner's own output, forwarded by its worker).
-static void
-s_app_log (kiln_broker_t *self, const char *app, const char *runner_id, uint64_t revision,
-           const char *request_id, const kiln_msg_t *msg)
+//  Adds a LOG's lines as the app's stream takes them
+//  (KILN_APP_LOG_LINE_ARGS each; kiln_scripts.h). request_id may be NULL
+//  (a runner's own output, forwarded by its worker). 0, or -1 when the
+//  call is full or out of memory.
+static int
+s_call_add_stream_lines (s_call_t *call, const char *runner_id, uint64_t revision,
+                         const char *request_id, const kiln_msg_t *msg, int64_t now)
 {
-    s_call_t *call = s_call_new (6 + KILN_APP_LOG_LINE_ARGS * (int) msg->log_count);
-    if (!call)
-        return;
-    kiln_key_t app_key = kiln_key_app (app);
-    kiln_key_t stream = kiln_key_app_logs (app);
-    int rc = s_call_add_str (call, "EVAL")
-           | s_call_add_str (call, KILN_SCRIPT_APP_LOG)
-           | s_call_add_str (call, "2")
-           | s_call_add_str (call, app_key.s)
-           | s_call_add_str (call, stream.s)
-           | s_call_add_int (call, KILN_APP_LOG_MAXLEN);
-    int64_t now = kiln_now_ms ();
+    int rc = 0;
     for (size_t i = 0; i < msg->log_count && rc == 0; i++) {
         const kiln_msg_log_t *entry = &msg->logs [i];
         char ts [KILN_ISO8601_LEN + 1];
@@ -2200,17 +2546,39 @@ s_app_log (kiln_broker_t *self, const char *app, const char *runner_id, uint64_t
            | s_call_add_str (call, request_id? request_id: "")
            | s_call_add_int (call, (int64_t) revision);
     }
+    return rc;
+}
+
+//  A runner's own output (no request): to its app's stream,
+//  kiln:logs:{app}, what `kiln logs` and GET /v1/apps/{app}/logs read.
+static void
+s_app_log (kiln_broker_t *self, const s_runner_t *runner, const kiln_msg_t *msg)
+{
+    s_call_t *call = s_call_new (6 + KILN_APP_LOG_LINE_ARGS * (int) msg->log_count);
+    if (!call)
+        return;
+    kiln_key_t app_key = kiln_key_app (runner->app);
+    kiln_key_t stream = kiln_key_app_logs (runner->app);
+    int rc = s_call_add_str (call, "EVAL")
+           | s_call_add_str (call, KILN_SCRIPT_APP_LOG)
+           | s_call_add_str (call, "2")
+           | s_call_add_str (call, app_key.s)
+           | s_call_add_str (call, stream.s)
+           | s_call_add_int (call, KILN_APP_LOG_MAXLEN)
+           | s_call_add_stream_lines (call, runner->id, runner->revision, NULL, msg,
+                                      kiln_now_ms ());
     if (rc != 0) {
         s_call_destroy (&call);
         return;
     }
-    s_call_run (self, &call, false, "APP_LOG");
+    //  Log lines are not worth keeping through an outage; results are.
+    s_call_defer (self, &call, false, "APP_LOG");
 }
 
-//  LOG from a runner: its handler's lines for a request it holds (into
-//  the request's log list and the app's stream). LOG from a worker: a
-//  runner's own output, with runner_id and no request_id (into the app's
-//  stream only).
+//  LOG from a runner: its handler's lines for a request it holds, into
+//  the request's log list and the app's stream in one script. LOG from a
+//  worker: a runner's own output, with runner_id and no request_id (into
+//  the app's stream only).
 static void
 s_on_log (kiln_broker_t *self, const char *identity, s_worker_t *worker, kiln_msg_t *msg)
 {
@@ -2224,31 +2592,38 @@ s_on_log (kiln_broker_t *self, const char *identity, s_worker_t *worker, kiln_ms
                             identity, msg->runner_id? msg->runner_id: "(none)");
             return;
         }
-        s_app_log (self, runner->app, runner->id, runner->revision, NULL, msg);
+        s_app_log (self, runner, msg);
         return;
     }
     s_runner_t *runner = (s_runner_t *) zhashx_lookup (self->runners, identity);
     if (!runner)
         return;
     if (!msg->request_id) {
-        s_app_log (self, runner->app, runner->id, runner->revision, NULL, msg);
+        s_app_log (self, runner, msg);
         return;
     }
     char *app = NULL;
     if (!s_holds (self, identity, msg->request_id, "LOG", &app))
         return;
-    s_call_t *call = s_call_new (5 + (int) msg->log_count);
+    s_call_t *call = s_call_new (11 + (1 + KILN_APP_LOG_LINE_ARGS) * (int) msg->log_count);
     if (!call) {
         free (app);
         return;
     }
     kiln_key_t req = kiln_key_request (msg->request_id);
     kiln_key_t logs = kiln_key_logs (msg->request_id);
+    kiln_key_t app_key = kiln_key_app (app);
+    kiln_key_t stream = kiln_key_app_logs (app);
     int rc = s_call_add_str (call, "EVAL")
            | s_call_add_str (call, KILN_SCRIPT_LOG)
-           | s_call_add_str (call, "2")
+           | s_call_add_str (call, "4")
            | s_call_add_str (call, req.s)
-           | s_call_add_str (call, logs.s);
+           | s_call_add_str (call, logs.s)
+           | s_call_add_str (call, app_key.s)
+           | s_call_add_str (call, stream.s)
+           | s_call_add_str (call, identity)
+           | s_call_add_int (call, KILN_APP_LOG_MAXLEN)
+           | s_call_add_int (call, (int64_t) msg->log_count);
     int64_t now = kiln_now_ms ();
     for (size_t i = 0; i < msg->log_count && rc == 0; i++) {
         const kiln_msg_log_t *entry = &msg->logs [i];
@@ -2257,12 +2632,13 @@ s_on_log (kiln_broker_t *self, const char *identity, s_worker_t *worker, kiln_ms
         rc = line? s_call_add_str (call, line): -1;
         free (line);
     }
+    if (rc == 0)
+        rc = s_call_add_stream_lines (call, identity, runner->revision, msg->request_id,
+                                      msg, now);
     if (rc != 0)
         s_call_destroy (&call);
     else
-        //  Log lines are not worth keeping through an outage; results are.
-        s_call_run (self, &call, false, "LOG");
-    s_app_log (self, app, identity, runner->revision, msg->request_id, msg);
+        s_call_defer (self, &call, false, "LOG");
     free (app);
 }
 
@@ -2427,6 +2803,7 @@ s_on_router (zloop_t *loop, zsock_t *router, void *arg)
         kiln_msg_destroy (&msg);
         zstr_free (&identity);
     }
+    s_settle (self);
     return 0;
 }
 
@@ -2666,6 +3043,7 @@ s_view_call (kiln_broker_t *self, bool runners)
 static void
 s_publish_view (kiln_broker_t *self)
 {
+    s_flush (self);
     if (!self->redis)
         return;
     s_call_t *runners = s_view_call (self, true);
@@ -2827,6 +3205,7 @@ s_on_timer (zloop_t *loop, int timer_id, void *arg)
     s_expire_leases (self);
     s_sweep_apps (self);
     s_reap_workers (self);
+    s_settle (self);
     s_publish_view (self);
     return 0;
 }
@@ -2846,10 +3225,12 @@ kiln_broker_new (const kiln_config_t *cfg)
     self->apps = zhashx_new ();
     self->inflight = zhashx_new ();
     self->pending = zlistx_new ();
+    self->deferred = zlistx_new ();
+    self->dirty = zhashx_new ();
     self->loop = zloop_new ();
     self->router = zsock_new (ZMQ_ROUTER);
     if (!self->workers || !self->runners || !self->apps || !self->inflight
-    ||  !self->pending || !self->loop || !self->router) {
+    ||  !self->pending || !self->deferred || !self->dirty || !self->loop || !self->router) {
         kiln_broker_destroy (&self);
         return NULL;
     }
@@ -2857,6 +3238,7 @@ kiln_broker_new (const kiln_config_t *cfg)
     zhashx_set_destructor (self->runners, s_runner_free);
     zhashx_set_destructor (self->apps, s_app_free);
     zlistx_set_destructor (self->pending, s_call_free);
+    zlistx_set_destructor (self->deferred, s_call_free);
 
     //  Mandatory: a send to a peer that is gone fails, instead of
     //  vanishing with a request in it. Handover: a worker that restarts
@@ -2877,6 +3259,7 @@ kiln_broker_new (const kiln_config_t *cfg)
     }
     zhashx_set_destructor (self->offered, (zhashx_destructor_fn *) zstr_free);
     self->started_ms = kiln_mono_ms ();
+    self->deferred_timer = -1;
     self->redis_backoff_ms = self->sub_backoff_ms = REDIS_BACKOFF_MIN_MS;
     zloop_reader (self->loop, self->router, s_on_router, self);
     zloop_timer (self->loop, HEARTBEAT_INTERVAL_MS, 0, s_on_timer, self);
@@ -2904,6 +3287,11 @@ kiln_broker_destroy (kiln_broker_t **self_p)
         kiln_log_error ("%zu result(s) could not be recorded: Redis is away",
                         zlistx_size (self->pending));
     zlistx_destroy (&self->pending);
+    if (self->deferred && zlistx_size (self->deferred) > 0)
+        kiln_log_warn ("%zu log write(s) or result(s) not sent: Redis is away",
+                       zlistx_size (self->deferred));
+    zlistx_destroy (&self->deferred);
+    zhashx_destroy (&self->dirty);
     zhashx_destroy (&self->inflight);
     zhashx_destroy (&self->runners);
     zhashx_destroy (&self->workers);
@@ -2941,6 +3329,7 @@ s_drain (kiln_broker_t *self)
         if (zmq_poll (&item, 1, 100) > 0 && (item.revents & ZMQ_POLLIN))
             s_on_router (self->loop, self->router, self);
     }
+    s_flush (self);
     s_pending_flush (self);
     running = zhashx_size (self->inflight);
     if (running)

@@ -224,6 +224,8 @@ s_deploy (const char *app, uint64_t revision, const char *manifest)
     freeReplyObject (reply);
     reply = s_command ("SADD %s %s", KILN_KEY_APPS, app);
     freeReplyObject (reply);
+    //  As KILN_SCRIPT_DEPLOY does: the broker reads the record again.
+    freeReplyObject (s_command ("PUBLISH %s %s", KILN_CHANNEL_CHANGED, app));
 }
 
 static void
@@ -232,6 +234,7 @@ s_undeploy (const char *app)
     kiln_key_t key = kiln_key_app (app);
     freeReplyObject (s_command ("DEL %s", key.s));
     freeReplyObject (s_command ("SREM %s %s", KILN_KEY_APPS, app));
+    freeReplyObject (s_command ("PUBLISH %s %s", KILN_CHANNEL_CHANGED, app));
 }
 
 //  Queues a request that must start within timeout_ms (0: no deadline),

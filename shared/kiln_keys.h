@@ -48,6 +48,8 @@
     that submitted it, "" for a call without key to a public app).
 
     Channels: kiln:wake (message: app name; a request was queued),
+    kiln:changed (message: app name; its record changed: deploy, scale,
+    rollback, delete; the broker reads it again),
     kiln:done:{gateway_id} (message: request id; it completed),
     kiln:cancel (message: request id; its client cancelled it while it ran).
     =========================================================================
@@ -69,6 +71,7 @@
 #define KILN_KEY_WEBHOOKS   "kiln:webhooks"
 #define KILN_CHANNEL_CANCEL "kiln:cancel"
 #define KILN_CHANNEL_WAKE   "kiln:wake"
+#define KILN_CHANNEL_CHANGED "kiln:changed"
 #define KILN_KEY_REQ_PREFIX "kiln:req:"
 #define KILN_KEY_FILE_PREFIX "kiln:file:"
 #define KILN_KEY_APIKEYS    "kiln:apikeys"

@@ -490,6 +490,31 @@ kiln_redis_command_argv (redisContext *ctx, int argc, const char **argv, const s
     return reply;
 }
 
+int
+kiln_redis_append_argv (redisContext *ctx, int argc, const char **argv, const size_t *argvlen)
+{
+    if (!ctx || argc < 1)
+        return REDIS_ERR;
+    size_t len0 = argvlen ? argvlen [0] : strlen (argv [0]);
+    if (argc < 2 || len0 != 4 || strncasecmp (argv [0], "EVAL", 4) != 0)
+        return redisAppendCommandArgv (ctx, argc, argv, argvlen);
+    char *cmd;
+    int len = redisFormatCommandArgv (&cmd, argc, argv, argvlen);
+    if (len < 0)
+        return REDIS_ERR;
+    char *evalsha;
+    size_t evalsha_len;
+    int rc;
+    if (kiln_redis_evalsha_format (cmd, (size_t) len, &evalsha, &evalsha_len) == 0) {
+        rc = redisAppendFormattedCommand (ctx, evalsha, evalsha_len);
+        free (evalsha);
+    }
+    else
+        rc = redisAppendFormattedCommand (ctx, cmd, (size_t) len);
+    free (cmd);
+    return rc;
+}
+
 redisReply *
 kiln_redis_vcommand (redisContext *ctx, const char *format, va_list args)
 {
@@ -843,6 +868,30 @@ kiln_redis_test (bool verbose)
             ok = ok && reply && reply->type == REDIS_REPLY_STRING && strcmp (reply->str, "sha z") == 0;
             if (reply)
                 freeReplyObject (reply);
+        }
+        //  Pipelined: two appended, then read in order. The script is
+        //  loaded (above), so its EVALSHA runs; after SCRIPT FLUSH the
+        //  same append answers NOSCRIPT, for the caller to run again.
+        const char *piped [] = { "EVAL", script, "0", "p" };
+        const char *echo [] = { "ECHO", "after" };
+        for (int flushed = 0; flushed < 2; flushed++) {
+            if (flushed) {
+                reply = redisCommand (ctx, "SCRIPT FLUSH");
+                if (reply)
+                    freeReplyObject (reply);
+            }
+            ok = ok && kiln_redis_append_argv (ctx, 4, piped, NULL) == REDIS_OK
+                    && kiln_redis_append_argv (ctx, 2, echo, NULL) == REDIS_OK;
+            redisReply *first = NULL, *second = NULL;
+            ok = ok && redisGetReply (ctx, (void **) &first) == REDIS_OK
+                    && redisGetReply (ctx, (void **) &second) == REDIS_OK;
+            ok = ok && first && (flushed? kiln_redis_noscript (first)
+                                        : first->type == REDIS_REPLY_STRING && strcmp (first->str, "sha p") == 0)
+                    && second && second->type == REDIS_REPLY_STRING && strcmp (second->str, "after") == 0;
+            if (first)
+                freeReplyObject (first);
+            if (second)
+                freeReplyObject (second);
         }
         //  Not an EVAL: sent as it is.
         reply = kiln_redis_command (ctx, "ECHO %s", "EVAL");

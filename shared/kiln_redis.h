@@ -72,6 +72,14 @@ int kiln_redis_evalsha_format (const char *cmd, size_t len, char **out, size_t *
 redisReply *kiln_redis_command_argv (redisContext *ctx, int argc, const char **argv,
                                      const size_t *argvlen);
 redisReply *kiln_redis_vcommand (redisContext *ctx, const char *format, va_list args);
+
+//  Pipelining: appends the command to the context's output buffer (an
+//  EVAL as EVALSHA) without sending it; redisGetReply sends what is
+//  buffered and reads the replies in order. REDIS_OK or REDIS_ERR. A
+//  NOSCRIPT reply is the caller's to handle: the script did not run, and
+//  kiln_redis_command_argv runs it again, loading it.
+int kiln_redis_append_argv (redisContext *ctx, int argc, const char **argv,
+                            const size_t *argvlen);
 redisReply *kiln_redis_command (redisContext *ctx, const char *format, ...);
 
 //  For selftests: starts redis-server on a free loopback port with no

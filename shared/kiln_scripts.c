@@ -93,9 +93,13 @@ const char *KILN_SCRIPT_TAKE =
     S_LUA_COMPLETE
     S_LUA_ERROR_BODY
     "local now = tonumber(ARGV[2])\n"
-    "while true do\n"
+    "local runners = {ARGV[1]}\n"
+    "for i = 5, #ARGV do runners[#runners + 1] = ARGV[i] end\n"
+    "local taken = {}\n"
+    "local n = 0\n"
+    "while n < #runners do\n"
     "  local head = redis.call('ZPOPMIN', KEYS[1])\n"
-    "  if #head == 0 then return false end\n"
+    "  if #head == 0 then break end\n"
     "  local id = head[1]\n"
     "  local req = 'kiln:req:' .. id\n"
     "  local f = redis.call('HMGET', req, 'state', 'start_deadline_ms')\n"
@@ -106,22 +110,33 @@ const char *KILN_SCRIPT_TAKE =
     "      'Request did not start within its timeout', 'request_timeout',\n"
     "      now, tonumber(ARGV[4] or '3600'), 0)\n"
     "  elseif f[1] == 'IN_QUEUE' then\n"
+    "    n = n + 1\n"
     "    redis.call('ZREM', 'kiln:deadlines', id)\n"
     "    redis.call('HSET', req, 'state', 'IN_PROGRESS',\n"
-    "      'started_ms', ARGV[2], 'runner', ARGV[1])\n"
+    "      'started_ms', ARGV[2], 'runner', runners[n])\n"
     "    redis.call('HINCRBY', req, 'attempts', 1)\n"
     "    redis.call('ZADD', KEYS[2], ARGV[3], id)\n"
     "    local r = redis.call('HMGET', req, 'path', 'content_type', 'body')\n"
-    "    return {id, r[1] or '/', r[2] or '', r[3] or ''}\n"
+    "    taken[#taken + 1] = id\n"
+    "    taken[#taken + 1] = r[1] or '/'\n"
+    "    taken[#taken + 1] = r[2] or ''\n"
+    "    taken[#taken + 1] = r[3] or ''\n"
     "  end\n"
-    "end\n";
+    "end\n"
+    "if n == 0 then return false end\n"
+    "return taken\n";
 
 const char *KILN_SCRIPT_COMPLETE =
     S_LUA_COMPLETE
     "local retention = tonumber(ARGV[8])\n"
+    "local files = tonumber(ARGV[10])\n"
+    "local holder = ARGV[11 + files * 4]\n"
+    "if holder and holder ~= '' then\n"
+    "  local h = redis.call('HMGET', KEYS[1], 'state', 'runner')\n"
+    "  if h[1] ~= 'IN_PROGRESS' or h[2] ~= holder then return 0 end\n"
+    "end\n"
     "if complete(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],\n"
     "            ARGV[7], retention, ARGV[9]) == 0 then return 0 end\n"
-    "local files = tonumber(ARGV[10])\n"
     "for i = 0, files - 1 do\n"
     "  local at = 11 + i * 4\n"
     "  local key = 'kiln:file:' .. ARGV[at]\n"
@@ -211,11 +226,26 @@ const char *KILN_SCRIPT_WEBHOOK_DONE =
     "return 1\n";
 
 const char *KILN_SCRIPT_LOG =
-    "local state = redis.call('HGET', KEYS[1], 'state')\n"
-    "if not state or state == 'COMPLETED' then return 0 end\n"
-    "if #ARGV == 0 then return 0 end\n"
-    "redis.call('RPUSH', KEYS[2], unpack(ARGV))\n"
-    "return #ARGV\n";
+    "local h = redis.call('HMGET', KEYS[1], 'state', 'runner')\n"
+    "if not h[1] or h[1] == 'COMPLETED' then return 0 end\n"
+    "if ARGV[1] ~= '' and (h[1] ~= 'IN_PROGRESS' or h[2] ~= ARGV[1]) then return 0 end\n"
+    "local n = tonumber(ARGV[3]) or 0\n"
+    "if n == 0 then return 0 end\n"
+    "redis.call('RPUSH', KEYS[2], unpack(ARGV, 4, 3 + n))\n"
+    "if redis.call('EXISTS', KEYS[3]) == 1 then\n"
+    "  local names = {'ts', 'level', 'source', 'message', 'runner_id', 'request_id', 'revision'}\n"
+    "  for i = 4 + n, #ARGV - 6, 7 do\n"
+    "    local fields = {}\n"
+    "    for j = 0, 6 do\n"
+    "      if ARGV[i + j] ~= '' or j == 3 then\n"
+    "        fields[#fields + 1] = names[j + 1]\n"
+    "        fields[#fields + 1] = ARGV[i + j]\n"
+    "      end\n"
+    "    end\n"
+    "    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
 
 const char *KILN_SCRIPT_REQUEUE =
     S_LUA_COMPLETE
@@ -285,7 +315,7 @@ const char *KILN_SCRIPT_DEPLOY =
     "  ',\"artifact\":' .. cjson.encode(ARGV[2]) .. ',\"manifest\":' .. ARGV[3] ..\n"
     "  ',\"created_ms\":' .. ARGV[4] .. '}')\n"
     "redis.call('SADD', KEYS[2], ARGV[1])\n"
-    "redis.call('PUBLISH', 'kiln:wake', ARGV[1])\n"
+    "redis.call('PUBLISH', 'kiln:changed', ARGV[1])\n"
     "return revision\n";
 
 //  The app's secrets go with it, whatever the caller passes: a later app
@@ -298,7 +328,7 @@ const char *KILN_SCRIPT_UNDEPLOY =
     "  return 0\n"
     "end\n"
     "redis.call('SREM', KEYS[2], ARGV[1])\n"
-    "redis.call('PUBLISH', 'kiln:wake', ARGV[1])\n"
+    "redis.call('PUBLISH', 'kiln:changed', ARGV[1])\n"
     "return 1\n";
 
 const char *KILN_SCRIPT_ROLLBACK =
@@ -311,7 +341,7 @@ const char *KILN_SCRIPT_ROLLBACK =
     "if not manifest then return -2 end\n"
     "redis.call('HSET', KEYS[1], 'revision', tonumber(ARGV[2]), 'artifact', rev.artifact,\n"
     "  'manifest', manifest, 'updated_ms', ARGV[3])\n"
-    "redis.call('PUBLISH', 'kiln:wake', ARGV[1])\n"
+    "redis.call('PUBLISH', 'kiln:changed', ARGV[1])\n"
     "return tonumber(ARGV[2])\n";
 
 const char *KILN_SCRIPT_REQUEST_SHOW =
@@ -363,7 +393,7 @@ const char *KILN_SCRIPT_SCALE =
     "else\n"
     "  redis.call('HSET', KEYS[1], 'scale', cjson.encode(scale))\n"
     "end\n"
-    "redis.call('PUBLISH', 'kiln:wake', ARGV[1])\n"
+    "redis.call('PUBLISH', 'kiln:changed', ARGV[1])\n"
     "local out = redis.call('HMGET', KEYS[1], " S_LUA_APP_FIELDS ")\n"
     "table.insert(out, 1, 1)\n"
     "return out\n";
@@ -632,13 +662,47 @@ s_complete (redisContext *ctx, const char *app, const char *id, const char *stat
     return n;
 }
 
+//  LOG as the runner `holder` ("": whoever holds it) of lines into the
+//  request's list only (the app is not deployed: no stream line).
 static long long
-s_log (redisContext *ctx, const char *id, int count, const char *const *lines)
+s_log_as (redisContext *ctx, const char *id, const char *holder, int count,
+          const char *const *lines)
 {
     kiln_key_t req_key = kiln_key_request (id);
     kiln_key_t logs_key = kiln_key_logs (id);
-    const char *keys [] = { req_key.s, logs_key.s };
-    redisReply *reply = s_eval (ctx, KILN_SCRIPT_LOG, 2, keys, count, lines, NULL);
+    kiln_key_t app_key = kiln_key_app ("local/not-deployed");
+    kiln_key_t stream_key = kiln_key_app_logs ("local/not-deployed");
+    const char *keys [] = { req_key.s, logs_key.s, app_key.s, stream_key.s };
+    char count_text [16];
+    snprintf (count_text, sizeof count_text, "%d", count);
+    const char *args [16] = { holder, "10000", count_text };
+    CHECK (count >= 0 && count <= 13);
+    for (int i = 0; i < count; i++)
+        args [3 + i] = lines [i];
+    redisReply *reply = s_eval (ctx, KILN_SCRIPT_LOG, 4, keys, 3 + count, args, NULL);
+    CHECK (reply->type == REDIS_REPLY_INTEGER);
+    long long n = reply->integer;
+    freeReplyObject (reply);
+    CHECK (s_int (ctx, "EXISTS %s", stream_key.s) == 0);
+    return n;
+}
+
+static long long
+s_log (redisContext *ctx, const char *id, int count, const char *const *lines)
+{
+    return s_log_as (ctx, id, "", count, lines);
+}
+
+//  COMPLETE (200, no body, no files) as the runner `holder`.
+static long long
+s_complete_as (redisContext *ctx, const char *app, const char *id, const char *holder)
+{
+    kiln_key_t req_key = kiln_key_request (id);
+    kiln_key_t logs_key = kiln_key_logs (id);
+    kiln_key_t queue_key = kiln_key_queue (app);
+    const char *keys [] = { req_key.s, logs_key.s, queue_key.s, KILN_KEY_INFLIGHT };
+    const char *args [] = { id, "200", "", "", "", "", "1700000002000", "600", "0", "0", holder };
+    redisReply *reply = s_eval (ctx, KILN_SCRIPT_COMPLETE, 4, keys, 11, args, NULL);
     CHECK (reply->type == REDIS_REPLY_INTEGER);
     long long n = reply->integer;
     freeReplyObject (reply);
@@ -1164,6 +1228,38 @@ s_test_queue_limit (redisContext *ctx)
                   req_d.s) == 6);
 }
 
+//  TAKE with several runners: one request per runner named, in queue
+//  order, each recorded as its runner's; fewer when the queue runs out.
+static void
+s_test_take_many (redisContext *ctx, const char *app)
+{
+    const char *ids [] = { "00000000-0000-4000-8000-0000000001f1",
+                           "00000000-0000-4000-8000-0000000001f2",
+                           "00000000-0000-4000-8000-0000000001f3" };
+    const char *runners [] = { "runner-1", "runner-2", "runner-1" };
+    for (int i = 0; i < 3; i++)
+        CHECK (s_submit (ctx, app, ids [i], "normal", "", "{}", 2) == i);
+    kiln_key_t queue_key = kiln_key_queue (app);
+    const char *keys [] = { queue_key.s, KILN_KEY_INFLIGHT };
+    const char *args [] = { "runner-1", "1700000001000", "1800000000000", "600",
+                            "runner-2", "runner-1", "runner-2" };
+    redisReply *reply = s_eval (ctx, KILN_SCRIPT_TAKE, 2, keys, 7, args, NULL);
+    CHECK (reply->type == REDIS_REPLY_ARRAY && reply->elements == 12);
+    for (int i = 0; i < 3; i++) {
+        CHECK (strcmp (reply->element [4 * i]->str, ids [i]) == 0);
+        CHECK (strcmp (reply->element [4 * i + 1]->str, "/sub") == 0);
+        HGET_IS (kiln_key_request (ids [i]).s, "state", "IN_PROGRESS");
+        HGET_IS (kiln_key_request (ids [i]).s, "runner", runners [i]);
+    }
+    freeReplyObject (reply);
+    reply = s_eval (ctx, KILN_SCRIPT_TAKE, 2, keys, 7, args, NULL);
+    CHECK (reply->type == REDIS_REPLY_NIL);
+    freeReplyObject (reply);
+    for (int i = 0; i < 3; i++)
+        CHECK (s_complete_as (ctx, app, ids [i], runners [i]) == 1);
+    CHECK (s_int (ctx, "ZCARD %s", KILN_KEY_INFLIGHT) == 0);
+}
+
 //  APP_LOG appends to a deployed app's stream only, leaving out empty
 //  fields but the message.
 static void
@@ -1192,7 +1288,21 @@ s_test_app_log (redisContext *ctx, const char *app)
     CHECK (reply->type == REDIS_REPLY_INTEGER && reply->integer == 0);
     freeReplyObject (reply);
     CHECK (s_int (ctx, "EXISTS %s", gone_stream.s) == 0);
-    CHECK (s_int (ctx, "DEL %s", stream.s) == 1);
+
+    //  A request's LOG goes to its list and to its app's stream at once.
+    const char *id = "00000000-0000-4000-8000-0000000001c1";
+    kiln_key_t req = kiln_key_request (id);
+    kiln_key_t logs = kiln_key_logs (id);
+    CHECK (s_int (ctx, "HSET %s state IN_PROGRESS runner r-1", req.s) == 2);
+    const char *log_keys [] = { req.s, logs.s, key.s, stream.s };
+    const char *log_args [] = { "r-1", "10000", "1", "{\"message\":\"hi\"}",
+        "2026-11-28T18:00:00.125Z", "INFO", "app", "hi", "r-1", id, "3" };
+    reply = s_eval (ctx, KILN_SCRIPT_LOG, 4, log_keys, 11, log_args, NULL);
+    CHECK (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1);
+    freeReplyObject (reply);
+    CHECK (s_int (ctx, "LLEN %s", logs.s) == 1);
+    CHECK (s_int (ctx, "XLEN %s", stream.s) == 3);
+    CHECK (s_int (ctx, "DEL %s %s %s", stream.s, req.s, logs.s) == 3);
 }
 
 //  DEPLOY numbers revisions from latest_revision and keeps each one;
@@ -1288,6 +1398,12 @@ kiln_scripts_test (bool verbose)
         printf (" * kiln_scripts: ");
     //  Invariants the C side relies on.
     assert (strstr (KILN_SCRIPT_SUBMIT, KILN_CHANNEL_WAKE));
+    assert (strstr (KILN_SCRIPT_REQUEUE, KILN_CHANNEL_WAKE));
+    //  A changed app record is read again; a queued request is not.
+    assert (strstr (KILN_SCRIPT_DEPLOY, KILN_CHANNEL_CHANGED));
+    assert (strstr (KILN_SCRIPT_UNDEPLOY, KILN_CHANNEL_CHANGED));
+    assert (strstr (KILN_SCRIPT_ROLLBACK, KILN_CHANNEL_CHANGED));
+    assert (strstr (KILN_SCRIPT_SCALE, KILN_CHANNEL_CHANGED));
     assert (strstr (KILN_SCRIPT_TAKE, KILN_KEY_REQ_PREFIX));
     assert (strstr (KILN_SCRIPT_COMPLETE, KILN_KEY_FILE_PREFIX));
     //  The band span in Lua matches the C constant.
@@ -1422,6 +1538,13 @@ kiln_scripts_test (bool verbose)
     CHECK (s_int (ctx, "LLEN %s", logs_a.s) == 3);
     CHECK (s_str_is (ctx, "{\"message\":\"two\"}", "LINDEX %s %s", logs_a.s, "1"));
     CHECK (s_log (ctx, "00000000-0000-4000-8000-000000000999", 1, lines) == 0);
+    //  Only its holder's lines count once a holder is named.
+    CHECK (s_log_as (ctx, a, "runner-2", 1, lines) == 0);
+    CHECK (s_log_as (ctx, a, "runner-1", 1, lines) == 1);
+    CHECK (s_int (ctx, "LLEN %s", logs_a.s) == 4);
+    //  A COMPLETE from a runner that does not hold it writes nothing.
+    CHECK (s_complete_as (ctx, app, a, "runner-2") == 0);
+    HGET_IS (req_a.s, "state", "IN_PROGRESS");
 
     //  COMPLETE while running: recorded once, files written, published,
     //  in-flight lease gone, retention set.
@@ -1476,13 +1599,14 @@ kiln_scripts_test (bool verbose)
 
     //  LOG after completion is refused and appends nothing.
     CHECK (s_log (ctx, a, 1, lines) == 0);
-    CHECK (s_int (ctx, "LLEN %s", logs_a.s) == 3);
+    CHECK (s_int (ctx, "LLEN %s", logs_a.s) == 4);
 
     //  The rest complete; the in-flight set empties.
-    CHECK (s_complete (ctx, app, b, "200", "", 0, 0, NULL) == 1);
+    CHECK (s_complete_as (ctx, app, b, "runner-2") == 1);
     CHECK (s_complete (ctx, app, c, "200", "", 0, 0, NULL) == 1);
     CHECK (s_complete (ctx, app, d, "200", "", 0, 0, NULL) == 1);
     CHECK (s_int (ctx, "ZCARD %s", KILN_KEY_INFLIGHT) == 0);
+    s_test_take_many (ctx, app);
 
     s_test_deadlines (ctx, sub, app);
     s_test_cancel (ctx, sub, app);

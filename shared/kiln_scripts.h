@@ -32,11 +32,15 @@
             A deadline puts the id in kiln:deadlines. Publishes the app
             name on kiln:wake.
 
-    KILN_SCRIPT_TAKE — give the head of an app's queue to a runner
+    KILN_SCRIPT_TAKE — give the head of an app's queue to runners
       KEYS  queue, inflight
-      ARGV  runner_id, now_ms, lease_deadline_ms, retention_s
-      →     nil when the queue is empty, else {id, path, content_type, body}.
-            The request becomes IN_PROGRESS with a lease in kiln:inflight.
+      ARGV  runner_id, now_ms, lease_deadline_ms, retention_s,
+            then more runner ids (one per request to take)
+      →     nil when the queue is empty, else {id, path, content_type, body}
+            for each request taken, flat and in queue order: the first
+            goes to the first runner named, the next to the next, and so
+            on (a runner named twice takes two); fewer when the queue runs
+            out. Each becomes IN_PROGRESS with a lease in kiln:inflight.
             Ids whose record is gone or no longer IN_QUEUE are skipped;
             one past its start deadline completes with 504
             request_timeout instead.
@@ -45,9 +49,11 @@
       KEYS  req, logs, queue, inflight         (queue: the request's app queue)
       ARGV  id, status, content_type, body, error, error_type,
             now_ms, retention_s, inference_ms, file_count,
-            then per file: file_id, content_type, file_name, data
+            then per file: file_id, content_type, file_name, data,
+            then (optional) the runner that must hold it
       →     1 when recorded; 0 when the request was already COMPLETED or
-            is unknown (nothing written). Works from IN_QUEUE too (a
+            is unknown, or a runner was named and it is not IN_PROGRESS
+            on that runner (a late RESULT: nothing written). Works from IN_QUEUE too (a
             scheduling failure): complete() above. Files expire after
             retention_s.
 
@@ -120,11 +126,17 @@
             a deleted app's hash is never brought back). The revision is
             not bumped.
 
-    KILN_SCRIPT_LOG — append log lines to a request
-      KEYS  req, logs
-      ARGV  line (JSON), ...
-      →     number of lines appended; 0 when the request is unknown or
-            COMPLETED (a late line never resurrects an expired record).
+    KILN_SCRIPT_LOG — append a request's log lines to it and its app's stream
+      KEYS  req, logs, app, app_logs
+      ARGV  runner_id (the runner that must hold it; "" for any state but
+            COMPLETED), maxlen, n, then n lines (JSON) for the request's
+            list, then KILN_APP_LOG_LINE_ARGS per line for the app's
+            stream as KILN_SCRIPT_APP_LOG takes them (none: list only)
+      →     n, the lines appended; 0 when the request is unknown,
+            COMPLETED, or not IN_PROGRESS on the runner named (a late line
+            never resurrects an expired record, nor lands in another
+            run's log). The stream lines are written only while the app
+            is deployed.
 
     The app registry changes the same way:
 
@@ -136,13 +148,13 @@
             new revision: latest_revision + 1 (1 for a first deploy), so
             a deploy after a rollback never reuses a number. Stores it in
             the revisions hash as {revision, artifact, manifest, created_ms}
-            and publishes the name on kiln:wake so the broker sees it.
+            and publishes the name on kiln:changed so the broker reads it again.
 
     KILN_SCRIPT_UNDEPLOY — delete an app
       KEYS  app, apps[, revisions]
       ARGV  name
       →     0 if the app was not deployed, else 1. Deletes the revisions
-            too when given, and the app's secrets (kiln:app:{app}:secrets). Publishes the name on kiln:wake (the broker
+            too when given, and the app's secrets (kiln:app:{app}:secrets). Publishes the name on kiln:changed (the broker
             retires its runners).
 
     KILN_SCRIPT_ROLLBACK — make a stored revision the current one
@@ -151,7 +163,7 @@
       →     -1 unknown app, -2 unknown revision (nothing written), else the
             revision. Sets the app's revision, artifact, manifest and
             updated_ms (latest_revision stays) and publishes the name on
-            kiln:wake: the broker sends new requests to runners of that
+            kiln:changed: the broker sends new requests to runners of that
             revision only and retires the others when idle.
 
     KILN_SCRIPT_REQUEST_SHOW — a request record for people, in one step
@@ -172,7 +184,7 @@
             else {1, then the app's KILN_APP_FIELDS}. The overrides
             live in the app hash's `scale` field as JSON (with reset, the
             old ones are dropped first; with none left the field goes).
-            Publishes the name on kiln:wake so the broker applies them.
+            Publishes the name on kiln:changed so the broker applies them.
 
     KILN_SCRIPT_LIST_APPS — every deployed app, read in one step
       KEYS  apps                               (KILN_KEY_APPS)
