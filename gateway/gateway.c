@@ -33,7 +33,8 @@
     | Redis: SUBMIT's answer                      | -1 → 404; {-3, limit} → 429 queue_full;  |
     |                                             | queue submits → 200                      |
     | Redis: "subscribe" on kiln:done:{id}        | starts answering HTTP (listener on)      |
-    | Redis: "message" id on kiln:done:{id}       | HMGET kiln:req:{id} → the stored answer  |
+    | Redis: "message" on kiln:done:{id}          | the answer it carries (a small result),  |
+    |                                             | or HMGET kiln:req:{id} → the stored one  |
     |                                             | (504 request_timeout: + X-Fal-Request-   |
     |                                             | Timeout-Type: user)                      |
     | Redis: a connection lost or refused         | answers 503 until both connections are   |
@@ -1402,20 +1403,49 @@ s_on_result (redisAsyncContext *ctx, void *r, void *privdata)
     kiln_call_unref (&call);
 }
 
+//  A completion on our channel: the request id alone (a big result: we
+//  read the record), or the answer itself, a RESP array of id, status,
+//  content_type, body, error, error_type (kiln_scripts.h).
 static void
-s_on_completed (kiln_gateway_t *self, const char *request_id)
+s_on_completed (kiln_gateway_t *self, const redisReply *message)
 {
+    redisReply *answer = NULL;
+    if (message->len > 0 && message->str [0] == '*') {
+        redisReader *reader = redisReaderCreate ();
+        if (!reader
+        ||  redisReaderFeed (reader, message->str, message->len) != REDIS_OK
+        ||  redisReaderGetReply (reader, (void **) &answer) != REDIS_OK
+        ||  !answer || answer->type != REDIS_REPLY_ARRAY || answer->elements != 6
+        ||  answer->element [0]->type != REDIS_REPLY_STRING) {
+            kiln_log_error ("a completion on %s that does not parse; ignored", self->channel.s);
+            if (answer)
+                freeReplyObject (answer);
+            answer = NULL;
+        }
+        if (reader)
+            redisReaderFree (reader);
+        if (!answer)
+            return;
+    }
+    const char *request_id = answer? answer->element [0]->str: message->str;
     kiln_call_t *call = zhashx_lookup (self->pending, request_id);
-    if (!call) {
+    if (!call)
         //  Its caller went away, or Redis came back after we gave up on it
         kiln_log_debug ("request %s completed; nobody waits for it here", request_id);
-        return;
+    else {
+        zhashx_delete (self->pending, request_id);
+        call->pending = false;
+        if (answer) {
+            if (call->req)
+                kiln_gateway_replay (call, answer->element + 1);
+        }
+        else
+            kiln_call_redisf (call, s_on_result,
+                              "HMGET %s status result_content_type result_body error error_type",
+                              kiln_key_request (request_id).s);
     }
-    zhashx_delete (self->pending, request_id);
-    call->pending = false;
-    kiln_key_t key = kiln_key_request (request_id);
-    kiln_call_redisf (call, s_on_result,
-                      "HMGET %s status result_content_type result_body error error_type", key.s);
+    if (answer)
+        freeReplyObject (answer);
 }
 
 //  Everything that arrives on the subscriber connection.
@@ -1438,8 +1468,8 @@ s_on_channel (redisAsyncContext *ctx, void *r, void *privdata)
         s_check_up (self);
     }
     else
-    if (strcmp (kind, "message") == 0)
-        s_on_completed (self, kiln_reply_str (reply->element [2]));
+    if (strcmp (kind, "message") == 0 && reply->element [2]->type == REDIS_REPLY_STRING)
+        s_on_completed (self, reply->element [2]);
 }
 
 

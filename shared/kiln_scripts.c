@@ -17,6 +17,9 @@
 #include <string.h>
 #include <sys/types.h>
 
+#define S_LUA_STR_(x) #x
+#define S_LUA_STR(x) S_LUA_STR_ (x)
+
 //  The one way a request becomes COMPLETED, shared by every script that
 //  can end a request (Lua has no includes: the text is pasted in front).
 //  complete (req, id, status, content_type, body, error, error_type,
@@ -51,7 +54,18 @@
     "  else\n" \
     "    redis.call('EXPIRE', req, retention)\n" \
     "  end\n" \
-    "  if f[3] and f[3] ~= '' then redis.call('PUBLISH', f[3], id) end\n" \
+    "  if f[3] and f[3] ~= '' then\n" \
+    "    if #body <= " S_LUA_STR (KILN_DONE_RESULT_MAX) " then\n" \
+    "      local msg = {id, tostring(status), ctype, body, err, etype}\n" \
+    "      local resp = {'*6\\r\\n'}\n" \
+    "      for i = 1, 6 do\n" \
+    "        resp[#resp + 1] = '$' .. #msg[i] .. '\\r\\n' .. msg[i] .. '\\r\\n'\n" \
+    "      end\n" \
+    "      redis.call('PUBLISH', f[3], table.concat(resp))\n" \
+    "    else\n" \
+    "      redis.call('PUBLISH', f[3], id)\n" \
+    "    end\n" \
+    "  end\n" \
     "  return 1\n" \
     "end\n"
 
@@ -721,13 +735,47 @@ s_expect_message (redisContext *sub, const char *channel, const char *payload)
         bool match = reply->type == REDIS_REPLY_ARRAY && reply->elements == 3
                   && reply->element [0]->type == REDIS_REPLY_STRING
                   && strcmp (reply->element [0]->str, "message") == 0
-                  && strcmp (reply->element [1]->str, channel) == 0
-                  && strcmp (reply->element [2]->str, payload) == 0;
+                  && strcmp (reply->element [1]->str, channel) == 0;
+        if (match && strcmp (reply->element [2]->str, payload) != 0) {
+            //  A completion with its answer: the id comes first
+            char head [96];
+            snprintf (head, sizeof head, "*6\r\n$%zu\r\n%s\r\n", strlen (payload), payload);
+            match = strncmp (reply->element [2]->str, head, strlen (head)) == 0;
+        }
         freeReplyObject (reply);
         if (match)
             return true;
     }
     return false;
+}
+
+//  The next message on kiln:done:gw1 must carry the request's answer.
+static bool
+s_expect_answer (redisContext *sub, const char *id, const char *status,
+                 const char *content_type, const char *body, size_t body_size)
+{
+    redisReply *reply = NULL;
+    if (redisGetReply (sub, (void **) &reply) != REDIS_OK || !reply)
+        return false;
+    bool ok = reply->type == REDIS_REPLY_ARRAY && reply->elements == 3
+           && strcmp (reply->element [1]->str, "kiln:done:gw1") == 0;
+    redisReader *reader = redisReaderCreate ();
+    redisReply *answer = NULL;
+    ok = ok && reader
+      && redisReaderFeed (reader, reply->element [2]->str, reply->element [2]->len) == REDIS_OK
+      && redisReaderGetReply (reader, (void **) &answer) == REDIS_OK && answer
+      && answer->type == REDIS_REPLY_ARRAY && answer->elements == 6
+      && strcmp (answer->element [0]->str, id) == 0
+      && strcmp (answer->element [1]->str, status) == 0
+      && strcmp (answer->element [2]->str, content_type) == 0
+      && answer->element [3]->len == body_size
+      && memcmp (answer->element [3]->str, body, body_size) == 0;
+    if (answer)
+        freeReplyObject (answer);
+    if (reader)
+        redisReaderFree (reader);
+    freeReplyObject (reply);
+    return ok;
 }
 
 //  Start deadlines: SUBMIT records them, TAKE ends a request past its
@@ -1566,7 +1614,7 @@ kiln_scripts_test (bool verbose)
     CHECK (s_int (ctx, "HINCRBY %s %s 0", stats_key, "in:1000") == 0);
     CHECK (s_int (ctx, "HINCRBY %s %s 0", stats_key, "in:5000") == 0);
     CHECK (s_int (ctx, "HEXISTS %s %s", stats_key, "le:2500") == 0);
-    CHECK (s_expect_message (sub, "kiln:done:gw1", a));
+    CHECK (s_expect_answer (sub, a, "200", "image/png", result, sizeof result));
     HGET_IS (req_a.s, "state", "COMPLETED");
     HGET_IS (req_a.s, "status", "200");
     HGET_IS (req_a.s, "result_content_type", "image/png");

@@ -10,7 +10,7 @@
     Every script that ends a request does it through one Lua function,
     complete(), pasted in front of it: the record becomes COMPLETED once,
     leaves its queue, kiln:inflight and kiln:deadlines, its logs get the
-    retention, its reply_to channel hears the id; a request with a
+    retention, its reply_to channel hears of it (see below); a request with a
     webhook enters the kiln:webhooks outbox (score: when to deliver) and
     its record is kept until the delivery ends; otherwise the record
     expires after the retention. complete() also counts the request in
@@ -18,6 +18,11 @@
     in:{b}, b the first bucket of KILN_STATS_BUCKETS_MS whose limit the
     latency (creation to completion) is at most: one HINCRBY, and
     /metrics sums these into Prometheus's cumulative buckets.
+    What reply_to hears: with a result body of at most
+    KILN_DONE_RESULT_MAX bytes, the answer itself, as a RESP array of six
+    bulk strings: id, status, content_type, body, error, error_type (what
+    a sync call replies, without another round trip); with a bigger one,
+    the id alone (the caller reads the record).
 
     KILN_SCRIPT_SUBMIT — record and queue a request
       KEYS  app, req, queue, seq               (kiln_key_app, _request, _queue, KILN_KEY_SEQ)
@@ -226,6 +231,10 @@ extern const char *KILN_SCRIPT_WEBHOOK_DONE;
 extern const char *KILN_SCRIPT_WEBHOOK_LEASE;
 extern const char *KILN_SCRIPT_REQUEUE;
 extern const char *KILN_SCRIPT_APP_STATUS;
+
+//  The largest result body that complete() publishes on reply_to with
+//  the rest of the answer (above).
+#define KILN_DONE_RESULT_MAX 16384
 
 //  Latency histogram buckets (ms) of kiln:stats:{app}, as Lua list text.
 #define KILN_STATS_BUCKETS_MS "5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000"

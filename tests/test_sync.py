@@ -29,6 +29,17 @@ class SyncTest(kiln_harness.KilnTestCase):
         self.assertEqual(json.loads(body), {'path': '/', 'input': {'prompt': 'rhino'}})
         self.assertRegex(headers.get('x-fal-request-id', ''), UUID4_RE)
 
+    def test_small_and_big_results_alike(self):
+        #  A result of up to 16 KiB comes with its completion message; a
+        #  bigger one is read from its record. Both come back whole, with
+        #  text that is not ASCII.
+        for size in (10, 16000, 17000, 40000):
+            text = ('é' + 'x' * 9) * (size // 11)
+            status, headers, body = self.stack.http('POST', '/local/echo', {'text': text})
+            self.assertEqual(status, 200, body[:200])
+            self.assertTrue(headers.get('content-type', '').startswith('application/json'))
+            self.assertEqual(json.loads(body), {'path': '/', 'input': {'text': text}}, size)
+
     def test_subpath_endpoint(self):
         status, headers, obj = self.stack.call('/local/echo/sub', {'n': 7})
         self.assertEqual(status, 200, obj)
