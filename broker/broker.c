@@ -1026,13 +1026,12 @@ s_fail_queue (kiln_broker_t *self, const char *app, int status,
 //  handler started it (not counted). keep_result: out of retries, leave
 //  it to the caller, who records the runner's own answer; such a call is
 //  not kept through an outage either, since the caller completes it.
-static long long
-s_requeue (kiln_broker_t *self, const char *request_id, const char *app,
-           bool counted, bool keep_result, const char *why)
+static s_call_t *
+s_requeue_call (const char *request_id, bool counted, bool keep_result, int retention_s)
 {
     s_call_t *call = s_call_new (10);
     if (!call)
-        return REQUEUE_NO_ANSWER;
+        return NULL;
     kiln_key_t req = kiln_key_request (request_id);
     int rc = s_call_add_str (call, "EVAL")
            | s_call_add_str (call, KILN_SCRIPT_REQUEUE)
@@ -1042,16 +1041,18 @@ s_requeue (kiln_broker_t *self, const char *request_id, const char *app,
            | s_call_add_int (call, kiln_now_ms ())
            | s_call_add_int (call, RETRY_LIMIT)
            | s_call_add_str (call, counted? "1": "0")
-           | s_call_add_int (call, self->cfg->result_retention_s)
+           | s_call_add_int (call, retention_s)
            | s_call_add_str (call, keep_result? "keep": "fail");
-    if (rc != 0) {
+    if (rc != 0)
         s_call_destroy (&call);
-        return REQUEUE_NO_ANSWER;
-    }
-    bool answered = false;
-    long long result = s_call_run_answered (self, &call, !keep_result, "REQUEUE", &answered);
-    if (!answered)
-        return REQUEUE_NO_ANSWER;
+    return call;
+}
+
+//  Logs what REQUEUE did with the request.
+static void
+s_requeue_log (const char *request_id, const char *app, bool counted, const char *why,
+               long long result)
+{
     if (result == REQUEUE_REQUEUED)
         kiln_log_info ("request %s (%s) back at the head of its queue%s (%s)",
                        request_id, app, counted? "": ", attempt not counted", why);
@@ -1059,6 +1060,22 @@ s_requeue (kiln_broker_t *self, const char *request_id, const char *app,
     if (result == REQUEUE_COMPLETED)
         kiln_log_info ("request %s (%s) not retried (%s): out of tries, "
                        "X-Fal-No-Retry, or cancelled", request_id, app, why);
+}
+
+//  Runs REQUEUE now and logs what it did: REQUEUE_* above.
+static long long
+s_requeue (kiln_broker_t *self, const char *request_id, const char *app,
+           bool counted, bool keep_result, const char *why)
+{
+    s_call_t *call = s_requeue_call (request_id, counted, keep_result,
+                                     self->cfg->result_retention_s);
+    if (!call)
+        return REQUEUE_NO_ANSWER;
+    bool answered = false;
+    long long result = s_call_run_answered (self, &call, !keep_result, "REQUEUE", &answered);
+    if (!answered)
+        return REQUEUE_NO_ANSWER;
+    s_requeue_log (request_id, app, counted, why, result);
     return result;
 }
 
@@ -1968,7 +1985,9 @@ s_app_scale (kiln_broker_t *self, s_app_t *app, int target, long long queued)
 {
     int inflight, active;
     s_app_count (self, app->name, &inflight, &active);
-    if (active >= target && queued == 0)
+    //  Enough runners (every wake of a burst lands here): nothing to
+    //  place, and queued requests are theirs to take, not to fail.
+    if (active >= target)
         return;
 
     s_snapshot_t snap;
@@ -3124,24 +3143,80 @@ s_expire_leases (kiln_broker_t *self)
                                  KILN_KEY_INFLIGHT, kiln_now_ms (), EXPIRE_BATCH);
     if (!ids)
         return;
-    for (size_t i = 0; ids->type == REDIS_REPLY_ARRAY && i < ids->elements; i++) {
+    size_t total = ids->type == REDIS_REPLY_ARRAY? ids->elements: 0;
+    const char **expired = calloc (total + 1, sizeof *expired);
+    s_call_t **calls = calloc (total + 1, sizeof *calls);
+    redisReply **apps = calloc (total + 1, sizeof *apps);
+    redisReply **answers = calloc (total + 1, sizeof *answers);
+    s_call_t *stale = s_call_new (2 + (int) total);
+    size_t count = 0;
+    if (!expired || !calls || !apps || !answers || !stale
+    ||  s_call_add_str (stale, "ZREM") || s_call_add_str (stale, KILN_KEY_INFLIGHT))
+        goto done;
+    //  Round trip one: the app of each (for the log); two: REQUEUE each
+    for (size_t i = 0; i < total; i++) {
         const redisReply *id = ids->element [i];
         if (id->type != REDIS_REPLY_STRING || !kiln_id_valid (id->str)
         ||  zhashx_lookup (self->inflight, id->str))
             continue;
-        kiln_key_t req = kiln_key_request (id->str);
-        redisReply *app = s_command (self, "HGET %s app", req.s);
-        long long requeued = s_requeue (self, id->str,
-                                        app && app->type == REDIS_REPLY_STRING? app->str: "?",
-                                        true, false, "its lease ran out and no runner holds it");
-        if (app)
-            freeReplyObject (app);
-        if (requeued == REQUEUE_NOT_RUNNING) {
-            redisReply *gone = s_command (self, "ZREM %s %s", KILN_KEY_INFLIGHT, id->str);
-            if (gone)
-                freeReplyObject (gone);
+        s_call_t *call = s_call_new (3);
+        if (!call || s_call_add_str (call, "HGET")
+        ||  s_call_add_str (call, kiln_key_request (id->str).s) || s_call_add_str (call, "app")) {
+            s_call_destroy (&call);
+            continue;
+        }
+        expired [count] = id->str;
+        calls [count++] = call;
+    }
+    s_pipeline (self, calls, count, apps);
+    size_t requeues = 0;
+    for (size_t i = 0; i < count; i++) {
+        s_call_destroy (&calls [i]);
+        s_call_t *call = s_requeue_call (expired [i], true, false, self->cfg->result_retention_s);
+        if (call) {
+            //  Packed: expired [] and apps [] follow the calls that exist
+            expired [requeues] = expired [i];
+            redisReply *app = apps [i];
+            apps [i] = NULL;
+            apps [requeues] = app;
+            calls [requeues++] = call;
+        }
+        else
+        if (apps [i]) {
+            freeReplyObject (apps [i]);
+            apps [i] = NULL;
         }
     }
+    count = requeues;
+    s_pipeline (self, calls, count, answers);
+    for (size_t i = 0; i < count; i++) {
+        const char *app = apps [i] && apps [i]->type == REDIS_REPLY_STRING? apps [i]->str: "?";
+        if (answers [i] && answers [i]->type == REDIS_REPLY_INTEGER) {
+            s_requeue_log (expired [i], app, true, "its lease ran out and no runner holds it",
+                           answers [i]->integer);
+            //  Not in progress: a stale entry, which leaves kiln:inflight
+            if (answers [i]->integer == REQUEUE_NOT_RUNNING)
+                s_call_add_str (stale, expired [i]);
+        }
+        else
+        if (answers [i] && answers [i]->type == REDIS_REPLY_ERROR)
+            kiln_log_error ("redis: REQUEUE failed: %s", answers [i]->str);
+    }
+    if (stale->argc > 2)
+        s_call_run (self, &stale, false, "ZREM of stale leases");
+done:
+    for (size_t i = 0; i < count; i++) {
+        s_call_destroy (&calls [i]);
+        if (apps [i])
+            freeReplyObject (apps [i]);
+        if (answers [i])
+            freeReplyObject (answers [i]);
+    }
+    s_call_destroy (&stale);
+    free (expired);
+    free (calls);
+    free (apps);
+    free (answers);
     freeReplyObject (ids);
 }
 
