@@ -4,13 +4,20 @@
     One zloop over three inputs:
       - the ROUTER socket every worker and runner connects a DEALER to,
         with its own id as routing identity;
-      - a Redis connection SUBSCRIBEd to kiln:wake and kiln:cancel,
-        polled by its fd;
+      - a Redis connection SUBSCRIBEd to kiln:wake, kiln:changed and
+        kiln:cancel, polled by its fd;
       - a timer every HEARTBEAT_INTERVAL_MS: heartbeats, liveness,
         startup timeouts, Redis reconnects, expiry of queued requests
         past their start deadline (EXPIRE), and a sweep of every app so
         that a lost wake costs at most one interval.
     A second Redis connection runs the request scripts (kiln_scripts.h).
+    After each event (the messages of one wake-up, the wakes read
+    together, a tick) the Redis work goes in a few pipelined round trips
+    (s_settle): the RESULTs' COMPLETEs and the LOGs, deferred as they
+    came; then the records of apps to read again; then, per app marked
+    by s_dispatch, one TAKE for every free runner slot and the queue's
+    length, which sizes it. Log lines alone wait up to LOG_DEFER_MS for a
+    round trip to go with.
 
     Messages taken (kiln_msg.h):
 
@@ -63,7 +70,8 @@
     | DISCONNECT    | peer             | an unknown peer spoke; every peer at shutdown     |
     |               |                  | (after the drain, see below)                      |
 
-    Redis in: kiln:wake (an app name) → dispatch (app); kiln:cancel (a
+    Redis in: kiln:wake (an app name) → dispatch (app); kiln:changed (an
+    app name) → read its record again, dispatch (app); kiln:cancel (a
     request id, cancelled by its client while it runs) → CANCEL to the
     runner that holds it (a request nobody here holds is left alone).
     Redis out, every tick: kiln:runners and kiln:workers (the view below,
