@@ -1521,6 +1521,9 @@ main (int argc, char *argv [])
     s_step ("SIGTERM drains: a RESULT within the grace is recorded, what still runs "
             "keeps its lease, exit 0; the next broker finishes it, once");
     s_peer_t *last = s_worker ("w-last", "GPU-L4", 2);
+    //  Registered before the deploy: a request for a type no worker
+    //  offers fails at once
+    CHECK (s_wait_view (KILN_KEY_WORKERS, "w-last", 5000, "\"id\":\"w-last\"", NULL));
     s_deploy ("local/last", 1, "{\"name\":\"last\",\"machine_types\":[\"GPU-L4\"],"
               "\"max_concurrency\":2,\"keep_alive\":300,\"endpoints\":[\"/\"]}");
     s_submit ("local/last", "{\"n\":1}", id);
