@@ -167,6 +167,17 @@ class QueueTest(kiln_harness.QueueTestCase):
         status, obj = self.status(request_id)
         self.assertFalse(obj.get('logs'), obj)
 
+    def test_a_burst_of_lines_arrives_whole_and_in_order(self):
+        #  Faster than they can leave one by one: the runner merges them
+        #  (and makes the handler wait past 1,000 held), losing none.
+        lines = 3000
+        request_id = self.submit({'lines': lines, 'interval_ms': 0})['request_id']
+        self.wait_completed(request_id)
+        status, obj = self.status(request_id, logs=True)
+        self.assertEqual(status, 200, obj)
+        messages = [line['message'] for line in obj['logs'] or []]
+        self.assertEqual(messages, ['line %d of %d' % (i, lines) for i in range(1, lines + 1)])
+
     def test_status_of_unknown_or_another_apps_request_is_404(self):
         status, headers, body = self.stack.http(
             'GET', '/queue/%s/requests/%s/status' % (APP, uuid.uuid4()))

@@ -34,7 +34,9 @@
     |              |     | hold (running, or waiting for an executor): the broker    |
     |              |     | renews their leases and runs one we do not list elsewhere |
     | REQUEST      | ←   | queued, then given to a free executor                     |
-    | LOG          | →   | at once, for each kiln_request_log() line                 |
+    | LOG          | →   | kiln_request_log() lines: those of a handler's first      |
+    |              |     | LOG_HOLD_MS just before its RESULT, later ones at once;   |
+    |              |     | a request's lines waiting together go as one LOG          |
     | RESULT       | →   | when a handler returns (404 for an unknown path, 500 for  |
     |              |     | a handler that returned -1); once stopping, at once for   |
     |              |     | each request no handler started: 503 runner_draining,     |
@@ -51,14 +53,22 @@
     setup it ends the process at once, so a setup that hangs is killed
     as soon as the broker gives up on it.
 
-    Between the main thread and each executor (inproc pipe, pointers to
-    kiln_msg_t, ownership passing with the message):
+    Between the main thread and each executor: fields of the executor
+    under one mutex (s_shared_t.lock), ownership passing with the message.
+    Main wakes an executor with its semaphore; an executor wakes main
+    with one eventfd that main polls (one write per wake-up, however much
+    is waiting), so a request costs no zmq_poll of executor sockets.
 
-    | command  | dir           | carries                        |
-    |----------|---------------|--------------------------------|
-    | REQUEST  | main → exec   | the REQUEST                    |
-    | LOG      | exec → main   | a LOG to forward               |
-    | RESULT   | exec → main   | the RESULT; the executor is free again |
+    | field    | dir           | carries                                 |
+    |----------|---------------|-----------------------------------------|
+    | request  | main → exec   | the REQUEST to run                      |
+    | logs     | exec → main   | LOGs to forward: held until the handler |
+    |          |               | returns (then they go with its RESULT,  |
+    |          |               | one wake-up), or for LOG_HOLD_MS at     |
+    |          |               | most: after that `streaming` is set and |
+    |          |               | each line wakes main at once            |
+    | result   | exec → main   | the RESULT (`finished`); the executor   |
+    |          |               | is free again                           |
     =========================================================================
 */
 #include "runner.h"
@@ -83,6 +93,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -96,6 +109,14 @@
 #define LINGER_MS                1000
 //  Executors at most, whatever max_multiplexing asks for.
 #define MAX_EXECUTORS            64
+//  How long a handler's LOG lines may wait to leave with its RESULT: a
+//  handler still running then streams them, each as it comes.
+#define LOG_HOLD_MS              2
+//  LOG lines an executor holds at most for main: a handler that logs
+//  faster than main forwards waits, as it did on a full pipe.
+#define LOG_HOLD_MAX             1000
+//  Lines of one request sent as one LOG at most (as the worker batches).
+#define LOG_BATCH_MAX            64
 
 static volatile sig_atomic_t s_terminate = 0;
 
@@ -347,17 +368,36 @@ s_describe_python (const char *target)
     return fflush (stdout) == 0? KILN_RUNNER_EXIT_OK: KILN_RUNNER_EXIT_FAILED;
 }
 
-//  What every executor reads; fixed while they run.
+//  What every executor reads: the first three fixed while they run, the
+//  rest the hand-over between them and main.
 typedef struct {
     const kiln_app_t *app;
     void *state;
     const char *public_url;
+    bool ready;                     //  lock and wakeup made
+    pthread_mutex_t lock;           //  guards signalled and each executor's hand-over
+    int wakeup;                     //  eventfd: an executor writes, main polls
+    bool signalled;                 //  written since main last took what waits
 } s_shared_t;
 
 typedef struct {
-    zactor_t *actor;
+    s_shared_t *shared;
+    pthread_t thread;
+    bool started;                   //  thread and conditions made
+    sem_t wake;                     //  main → executor: posted per request, and to stop
+    pthread_cond_t room;            //  main → a handler's logger: logs taken
+    //  The hand-over, under shared->lock
+    kiln_msg_t *request;            //  to run
+    bool stop;                      //  end the thread once idle
+    zlist_t *logs;                  //  LOGs (kiln_msg_t *) for main to send
+    bool streaming;                 //  each LOG wakes main at once
+    bool finished;                  //  its handler returned: result is main's
+    kiln_msg_t *result;             //  NULL when it could not be made
+    //  The main thread's own
+    zlist_t *spare_logs;            //  swapped with logs, so taking them allocates nothing
     bool busy;
     char *request_id;               //  what it runs, while busy
+    int hold_timer;                 //  zloop timer ending the LOG hold, or -1
 } s_executor_t;
 
 typedef struct {
@@ -373,9 +413,11 @@ typedef struct {
     zloop_t *loop;
     s_executor_t executors [MAX_EXECUTORS];
     size_t executor_count;
+    zmq_pollitem_t wakeup_item;     //  shared.wakeup, in the loop
     size_t busy_count;
     zlist_t *pending;               //  REQUESTs (kiln_msg_t *) waiting for an executor
     int64_t broker_seen_ms;         //  monotonic: last message from the broker
+    bool broker_drained;            //  the heartbeat read the broker this loop pass
     int64_t hello_sent_ms;
     bool hello_due;
     bool stopping;                  //  SIGTERM seen: finish, take no more
@@ -476,19 +518,56 @@ s_describe (const char *path)
 //  -------------------------------------------------------------------------
 //  Executors: each calls handlers, one request at a time
 
+//  With shared->lock held: true when the caller is the one to wake main
+//  (s_wake_main), once until main takes what waits.
+static bool
+s_wake_due (s_shared_t *shared)
+{
+    if (shared->signalled)
+        return false;
+    shared->signalled = true;
+    return true;
+}
+
+//  Best after releasing shared->lock: main, woken, takes it at once.
+static void
+s_wake_main (s_shared_t *shared)
+{
+    uint64_t one = 1;
+    //  It cannot fail short of a counter near 2^64 that main never read.
+    if (write (shared->wakeup, &one, sizeof (one)) == -1)
+        kiln_log_error ("cannot wake the main thread: %s", strerror (errno));
+}
+
+//  A handler's LOG line (kiln_request_log, on any thread of the app's):
+//  held for main, which sends it with the RESULT; once the handler has
+//  run LOG_HOLD_MS (streaming), main is woken for it at once.
 static void
 s_emit (kiln_msg_t **msg_p, void *arg)
 {
-    zsock_t *pipe = (zsock_t *) arg;
-    kiln_msg_t *msg = *msg_p;
-    *msg_p = NULL;
-    if (zsock_send (pipe, "sp", "LOG", msg) == -1)
-        kiln_msg_destroy (&msg);
+    s_executor_t *self = (s_executor_t *) arg;
+    s_shared_t *shared = self->shared;
+    bool wake = false;
+    pthread_mutex_lock (&shared->lock);
+    //  A logger faster than main waits for room, as on a full pipe.
+    while (zlist_size (self->logs) >= LOG_HOLD_MAX && !self->stop) {
+        if (s_wake_due (shared))
+            s_wake_main (shared);
+        pthread_cond_wait (&self->room, &shared->lock);
+    }
+    if (!self->stop && zlist_append (self->logs, *msg_p) == 0) {
+        *msg_p = NULL;              //  the caller destroys what we did not take
+        wake = self->streaming && s_wake_due (shared);
+    }
+    pthread_mutex_unlock (&shared->lock);
+    if (wake)
+        s_wake_main (shared);
 }
 
 static kiln_msg_t *
-s_serve (s_shared_t *shared, zsock_t *pipe, const kiln_msg_t *request)
+s_serve (s_executor_t *self, const kiln_msg_t *request)
 {
+    s_shared_t *shared = self->shared;
     const kiln_endpoint_t *endpoint = shared->app->endpoints;
     while (endpoint && endpoint->path && strcmp (endpoint->path, request->path) != 0)
         endpoint++;
@@ -499,7 +578,7 @@ s_serve (s_shared_t *shared, zsock_t *pipe, const kiln_msg_t *request)
         free (detail);
         return result;
     }
-    kiln_request_t *req = kiln_sdk_request_new (request, shared->public_url, s_emit, pipe);
+    kiln_request_t *req = kiln_sdk_request_new (request, shared->public_url, s_emit, self);
     kiln_response_t *resp = kiln_sdk_response_new ();
     if (!req || !resp) {
         kiln_sdk_request_destroy (&req);
@@ -525,36 +604,44 @@ s_serve (s_shared_t *shared, zsock_t *pipe, const kiln_msg_t *request)
     return result;
 }
 
-static void
-s_executor (zsock_t *pipe, void *args)
+//  An executor's thread: runs the requests main gives it, one at a time,
+//  until main says stop.
+static void *
+s_executor (void *args)
 {
-    s_shared_t *shared = (s_shared_t *) args;
-    zsock_signal (pipe, 0);
+    s_executor_t *self = (s_executor_t *) args;
+    s_shared_t *shared = self->shared;
     while (true) {
-        char *command = NULL;
-        void *pointer = NULL;
-        if (zsock_recv (pipe, "sp", &command, &pointer) == -1) {
-            //  A signal, or a SIGSTOP and SIGCONT, interrupts the wait
-            //  (EINTR): that is no reason to leave our requests unserved.
-            if (zmq_errno () == EINTR)
-                continue;
-            break;                  //  the context is going away
-        }
-        bool terminate = !command || streq (command, "$TERM");
-        if (command && streq (command, "REQUEST") && pointer) {
-            kiln_msg_t *request = (kiln_msg_t *) pointer;
-            kiln_msg_t *result = s_serve (shared, pipe, request);
-            if (!result)
-                kiln_log_error ("request %s: out of memory making its RESULT", request->request_id);
-            kiln_msg_destroy (&request);
-            //  Sent even when NULL: it is also how main knows we are free.
-            if (zsock_send (pipe, "sp", "RESULT", result) == -1)
-                kiln_msg_destroy (&result);
-        }
-        free (command);
-        if (terminate)
-            break;
+        //  A semaphore, not a condition: woken, we find the lock free
+        //  (glibc's condition wait takes it back marked contended, which
+        //  costs its unlock a system call).
+        while (sem_wait (&self->wake) == -1 && errno == EINTR)
+            ;
+        pthread_mutex_lock (&shared->lock);
+        kiln_msg_t *request = self->request;
+        self->request = NULL;
+        bool stop = self->stop;
+        pthread_mutex_unlock (&shared->lock);
+        if (!request && stop)
+            break;                  //  stopped, and idle
+        if (!request)
+            continue;
+
+        kiln_msg_t *result = s_serve (self, request);
+        if (!result)
+            kiln_log_error ("request %s: out of memory making its RESULT", request->request_id);
+        kiln_msg_destroy (&request);
+
+        pthread_mutex_lock (&shared->lock);
+        //  Finished even with no RESULT: it is also how main knows we are free.
+        self->result = result;
+        self->finished = true;
+        bool wake = s_wake_due (shared);
+        pthread_mutex_unlock (&shared->lock);
+        if (wake)
+            s_wake_main (shared);
     }
+    return NULL;
 }
 
 //  -------------------------------------------------------------------------
@@ -596,6 +683,7 @@ static void s_process_dispatch (s_runner_t *self);
 static bool s_check_stop (s_runner_t *self);
 static void s_process_cancel (s_runner_t *self, const char *request_id);
 static void s_process_crashed (s_runner_t *self, char *why);
+static int s_on_log_hold_end (zloop_t *loop, int timer_id, void *arg);
 
 static void
 s_dispatch (s_runner_t *self)
@@ -609,16 +697,23 @@ s_dispatch (s_runner_t *self)
         if (executor->busy)
             continue;
         kiln_msg_t *request = (kiln_msg_t *) zlist_pop (self->pending);
-        //  Copied first: the request is the executor's once sent
+        //  Copied first: the request is the executor's once handed over
         char *request_id = strdup (request->request_id);
-        if (!request_id
-        ||  zsock_send (zactor_sock (executor->actor), "sp", "REQUEST", request) == -1) {
-            kiln_log_error ("request %s: cannot reach an executor", request->request_id);
+        if (!request_id) {
+            kiln_log_error ("request %s: out of memory handing it to an executor", request->request_id);
             kiln_sdk_cancel_set (request->request_id, false);
             kiln_msg_destroy (&request);
-            free (request_id);
             continue;
         }
+        //  Its LOG lines wait for its RESULT until this fires; with no
+        //  timer they stream from the start.
+        executor->hold_timer = zloop_timer (self->loop, LOG_HOLD_MS, 1, s_on_log_hold_end, self);
+        pthread_mutex_lock (&self->shared.lock);
+        executor->request = request;
+        executor->streaming = executor->hold_timer == -1;
+        pthread_mutex_unlock (&self->shared.lock);
+        //  After the unlock: woken, it takes the lock without a wait
+        sem_post (&executor->wake);
         executor->busy = true;
         executor->request_id = request_id;
         self->busy_count++;
@@ -1025,9 +1120,13 @@ s_on_broker (zloop_t *loop, zsock_t *sock, void *arg)
     (void) loop;
     s_runner_t *self = (s_runner_t *) arg;
     //  The heartbeat timer may have read what zloop saw waiting (it runs
-    //  timers before readers): then a recv would block.
-    if (!(zsock_events (sock) & ZMQ_POLLIN))
-        return 0;
+    //  timers before readers): then a recv would block. Asked only then,
+    //  as asking costs two system calls.
+    if (self->broker_drained) {
+        self->broker_drained = false;
+        if (!(zsock_events (sock) & ZMQ_POLLIN))
+            return 0;
+    }
     kiln_msg_t *msg = kiln_msg_recv (sock, NULL);
     if (!msg)
         return 0;                   //  malformed (the codec logged it) or interrupted
@@ -1070,43 +1169,241 @@ s_on_broker (zloop_t *loop, zsock_t *sock, void *arg)
     return self->crashed && s_check_stop (self)? -1: 0;
 }
 
+//  Moves msg's lines to the end of batch's when both are one request's
+//  and the batch has room; true when moved (msg is left with none).
+static bool
+s_log_join (kiln_msg_t *batch, kiln_msg_t *msg)
+{
+    if (!batch->request_id || !msg->request_id || !streq (batch->request_id, msg->request_id)
+    ||  batch->log_count + msg->log_count > LOG_BATCH_MAX)
+        return false;
+    size_t count = batch->log_count + msg->log_count;
+    kiln_msg_log_t *logs = realloc (batch->logs, count * sizeof (kiln_msg_log_t));
+    if (!logs)
+        return false;
+    memcpy (logs + batch->log_count, msg->logs, msg->log_count * sizeof (kiln_msg_log_t));
+    batch->logs = logs;
+    batch->log_count = count;
+    free (msg->logs);
+    msg->logs = NULL;
+    msg->log_count = 0;
+    return true;
+}
+
+//  Sends an executor's LOGs, emptying the list: a request's lines in a
+//  row go as one LOG, one broker message and one script there.
+static void
+s_send_logs (s_runner_t *self, zlist_t *logs)
+{
+    kiln_msg_t *batch = NULL;
+    kiln_msg_t *msg;
+    while ((msg = (kiln_msg_t *) zlist_pop (logs))) {
+        if (batch && s_log_join (batch, msg)) {
+            kiln_msg_destroy (&msg);
+            continue;
+        }
+        if (batch)
+            s_send (self, &batch);
+        batch = msg;
+    }
+    if (batch)
+        s_send (self, &batch);
+}
+
+//  An executor's LOGs, with shared.lock held: the list, swapped for the
+//  spare one (main empties it with s_send_logs and gives it back as the
+//  spare), or NULL when there are none.
+static zlist_t *
+s_take_logs (s_executor_t *executor)
+{
+    if (zlist_size (executor->logs) == 0)
+        return NULL;
+    zlist_t *logs = executor->logs;
+    executor->logs = executor->spare_logs;
+    executor->spare_logs = NULL;
+    pthread_cond_broadcast (&executor->room);
+    return logs;
+}
+
+//  Takes what an executor has for main, with shared.lock held: its LOGs
+//  (s_take_logs) and, once its handler returned, its RESULT. True when
+//  it finished.
+static bool
+s_take (s_executor_t *executor, zlist_t **logs_p, kiln_msg_t **result_p)
+{
+    *logs_p = s_take_logs (executor);
+    bool finished = executor->finished;
+    *result_p = executor->result;
+    executor->finished = false;
+    executor->result = NULL;
+    return finished;
+}
+
+//  An executor's handler returned: its RESULT goes, and it takes the
+//  next request.
+static void
+s_finished (s_runner_t *self, s_executor_t *executor, kiln_msg_t **result_p)
+{
+    kiln_msg_t *result = *result_p;
+    *result_p = NULL;
+    //  That error_type tells the broker "never started, run it again
+    //  uncounted": a handler saying so could loop a request forever.
+    if (result && result->error_type && streq (result->error_type, KILN_ERROR_TYPE_RUNNER_DRAINING)) {
+        free (result->error_type);
+        result->error_type = strdup ("app_error");
+    }
+    if (result)
+        s_send (self, &result);
+    if (executor->hold_timer != -1)
+        zloop_timer_end (self->loop, executor->hold_timer);
+    executor->hold_timer = -1;
+    if (executor->busy) {
+        executor->busy = false;
+        self->busy_count--;
+        //  Its handler is done: a late CANCEL finds nothing to mark
+        kiln_sdk_cancel_set (executor->request_id, false);
+        zstr_free (&executor->request_id);
+    }
+}
+
+//  An executor woke us (shared.wakeup): everything every executor has
+//  for us goes, each one's LOGs before its RESULT.
 static int
-s_on_executor (zloop_t *loop, zsock_t *sock, void *arg)
+s_on_executors (zloop_t *loop, zmq_pollitem_t *item, void *arg)
+{
+    (void) loop;
+    (void) item;
+    s_runner_t *self = (s_runner_t *) arg;
+    //  Read before we take: a wake-up written after this read is for
+    //  something we may not have taken, so it must stay readable.
+    uint64_t count;
+    if (read (self->shared.wakeup, &count, sizeof (count)) == -1 && errno != EAGAIN && errno != EINTR)
+        kiln_log_warn ("cannot read the executors' eventfd: %s", strerror (errno));
+    zlist_t *logs [MAX_EXECUTORS];
+    kiln_msg_t *results [MAX_EXECUTORS];
+    bool finished [MAX_EXECUTORS];
+    pthread_mutex_lock (&self->shared.lock);
+    self->shared.signalled = false;
+    for (size_t i = 0; i < self->executor_count; i++)
+        finished [i] = s_take (&self->executors [i], &logs [i], &results [i]);
+    pthread_mutex_unlock (&self->shared.lock);
+    bool freed = false;
+    for (size_t i = 0; i < self->executor_count; i++) {
+        s_executor_t *executor = &self->executors [i];
+        if (logs [i]) {
+            s_send_logs (self, logs [i]);
+            executor->spare_logs = logs [i];
+        }
+        if (finished [i]) {
+            s_finished (self, executor, &results [i]);
+            freed = true;
+        }
+    }
+    if (!freed)
+        return 0;
+    if (!self->stopping)
+        s_dispatch (self);
+    return s_check_stop (self)? -1: 0;
+}
+
+//  A handler ran LOG_HOLD_MS: what it logged goes now, and each line it
+//  logs from now on goes at once.
+static int
+s_on_log_hold_end (zloop_t *loop, int timer_id, void *arg)
 {
     (void) loop;
     s_runner_t *self = (s_runner_t *) arg;
-    char *command = NULL;
-    void *pointer = NULL;
-    if (zsock_recv (sock, "sp", &command, &pointer) == -1)
-        return 0;
-    kiln_msg_t *msg = (kiln_msg_t *) pointer;
-    bool result = command && streq (command, "RESULT");
-    free (command);
-    //  That error_type tells the broker "never started, run it again
-    //  uncounted": a handler saying so could loop a request forever.
-    if (msg && msg->type == KILN_MSG_RESULT && msg->error_type
-    &&  streq (msg->error_type, KILN_ERROR_TYPE_RUNNER_DRAINING)) {
-        free (msg->error_type);
-        msg->error_type = strdup ("app_error");
-    }
-    if (msg)
-        s_send (self, &msg);
-    if (result) {
-        for (size_t i = 0; i < self->executor_count; i++) {
-            s_executor_t *executor = &self->executors [i];
-            if (zactor_sock (executor->actor) == sock && executor->busy) {
-                executor->busy = false;
-                self->busy_count--;
-                //  Its handler is done: a late CANCEL finds nothing to mark
-                kiln_sdk_cancel_set (executor->request_id, false);
-                zstr_free (&executor->request_id);
-            }
+    for (size_t i = 0; i < self->executor_count; i++) {
+        s_executor_t *executor = &self->executors [i];
+        if (!executor->busy || executor->hold_timer != timer_id)
+            continue;
+        executor->hold_timer = -1;
+        pthread_mutex_lock (&self->shared.lock);
+        executor->streaming = true;
+        zlist_t *logs = s_take_logs (executor);
+        pthread_mutex_unlock (&self->shared.lock);
+        if (logs) {
+            s_send_logs (self, logs);
+            executor->spare_logs = logs;
         }
-        if (!self->stopping)
-            s_dispatch (self);
-        return s_check_stop (self)? -1: 0;
     }
     return 0;
+}
+
+//  Starts count executors, and the eventfd by which they wake us, in the
+//  loop. -1 when out of threads or memory (s_executors_stop frees what
+//  was made).
+static int
+s_executors_start (s_runner_t *self, size_t count)
+{
+    s_shared_t *shared = &self->shared;
+    shared->wakeup = eventfd (0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (shared->wakeup == -1)
+        return -1;
+    pthread_mutex_init (&shared->lock, NULL);
+    shared->ready = true;
+    self->wakeup_item.fd = shared->wakeup;
+    self->wakeup_item.events = ZMQ_POLLIN;
+    if (zloop_poller (self->loop, &self->wakeup_item, s_on_executors, self) == -1)
+        return -1;
+    for (size_t i = 0; i < count; i++) {
+        s_executor_t *executor = &self->executors [i];
+        executor->shared = shared;
+        executor->hold_timer = -1;
+        executor->logs = zlist_new ();
+        executor->spare_logs = zlist_new ();
+        if (!executor->logs || !executor->spare_logs)
+            return -1;
+        sem_init (&executor->wake, 0, 0);
+        pthread_cond_init (&executor->room, NULL);
+        if (pthread_create (&executor->thread, NULL, s_executor, executor) != 0) {
+            sem_destroy (&executor->wake);
+            pthread_cond_destroy (&executor->room);
+            return -1;
+        }
+        executor->started = true;
+        self->executor_count++;
+    }
+    return 0;
+}
+
+//  Ends the executors, once each has finished what it runs, and frees
+//  what they held. Safe to call again.
+static void
+s_executors_stop (s_runner_t *self)
+{
+    s_shared_t *shared = &self->shared;
+    for (size_t i = 0; i < MAX_EXECUTORS; i++) {
+        s_executor_t *executor = &self->executors [i];
+        if (executor->started) {
+            pthread_mutex_lock (&shared->lock);
+            executor->stop = true;
+            pthread_cond_broadcast (&executor->room);
+            pthread_mutex_unlock (&shared->lock);
+            sem_post (&executor->wake);
+            pthread_join (executor->thread, NULL);
+            sem_destroy (&executor->wake);
+            pthread_cond_destroy (&executor->room);
+            executor->started = false;
+        }
+        for (int list = 0; list < 2; list++) {
+            zlist_t **logs_p = list? &executor->spare_logs: &executor->logs;
+            kiln_msg_t *msg;
+            while (*logs_p && (msg = (kiln_msg_t *) zlist_pop (*logs_p)))
+                kiln_msg_destroy (&msg);
+            zlist_destroy (logs_p);
+        }
+        kiln_msg_destroy (&executor->request);
+        kiln_msg_destroy (&executor->result);
+        kiln_sdk_cancel_set (executor->request_id, false);
+        zstr_free (&executor->request_id);
+    }
+    self->executor_count = 0;
+    if (shared->ready) {
+        pthread_mutex_destroy (&shared->lock);
+        close (shared->wakeup);
+        shared->ready = false;
+    }
 }
 
 //  Adds a copy of the id to the heartbeat's list; false when out of room
@@ -1165,6 +1462,7 @@ s_on_heartbeat (zloop_t *loop, int timer_id, void *arg)
     //  the next tick.)
     for (int i = 0; i < KILN_MSG_MAX_ITEMS && (zsock_events (self->broker) & ZMQ_POLLIN); i++)
         s_on_broker (loop, self->broker, self);
+    self->broker_drained = true;
     kiln_msg_t *msg = s_heartbeat_new (self);
     if (msg)
         s_send (self, &msg);
@@ -1299,11 +1597,7 @@ s_env (const char *name, const char *fallback)
 static void
 s_runner_free (s_runner_t *self)
 {
-    for (size_t i = 0; i < self->executor_count; i++) {
-        zactor_destroy (&self->executors [i].actor);
-        kiln_sdk_cancel_set (self->executors [i].request_id, false);
-        zstr_free (&self->executors [i].request_id);
-    }
+    s_executors_stop (self);
     zloop_destroy (&self->loop);
     zsock_destroy (&self->broker);
     if (self->pending) {
@@ -1399,6 +1693,29 @@ s_run (s_runner_t *self, kiln_config_t *config, const char *path)
         free (class_name);
         return KILN_RUNNER_EXIT_FAILED;
     }
+    //  The broker socket is made and connected before setup() runs: the
+    //  TCP connect and the ZMTP handshake, on ZeroMQ's I/O thread, then
+    //  take place while setup runs, and the hello leaves as soon as it
+    //  returns. The broker hears nothing from us until the hello.
+    self->broker = zsock_new (ZMQ_DEALER);
+    self->pending = zlist_new ();
+    self->loop = zloop_new ();
+    if (!self->broker || !self->pending || !self->loop) {
+        fprintf (stderr, "kiln-runner: out of memory\n");
+        free (entry_path);
+        free (class_name);
+        return KILN_RUNNER_EXIT_FAILED;
+    }
+    zsock_set_identity (self->broker, self->runner_id);
+    zsock_set_sndtimeo (self->broker, 0);
+    if (zsock_connect (self->broker, "%s", endpoint) == -1) {
+        fprintf (stderr, "kiln-runner: cannot connect to %s: %s\n", endpoint, zmq_strerror (zmq_errno ()));
+        s_write_status ("cannot connect to the broker");
+        free (entry_path);
+        free (class_name);
+        return KILN_RUNNER_EXIT_USAGE;
+    }
+
     if (self->process) {
         kiln_log_info ("starting %s (%s::%s) for %s", self->manifest->name, entry_path,
                        class_name, self->app_name);
@@ -1438,34 +1755,14 @@ s_run (s_runner_t *self, kiln_config_t *config, const char *path)
     sigaction (SIGTERM, &action, NULL);
     sigaction (SIGINT, &action, NULL);
 
-    self->broker = zsock_new (ZMQ_DEALER);
-    self->pending = zlist_new ();
-    self->loop = zloop_new ();
-    if (!self->broker || !self->pending || !self->loop) {
-        fprintf (stderr, "kiln-runner: out of memory\n");
-        return KILN_RUNNER_EXIT_FAILED;
-    }
-    zsock_set_identity (self->broker, self->runner_id);
-    zsock_set_sndtimeo (self->broker, 0);
-    if (zsock_connect (self->broker, "%s", endpoint) == -1) {
-        fprintf (stderr, "kiln-runner: cannot connect to %s: %s\n", endpoint, zmq_strerror (zmq_errno ()));
-        s_write_status ("cannot connect to the broker");
-        return KILN_RUNNER_EXIT_USAGE;
-    }
-
     //  max_multiplexing executors: the app promised its handlers are safe
     //  to call that many at once (kiln/app.h).
     size_t executors = (size_t) (self->manifest->max_multiplexing > 0? self->manifest->max_multiplexing: 1);
     if (executors > MAX_EXECUTORS || self->process)
         executors = self->process? 0: MAX_EXECUTORS;
-    for (size_t i = 0; i < executors; i++) {
-        self->executors [i].actor = zactor_new (s_executor, &self->shared);
-        if (!self->executors [i].actor) {
-            fprintf (stderr, "kiln-runner: cannot start executor threads\n");
-            return KILN_RUNNER_EXIT_FAILED;
-        }
-        self->executor_count++;
-        zloop_reader (self->loop, zactor_sock (self->executors [i].actor), s_on_executor, self);
+    if (executors > 0 && s_executors_start (self, executors) == -1) {
+        fprintf (stderr, "kiln-runner: cannot start executor threads\n");
+        return KILN_RUNNER_EXIT_FAILED;
     }
     if (self->process) {
         self->child_item.fd = self->reader.fd;
@@ -1513,8 +1810,7 @@ s_run (s_runner_t *self, kiln_config_t *config, const char *path)
         free (how);
     }
     //  Every executor is idle: they end, then teardown() runs alone.
-    for (size_t i = 0; i < self->executor_count; i++)
-        zactor_destroy (&self->executors [i].actor);
+    s_executors_stop (self);
     if (self->app && self->app->teardown) {
         kiln_log_info ("tearing down");
         self->app->teardown (self->shared.state);

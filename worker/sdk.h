@@ -15,9 +15,11 @@
 
 #include <pthread.h>
 
-//  Where a request's LOG messages go, at once: the runner forwards them to
-//  the broker. Takes ownership of the message. Called with the request's
-//  lock held, so never concurrently for one request.
+//  Where a request's LOG messages go: the runner forwards them to the
+//  broker (with the RESULT, or at once once the handler runs long: see
+//  worker/runner.c). Takes the message, or leaves it to the caller (who
+//  destroys it) when it cannot. Called with the request's lock held, so
+//  never concurrently for one request.
 typedef void (kiln_sdk_emit_fn) (kiln_msg_t **msg_p, void *arg);
 
 struct _kiln_request_t {

@@ -21,11 +21,13 @@
     | HEARTBEAT     | →   | every HEARTBEAT_INTERVAL_MS, draining or not            |
     | RUNNER_START  | ←   | take a free slot of that machine type, fetch the        |
     |               |     | artifact and the app's secrets (HGETALL kiln:app:{app}: |
-    |               |     | secrets, into that runner's environment only), start    |
-    |               |     | kiln-runner; while draining, or with no                 |
-    |               |     | free slot, refused: RUNNER_EXITED 127 "no free … slot…" |
+    |               |     | secrets, into that runner's environment only) on the    |
+    |               |     | fetcher thread, then start kiln-runner; while draining, |
+    |               |     | or with no free slot, refused: RUNNER_EXITED 127        |
+    |               |     | "no free … slot…"; a failed fetch: RUNNER_EXITED 127    |
     | RUNNER_STOP   | ←   | SIGTERM the runner, SIGKILL after RUNNER_STOP_GRACE_MS; |
-    |               |     | status KILN_RUNNER_STOP_KILL: SIGKILL at once           |
+    |               |     | status KILN_RUNNER_STOP_KILL: SIGKILL at once. One      |
+    |               |     | still being fetched for: RUNNER_EXITED 0 at once        |
     | RUNNER_EXITED | →   | a runner exited (status: exit code or -signal), or      |
     |               |     | could not be started (status 127, error says why)       |
     | LOG           | →   | {runner_id, logs}: lines of a runner's stdout/stderr    |
@@ -34,6 +36,12 @@
     | HEARTBEAT     | ←   | any message from the broker proves it alive             |
     | DISCONNECT    | ←   | the broker lost us (it restarted): say hello again      |
     | DISCONNECT    | →   | on exit, after every runner is gone                     |
+
+    Redis is used by the fetcher thread alone, on one connection kept
+    open (opened again when lost), so a slow Redis delays a runner's start
+    but never the loop: heartbeats go on. Exited runners are reaped when
+    their SIGCHLD comes (a signalfd in the loop), so their slots are free
+    and the broker told at once.
 
     SIGTERM (or SIGINT) drains the worker without losing a request: it
     says hello with draining = true (the broker places nothing here any
@@ -62,10 +70,12 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <signal.h>
+#include <pthread.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -74,7 +84,8 @@ extern char **environ;
 
 #define HEARTBEAT_INTERVAL_MS     1000
 #define HEARTBEAT_LIVENESS        3
-//  How often exited runners are reaped (and stop deadlines checked).
+//  How often stop deadlines are checked, and exited runners reaped if
+//  their SIGCHLD was missed (it normally reaps them at once).
 #define REAP_INTERVAL_MS          100
 //  A runner asked to stop gets this long for teardown() before SIGKILL.
 #define RUNNER_STOP_GRACE_MS      10000
@@ -83,8 +94,10 @@ extern char **environ;
 //  broker). Under the 5 s `kiln up` gives each process it stops, so the
 //  worker itself still leaves cleanly.
 #define DRAIN_GRACE_MS            4000
-//  Bounds the connect and the GET of an artifact.
+//  Bounds the connect and each command (the GET of an artifact).
 #define REDIS_TIMEOUT_MS          30000
+//  At exit, how long a fetch still running may keep us.
+#define FETCHER_JOIN_S            1
 #define LINGER_MS                 1000
 //  Longest runner id we accept: it names a file and a socket identity.
 #define RUNNER_ID_MAX             128
@@ -135,7 +148,9 @@ typedef struct {
 struct _s_child_t {
     char *runner_id;
     char *app;
-    pid_t pid;
+    pid_t pid;                      //  0 while its artifact and secrets are fetched
+    kiln_msg_t *start;              //  its RUNNER_START, until it is spawned
+    void *fetch;                    //  its fetch in the fetcher's hands (identity only)
     size_t slot;                    //  index into slots
     char *status_file;              //  where it writes why it could not start
     int64_t kill_at_ms;             //  monotonic; 0 until asked to stop
@@ -170,6 +185,12 @@ struct _kiln_worker_t {
     int64_t log_window_ms;          //  monotonic start of the current second of LOG sends
     int log_window_sends;           //  LOG batches sent in it
     zlistx_t *departed;             //  s_child_t * gone, freed on the next reap tick
+    redisContext *redis;            //  the fetcher's: NULL until needed, or once lost
+    int fetch_requests [2];         //  s_fetch_t * to the fetcher thread
+    int fetch_results [2];          //  s_fetch_t * back, done
+    pthread_t fetcher;
+    bool fetcher_started;
+    int sigchld_fd;                 //  signalfd of SIGCHLD: a runner exited; -1 if none
 };
 
 //  -------------------------------------------------------------------------
@@ -360,6 +381,44 @@ s_send_exited (kiln_worker_t *self, const char *runner_id, int status, const cha
 }
 
 //  -------------------------------------------------------------------------
+//  Redis: one connection for artifacts and secrets, opened when first
+//  needed and kept (a runner start costs no connect). A command that
+//  finds it lost (Redis restarted, or dropped it as idle) opens another
+//  and is sent again, once: the worker only reads. A command that timed
+//  out is not: that would double the wait.
+
+//  Sends "COMMAND key". The reply (caller frees; it may be an error
+//  reply), or NULL with *error (caller frees).
+static redisReply *
+s_redis_command (kiln_worker_t *self, const char *command, const char *key, char **error)
+{
+    for (int attempt = 0; ; attempt++) {
+        bool fresh = self->redis == NULL;
+        if (fresh)
+            self->redis = kiln_redis_connect (self->redis_url, REDIS_TIMEOUT_MS);
+        if (!self->redis) {
+            *error = zsys_sprintf ("cannot reach Redis at %s", self->redis_url);
+            return NULL;
+        }
+        redisReply *reply = (redisReply *) redisCommand (self->redis, "%s %s", command, key);
+        int saved_errno = errno;
+        if (reply)
+            return reply;
+        bool timed_out = self->redis->err == REDIS_ERR_IO
+                      && (saved_errno == EAGAIN || saved_errno == EWOULDBLOCK);
+        bool retry = !fresh && !timed_out && attempt == 0;
+        if (!retry)
+            *error = zsys_sprintf ("Redis at %s: %s", self->redis_url, self->redis->errstr);
+        redisFree (self->redis);
+        self->redis = NULL;
+        if (!retry)
+            return NULL;
+        kiln_log_info ("the connection to Redis was lost (%s); connecting again",
+                       command);
+    }
+}
+
+//  -------------------------------------------------------------------------
 //  Artifacts
 
 //  Makes sure {artifact_dir}/{sha}.so is there and returns its path
@@ -380,16 +439,11 @@ s_fetch_artifact (kiln_worker_t *self, const char *sha, char **error)
         return path;
 
     int64_t started_ms = kiln_mono_ms ();
-    redisContext *redis = kiln_redis_connect (self->redis_url, REDIS_TIMEOUT_MS);
-    if (!redis) {
-        *error = zsys_sprintf ("cannot reach Redis at %s to fetch artifact %s", self->redis_url, sha);
-        free (path);
-        return NULL;
-    }
     kiln_key_t key = kiln_key_artifact (sha);
-    redisReply *reply = (redisReply *) redisCommand (redis, "GET %s", key.s);
+    char *why = NULL;
+    redisReply *reply = s_redis_command (self, "GET", key.s, &why);
     if (!reply)
-        *error = zsys_sprintf ("fetching artifact %s from Redis: %s", sha, redis->errstr);
+        *error = zsys_sprintf ("fetching artifact %s: %s", sha, why? why: "out of memory");
     else
     if (reply->type == REDIS_REPLY_NIL)
         *error = zsys_sprintf ("artifact %s is not in Redis (deploy it again)", sha);
@@ -412,7 +466,7 @@ s_fetch_artifact (kiln_worker_t *self, const char *sha, char **error)
     }
     if (reply)
         freeReplyObject (reply);
-    redisFree (redis);
+    free (why);
     if (*error) {
         free (path);
         return NULL;
@@ -474,17 +528,12 @@ static int
 s_fetch_secrets (kiln_worker_t *self, const char *app, char ***secrets, char **error)
 {
     *secrets = NULL;
-    redisContext *redis = kiln_redis_connect (self->redis_url, REDIS_TIMEOUT_MS);
-    if (!redis) {
-        *error = zsys_sprintf ("cannot reach Redis at %s to read the secrets of %s",
-                               self->redis_url, app);
-        return -1;
-    }
     kiln_key_t key = kiln_key_app_secrets (app);
-    redisReply *reply = (redisReply *) redisCommand (redis, "HGETALL %s", key.s);
+    char *why = NULL;
+    redisReply *reply = s_redis_command (self, "HGETALL", key.s, &why);
     if (!reply || reply->type != REDIS_REPLY_ARRAY)
-        *error = zsys_sprintf ("reading the secrets of %s from Redis: %s", app,
-                               !reply? redis->errstr: reply->type == REDIS_REPLY_ERROR?
+        *error = zsys_sprintf ("reading the secrets of %s: %s", app,
+                               !reply? (why? why: "out of memory"): reply->type == REDIS_REPLY_ERROR?
                                reply->str: "not a hash");
     else
     if (!(*secrets = calloc (reply->elements / 2 + 1, sizeof (char *))))
@@ -522,7 +571,7 @@ s_fetch_secrets (kiln_worker_t *self, const char *app, char ***secrets, char **e
                 explicit_bzero (reply->element [i]->str, reply->element [i]->len);
         freeReplyObject (reply);
     }
-    redisFree (redis);
+    free (why);
     if (*error) {
         for (char **entry = *secrets; entry && *entry; entry++)
             explicit_bzero (*entry, strlen (*entry));
@@ -804,6 +853,7 @@ s_child_destroy (s_child_t **self_p)
         if (self->output [i].fd >= 0)
             close (self->output [i].fd);
     kiln_msg_destroy (&self->log_batch);
+    kiln_msg_destroy (&self->start);
     free (self->runner_id);
     free (self->app);
     free (self->status_file);
@@ -903,65 +953,85 @@ s_environment_destroy (char ***env_p)
     *env_p = NULL;
 }
 
-//  Starts kiln-runner for a RUNNER_START. On failure returns -1 with
+//  -------------------------------------------------------------------------
+//  Fetches, on a thread of their own
+//
+//  A runner's artifact and secrets come from Redis, which may be slow to
+//  answer (a big artifact, a loaded server). The loop must not wait for
+//  it: the broker would miss our heartbeats and take us for dead. So a
+//  RUNNER_START takes its slot at once and hands its fetch to the fetcher
+//  thread, which alone uses the Redis connection and writes the artifact
+//  cache; the runner is spawned, by the loop, when the fetch comes back.
+//  Fetches go to the thread and back as pointers over two pipes: the
+//  thread needs no ZeroMQ socket, so the process may leave while it
+//  still waits on Redis.
+
+typedef struct {
+    char *app;
+    char *sha;
+    char *artifact;                 //  done: what to give the runner, or NULL
+    char **secrets;                 //  done: "NAME=value" entries, or NULL
+    char *error;                    //  done: why not, or NULL
+} s_fetch_t;
+
+static void
+s_fetch_destroy (s_fetch_t **self_p)
+{
+    if (!*self_p)
+        return;
+    s_fetch_t *self = *self_p;
+    free (self->app);
+    free (self->sha);
+    free (self->artifact);
+    s_environment_destroy (&self->secrets);
+    free (self->error);
+    free (self);
+    *self_p = NULL;
+}
+
+static void *
+s_fetcher (void *arg)
+{
+    kiln_worker_t *self = (kiln_worker_t *) arg;
+    //  Signals are the loop's business
+    sigset_t all;
+    sigfillset (&all);
+    pthread_sigmask (SIG_BLOCK, &all, NULL);
+    while (true) {
+        s_fetch_t *fetch = NULL;
+        ssize_t size = read (self->fetch_requests [0], &fetch, sizeof fetch);
+        if (size < 0 && errno == EINTR)
+            continue;
+        if (size != (ssize_t) sizeof fetch)
+            break;                  //  the worker is leaving
+        char *path = s_fetch_artifact (self, fetch->sha, &fetch->error);
+        if (path)
+            fetch->artifact = s_prepare_artifact (self, fetch->sha, path, &fetch->error);
+        if (fetch->artifact && s_fetch_secrets (self, fetch->app, &fetch->secrets, &fetch->error) != 0)
+            zstr_free (&fetch->artifact);
+        //  A pointer is less than PIPE_BUF: written whole, or not at all
+        while (write (self->fetch_results [1], &fetch, sizeof fetch) == -1 && errno == EINTR)
+            ;
+    }
+    return NULL;
+}
+
+//  Spawns kiln-runner for a child whose fetch is done: artifact is what
+//  to give it, *secrets_p its secrets (taken). On failure returns -1 with
 //  *error (caller frees).
 static int
-s_start_runner (kiln_worker_t *self, const kiln_msg_t *start, char **error)
+s_spawn_runner (kiln_worker_t *self, s_child_t *child, const char *artifact, char ***secrets_p,
+                char **error)
 {
-    if (!s_runner_id_valid (start->runner_id)) {
-        *error = strdup ("invalid runner id");
-        return -1;
-    }
-    if (!kiln_app_name_valid (start->app)) {
-        *error = zsys_sprintf ("invalid app name '%s'", start->app);
-        return -1;
-    }
-    if (!s_sha_valid (start->artifact)) {
-        *error = strdup ("invalid artifact: not a SHA-256 in lower-case hex");
-        return -1;
-    }
-    ssize_t slot_index = s_free_slot (self, start->machine_type, start->gpu);
-    if (slot_index < 0) {
-        *error = zsys_sprintf ("no free %s slot on worker %s", start->machine_type, self->id);
-        return -1;
-    }
-    s_slot_t *slot = &self->slots [slot_index];
-
-    char *artifact = s_fetch_artifact (self, start->artifact, error);
-    if (artifact)
-        artifact = s_prepare_artifact (self, start->artifact, artifact, error);
-    if (!artifact)
-        return -1;
-    char **secrets = NULL;
-    if (s_fetch_secrets (self, start->app, &secrets, error) != 0) {
-        free (artifact);
-        return -1;
-    }
-
-    s_child_t *child = calloc (1, sizeof (s_child_t));
-    if (child) {
-        for (int i = 0; i < 2; i++) {
-            child->output [i].worker = self;
-            child->output [i].child = child;
-            child->output [i].fd = -1;
-            child->output [i].is_stderr = i == 1;
-        }
-        child->runner_id = strdup (start->runner_id);
-        child->app = strdup (start->app);
-        child->status_file = zsys_sprintf ("%s/%s.status", self->status_dir, start->runner_id);
-        child->slot = (size_t) slot_index;
-    }
-    char **env = child && child->status_file? s_runner_environment (self, start, slot, child->status_file): NULL;
+    s_slot_t *slot = &self->slots [child->slot];
+    char **env = s_runner_environment (self, child->start, slot, child->status_file);
     //  KILN_* cannot be a secret's name; the worker's other variable
     static const char *const not_secrets [] = { "CUDA_VISIBLE_DEVICES", NULL };
-    if (env && s_environment_add_secrets (&env, &secrets, not_secrets) != 0)
+    if (env && s_environment_add_secrets (&env, secrets_p, not_secrets) != 0)
         s_environment_destroy (&env);
-    s_environment_destroy (&secrets);
-    if (!child || !child->runner_id || !child->app || !env) {
+    s_environment_destroy (secrets_p);
+    if (!env) {
         *error = strdup ("out of memory");
-        s_environment_destroy (&env);
-        s_child_destroy (&child);
-        free (artifact);
         return -1;
     }
     unlink (child->status_file);    //  left by an earlier runner of that id
@@ -978,6 +1048,7 @@ s_start_runner (kiln_worker_t *self, const kiln_msg_t *start, char **error)
     sigaddset (&defaults, SIGINT);
     sigaddset (&defaults, SIGTERM);
     sigaddset (&defaults, SIGCHLD);
+    //  Our SIGCHLD is blocked (kiln_worker_run): not the runner's
     sigset_t none;
     sigemptyset (&none);
     posix_spawnattr_setsigdefault (&attr, &defaults);
@@ -997,14 +1068,13 @@ s_start_runner (kiln_worker_t *self, const kiln_msg_t *start, char **error)
     if (rc == 0)
         rc = posix_spawn_file_actions_adddup2 (&actions, pipes [0][1], STDOUT_FILENO)
           ?: posix_spawn_file_actions_adddup2 (&actions, pipes [1][1], STDERR_FILENO);
-    char *argv [] = { self->runner_path, artifact, NULL };
+    char *argv [] = { self->runner_path, (char *) artifact, NULL };
     pid_t pid;
     if (rc == 0)
         rc = posix_spawn (&pid, self->runner_path, &actions, &attr, argv, env);
     posix_spawn_file_actions_destroy (&actions);
     posix_spawnattr_destroy (&attr);
     s_environment_destroy (&env);
-    free (artifact);
     for (int i = 0; i < 2; i++) {
         if (pipes [i][1] >= 0)
             close (pipes [i][1]);
@@ -1012,7 +1082,11 @@ s_start_runner (kiln_worker_t *self, const kiln_msg_t *start, char **error)
     }
     if (rc != 0) {
         *error = zsys_sprintf ("cannot start %s: %s", self->runner_path, strerror (rc));
-        s_child_destroy (&child);
+        for (int i = 0; i < 2; i++)
+            if (child->output [i].fd >= 0) {
+                close (child->output [i].fd);
+                child->output [i].fd = -1;
+            }
         return -1;
     }
     for (int i = 0; i < 2; i++) {
@@ -1025,14 +1099,85 @@ s_start_runner (kiln_worker_t *self, const kiln_msg_t *start, char **error)
         }
     }
     child->pid = pid;
-    slot->runner_id = strdup (child->runner_id);
-    zlistx_add_end (self->children, child);
+    child->fetch = NULL;
+    kiln_msg_destroy (&child->start);
     if (slot->gpu >= 0)
         kiln_log_info ("runner %s for %s started on %s (GPU %d), pid %d",
                        child->runner_id, child->app, slot->machine_type, slot->gpu, (int) pid);
     else
         kiln_log_info ("runner %s for %s started on CPU, pid %d",
                        child->runner_id, child->app, (int) pid);
+    return 0;
+}
+
+//  Takes a slot for a RUNNER_START (taking the message) and hands the
+//  fetch of its artifact and secrets to the fetcher; the runner is
+//  spawned when it is back (s_on_fetched). On failure returns -1 with
+//  *error (caller frees).
+static int
+s_start_runner (kiln_worker_t *self, kiln_msg_t **start_p, char **error)
+{
+    const kiln_msg_t *start = *start_p;
+    if (!s_runner_id_valid (start->runner_id)) {
+        *error = strdup ("invalid runner id");
+        return -1;
+    }
+    if (!kiln_app_name_valid (start->app)) {
+        *error = zsys_sprintf ("invalid app name '%s'", start->app);
+        return -1;
+    }
+    if (!s_sha_valid (start->artifact)) {
+        *error = strdup ("invalid artifact: not a SHA-256 in lower-case hex");
+        return -1;
+    }
+    ssize_t slot_index = s_free_slot (self, start->machine_type, start->gpu);
+    if (slot_index < 0) {
+        *error = zsys_sprintf ("no free %s slot on worker %s", start->machine_type, self->id);
+        return -1;
+    }
+    s_slot_t *slot = &self->slots [slot_index];
+
+    s_child_t *child = calloc (1, sizeof (s_child_t));
+    s_fetch_t *fetch = calloc (1, sizeof (s_fetch_t));
+    if (child) {
+        for (int i = 0; i < 2; i++) {
+            child->output [i].worker = self;
+            child->output [i].child = child;
+            child->output [i].fd = -1;
+            child->output [i].is_stderr = i == 1;
+        }
+        child->runner_id = strdup (start->runner_id);
+        child->app = strdup (start->app);
+        child->status_file = zsys_sprintf ("%s/%s.status", self->status_dir, start->runner_id);
+        child->slot = (size_t) slot_index;
+    }
+    if (fetch) {
+        fetch->app = strdup (start->app);
+        fetch->sha = strdup (start->artifact);
+    }
+    char *holder = strdup (start->runner_id);
+    if (!child || !child->runner_id || !child->app || !child->status_file
+    ||  !fetch || !fetch->app || !fetch->sha || !holder) {
+        *error = strdup ("out of memory");
+        s_child_destroy (&child);
+        s_fetch_destroy (&fetch);
+        free (holder);
+        return -1;
+    }
+    if (write (self->fetch_requests [1], &fetch, sizeof fetch) != (ssize_t) sizeof fetch) {
+        *error = zsys_sprintf ("cannot hand the fetch of artifact %s over: %s",
+                               start->artifact, strerror (errno));
+        s_child_destroy (&child);
+        s_fetch_destroy (&fetch);
+        free (holder);
+        return -1;
+    }
+    //  From here the fetch is the fetcher's until it comes back
+    child->fetch = fetch;
+    child->start = *start_p;
+    *start_p = NULL;
+    slot->runner_id = holder;
+    zlistx_add_end (self->children, child);
     return 0;
 }
 
@@ -1115,6 +1260,65 @@ s_runner_gone (kiln_worker_t *self, s_child_t *child, int wait_status)
         s_child_destroy (&child);
 }
 
+//  Frees the slot of a runner that was never spawned, and forgets it.
+static void
+s_child_release (kiln_worker_t *self, s_child_t *child)
+{
+    s_slot_t *slot = &self->slots [child->slot];
+    free (slot->runner_id);
+    slot->runner_id = NULL;
+    void *handle = zlistx_find (self->children, child);
+    if (handle)
+        zlistx_detach (self->children, handle);
+    s_child_destroy (&child);
+}
+
+//  The first runner whose artifact and secrets are still being fetched.
+static s_child_t *
+s_child_fetching (kiln_worker_t *self)
+{
+    for (s_child_t *child = (s_child_t *) zlistx_first (self->children); child;
+         child = (s_child_t *) zlistx_next (self->children))
+        if (child->pid == 0)
+            return child;
+    return NULL;
+}
+
+//  A runner asked to stop before its fetch came back never ran: it is
+//  reported gone at once, and its fetch, when back, finds nobody.
+static void
+s_fetching_stop (kiln_worker_t *self, s_child_t *child)
+{
+    kiln_log_info ("runner %s for %s stopped before it started", child->runner_id, child->app);
+    s_send_exited (self, child->runner_id, 0, NULL);
+    s_child_release (self, child);
+}
+
+//  A fetch came back from the fetcher: its runner is spawned, or reported
+//  as not started.
+static int
+s_on_fetched (zloop_t *loop, zmq_pollitem_t *item, void *arg)
+{
+    (void) loop;
+    kiln_worker_t *self = (kiln_worker_t *) arg;
+    s_fetch_t *fetch;
+    while (read (item->fd, &fetch, sizeof fetch) == (ssize_t) sizeof fetch) {
+        s_child_t *child = (s_child_t *) zlistx_first (self->children);
+        while (child && child->fetch != fetch)
+            child = (s_child_t *) zlistx_next (self->children);
+        if (child
+        && (fetch->error
+        ||  s_spawn_runner (self, child, fetch->artifact, &fetch->secrets, &fetch->error) != 0)) {
+            kiln_log_warn ("cannot start runner %s for %s: %s", child->runner_id, child->app,
+                           fetch->error? fetch->error: "unknown error");
+            s_send_exited (self, child->runner_id, KILN_RUNNER_EXIT_NOT_STARTED, fetch->error);
+            s_child_release (self, child);
+        }
+        s_fetch_destroy (&fetch);
+    }
+    return 0;
+}
+
 //  Reaps every runner that exited; never blocks.
 static void
 s_reap (kiln_worker_t *self)
@@ -1128,6 +1332,7 @@ s_reap (kiln_worker_t *self)
     }
 }
 
+//  A spawned runner: SIGTERM now, SIGKILL after grace_ms.
 static void
 s_stop_runner (s_child_t *child, int grace_ms)
 {
@@ -1177,7 +1382,8 @@ s_on_broker (zloop_t *loop, zsock_t *sock, void *arg)
                 //  elsewhere", not for a failed start of the app.
                 error = zsys_sprintf ("no free %s slot on worker %s: it is draining",
                                       msg->machine_type, self->id);
-            if (error || s_start_runner (self, msg, &error) == -1) {
+            //  On success the message is the runner's: msg is NULL then
+            if (error || s_start_runner (self, &msg, &error) == -1) {
                 kiln_log_warn ("cannot start runner %s for %s: %s",
                                msg->runner_id, msg->app, error? error: "unknown error");
                 s_send_exited (self, msg->runner_id, KILN_RUNNER_EXIT_NOT_STARTED, error);
@@ -1187,6 +1393,9 @@ s_on_broker (zloop_t *loop, zsock_t *sock, void *arg)
         }
         case KILN_MSG_RUNNER_STOP: {
             s_child_t *child = s_child_find (self, msg->runner_id, 0);
+            if (child && child->pid == 0)
+                s_fetching_stop (self, child);
+            else
             if (child && msg->status == KILN_RUNNER_STOP_KILL) {
                 //  The broker will not wait for teardown (a handler past
                 //  its request_timeout may never return).
@@ -1252,6 +1461,9 @@ s_drain_start (kiln_worker_t *self)
     size_t count = zlistx_size (self->children);
     kiln_log_info ("draining: %zu runner(s) finish their requests, then we leave", count);
     s_hello (self);
+    s_child_t *fetching;
+    while ((fetching = s_child_fetching (self)))
+        s_fetching_stop (self, fetching);
     for (s_child_t *child = (s_child_t *) zlistx_first (self->children); child;
          child = (s_child_t *) zlistx_next (self->children)) {
         if (child->kill_at_ms == 0)
@@ -1273,6 +1485,9 @@ s_check_signals (kiln_worker_t *self)
         else {
             //  Asked again: the operator will not wait for the grace.
             kiln_log_warn ("signalled again while draining: killing the runners now");
+            s_child_t *fetching;
+            while ((fetching = s_child_fetching (self)))
+                s_fetching_stop (self, fetching);
             for (s_child_t *child = (s_child_t *) zlistx_first (self->children); child;
                  child = (s_child_t *) zlistx_next (self->children)) {
                 if (child->kill_at_ms == 0)
@@ -1299,6 +1514,20 @@ s_on_reap (zloop_t *loop, int timer_id, void *arg)
     return s_check_signals (self)? -1: 0;
 }
 
+//  A runner exited: reaped now rather than on the next tick, so that
+//  its slot is free (and the broker told) at once.
+static int
+s_on_sigchld (zloop_t *loop, zmq_pollitem_t *item, void *arg)
+{
+    (void) loop;
+    kiln_worker_t *self = (kiln_worker_t *) arg;
+    struct signalfd_siginfo info;
+    while (read (item->fd, &info, sizeof info) == (ssize_t) sizeof info)
+        ;                           //  one reap takes every exit there is
+    s_reap (self);
+    return s_check_signals (self)? -1: 0;
+}
+
 kiln_worker_t *
 kiln_worker_new (const kiln_worker_options_t *options)
 {
@@ -1319,6 +1548,9 @@ kiln_worker_new (const kiln_worker_options_t *options)
     self->status_dir = zsys_sprintf ("%s/worker/runners", options->state_dir);
     self->children = zlistx_new ();
     self->departed = zlistx_new ();
+    self->sigchld_fd = -1;
+    for (int i = 0; i < 2; i++)
+        self->fetch_requests [i] = self->fetch_results [i] = -1;
     if (options->runner_path)
         self->runner_path = strdup (options->runner_path);
     else {
@@ -1355,6 +1587,14 @@ kiln_worker_new (const kiln_worker_options_t *options)
         kiln_worker_destroy (&self);
         return NULL;
     }
+    if (pipe2 (self->fetch_requests, O_CLOEXEC) == -1
+    ||  pipe2 (self->fetch_results, O_CLOEXEC | O_NONBLOCK) == -1
+    ||  pthread_create (&self->fetcher, NULL, s_fetcher, self) != 0) {
+        kiln_log_error ("cannot start the fetcher thread: %s", strerror (errno));
+        kiln_worker_destroy (&self);
+        return NULL;
+    }
+    self->fetcher_started = true;
     self->broker = zsock_new (ZMQ_DEALER);
     self->loop = zloop_new ();
     if (!self->broker || !self->loop) {
@@ -1390,6 +1630,30 @@ kiln_worker_run (kiln_worker_t *self)
     zloop_reader (self->loop, self->broker, s_on_broker, self);
     zloop_timer (self->loop, HEARTBEAT_INTERVAL_MS, 0, s_on_heartbeat, self);
     zloop_timer (self->loop, REAP_INTERVAL_MS, 0, s_on_reap, self);
+    zmq_pollitem_t fetched = { NULL, self->fetch_results [0], ZMQ_POLLIN, 0 };
+    if (zloop_poller (self->loop, &fetched, s_on_fetched, self) == -1) {
+        kiln_log_error ("cannot poll the fetcher: %s", zmq_strerror (zmq_errno ()));
+        return -1;
+    }
+    //  SIGCHLD, blocked, is read from a signalfd in the loop. ZeroMQ's
+    //  threads block every signal, so none takes it from us; runners
+    //  start with an empty mask (s_start_runner). Without the signalfd
+    //  the reap timer still finds every exit.
+    sigset_t sigchld;
+    sigemptyset (&sigchld);
+    sigaddset (&sigchld, SIGCHLD);
+    if (pthread_sigmask (SIG_BLOCK, &sigchld, NULL) == 0)
+        self->sigchld_fd = signalfd (-1, &sigchld, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (self->sigchld_fd >= 0) {
+        zmq_pollitem_t item = { NULL, self->sigchld_fd, ZMQ_POLLIN, 0 };
+        if (zloop_poller (self->loop, &item, s_on_sigchld, self) == -1) {
+            close (self->sigchld_fd);
+            self->sigchld_fd = -1;
+        }
+    }
+    else
+        kiln_log_warn ("no signalfd for SIGCHLD (%s): exits are seen within %d ms",
+                       strerror (errno), REAP_INTERVAL_MS);
 
     self->broker_seen_ms = kiln_mono_ms ();
     s_hello (self);
@@ -1413,6 +1677,25 @@ kiln_worker_destroy (kiln_worker_t **self_p)
     if (!self_p || !*self_p)
         return;
     kiln_worker_t *self = *self_p;
+    //  A fetcher that still waits on Redis keeps what it uses (self, its
+    //  connection, the URL and the dirs, its ends of the pipes): the
+    //  process is leaving anyway, and need not wait for it.
+    bool fetcher_busy = false;
+    if (self->fetcher_started) {
+        //  Its end of the requests closed, the fetcher leaves once it is
+        //  done with the fetch at hand.
+        close (self->fetch_requests [1]);
+        self->fetch_requests [1] = -1;
+        struct timespec deadline;
+        clock_gettime (CLOCK_REALTIME, &deadline);
+        deadline.tv_sec += FETCHER_JOIN_S;
+        fetcher_busy = pthread_timedjoin_np (self->fetcher, NULL, &deadline) != 0;
+        if (fetcher_busy)
+            kiln_log_warn ("a fetch from Redis is still running; leaving without it");
+        s_fetch_t *fetch;
+        while (read (self->fetch_results [0], &fetch, sizeof fetch) == (ssize_t) sizeof fetch)
+            s_fetch_destroy (&fetch);
+    }
     if (self->children) {
         s_child_t *child;
         while ((child = (s_child_t *) zlistx_detach (self->children, NULL)))
@@ -1430,15 +1713,27 @@ kiln_worker_destroy (kiln_worker_t **self_p)
     free (self->slots);
     zloop_destroy (&self->loop);
     zsock_destroy (&self->broker);
+    if (self->sigchld_fd >= 0)
+        close (self->sigchld_fd);
+    if (self->fetch_results [0] >= 0)
+        close (self->fetch_results [0]);
     free (self->id);
     free (self->host);
     free (self->broker_endpoint);
-    free (self->redis_url);
     free (self->public_url);
     free (self->runner_path);
+    free (self->status_dir);
+    *self_p = NULL;
+    if (fetcher_busy)
+        return;
+    if (self->fetch_requests [0] >= 0)
+        close (self->fetch_requests [0]);
+    if (self->fetch_results [1] >= 0)
+        close (self->fetch_results [1]);
+    if (self->redis)
+        redisFree (self->redis);
+    free (self->redis_url);
     free (self->artifact_dir);
     free (self->app_dir);
-    free (self->status_dir);
     free (self);
-    *self_p = NULL;
 }
