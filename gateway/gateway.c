@@ -110,6 +110,7 @@ static void s_redis_lost (kiln_gateway_t *self, const char *reason);
 static void s_on_http (struct evhttp_request *req, void *arg);
 static void s_on_signal (evutil_socket_t fd, short what, void *arg);
 static void s_on_reconnect (evutil_socket_t fd, short what, void *arg);
+static void s_on_cmd_flush (evutil_socket_t fd, short what, void *arg);
 static void s_fail_pending (kiln_gateway_t *self, const char *detail);
 static void s_hold_pending (kiln_gateway_t *self, int grace_ms);
 static void s_recheck_pending (kiln_gateway_t *self);
@@ -213,7 +214,8 @@ kiln_gateway_new (kiln_config_t *cfg)
     self->sigint = evsignal_new (self->base, SIGINT, s_on_signal, self);
     self->sigterm = evsignal_new (self->base, SIGTERM, s_on_signal, self);
     self->reconnect_timer = evtimer_new (self->base, s_on_reconnect, self);
-    if (!self->sigint || !self->sigterm || !self->reconnect_timer
+    self->cmd_flush = event_new (self->base, -1, 0, s_on_cmd_flush, self);
+    if (!self->sigint || !self->sigterm || !self->reconnect_timer || !self->cmd_flush
     ||  event_add (self->sigint, NULL) || event_add (self->sigterm, NULL)) {
         kiln_log_error ("cannot set up the event loop");
         kiln_gateway_destroy (&self);
@@ -265,6 +267,8 @@ kiln_gateway_destroy (kiln_gateway_t **self_p)
         event_free (self->sigterm);
     if (self->reconnect_timer)
         event_free (self->reconnect_timer);
+    if (self->cmd_flush)
+        event_free (self->cmd_flush);
     if (self->base)
         event_base_free (self->base);
     kiln_redis_url_destroy (&self->redis_url);
@@ -487,6 +491,18 @@ s_on_reconnect (evutil_socket_t fd, short what, void *arg)
     self->redis_reconnects++;
     kiln_log_debug ("connecting to Redis at %s:%d", self->redis_url->host, self->redis_url->port);
     s_redis_connect (self);
+}
+
+//  What the write event would do, this turn (s_cmd_flush). Not from
+//  within a callback of the connection: a write error frees it.
+static void
+s_on_cmd_flush (evutil_socket_t fd, short what, void *arg)
+{
+    (void) fd;
+    (void) what;
+    kiln_gateway_t *self = arg;
+    if (self->cmd && (self->cmd->c.flags & (REDIS_CONNECTED | REDIS_IN_CALLBACK)) == REDIS_CONNECTED)
+        redisAsyncHandleWrite (self->cmd);
 }
 
 static void
@@ -1059,6 +1075,18 @@ s_send_formatted (redisAsyncContext *ac, redisCallbackFn *fn, void *privdata,
     return rc;
 }
 
+//  Commands wait in the hiredis buffer for the connection's write event,
+//  which the adapter adds for each: a turn of the loop (epoll_wait, and
+//  epoll_ctl to add and delete it) before they leave. The flush event,
+//  made active, runs once the callbacks of this turn are done: every
+//  command they issued goes in one write, and the write event's add and
+//  delete cancel out in the changelist.
+static void
+s_cmd_flush (kiln_gateway_t *self)
+{
+    event_active (self->cmd_flush, 0, 0);
+}
+
 int
 kiln_call_redis (kiln_call_t *call, redisCallbackFn *fn,
                  int argc, const char **argv, const size_t *argvlen)
@@ -1079,6 +1107,7 @@ kiln_call_redis (kiln_call_t *call, redisCallbackFn *fn,
         return -1;
     }
     kiln_call_ref (call);
+    s_cmd_flush (self);
     return 0;
 }
 
@@ -1104,6 +1133,7 @@ kiln_call_redisf (kiln_call_t *call, redisCallbackFn *fn, const char *format, ..
         return -1;
     }
     kiln_call_ref (call);
+    s_cmd_flush (self);
     return 0;
 }
 
@@ -1122,6 +1152,7 @@ kiln_call_redisf_quiet (kiln_call_t *call, const char *format, ...)
         kiln_call_error (call, 503, "internal_error", "Redis is unavailable");
         return -1;
     }
+    s_cmd_flush (self);
     return 0;
 }
 

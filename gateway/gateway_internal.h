@@ -44,6 +44,7 @@ struct _kiln_gateway_t {
     struct event *sigint;
     struct event *sigterm;
     struct event *reconnect_timer;
+    struct event *cmd_flush;            //  writes the commands of this loop turn (s_cmd_flush)
     kiln_redis_url_t *redis_url;
     redisAsyncContext *cmd;             //  commands
     redisAsyncContext *sub;             //  subscribed to our reply channel
