@@ -41,8 +41,8 @@
     |               |                  | handler: re-queued like a crash. 503 with         |
     |               |                  | runner_draining: handed back unstarted, re-queued |
     |               |                  | without counting an attempt                       |
-    | LOG           | runner           | LOG script, one JSON line per entry; and every    |
-    |               |                  | line to the app's stream kiln:logs:{app} (APP_LOG)|
+    | LOG           | runner           | LOG script: one JSON line per entry to the        |
+    |               |                  | request, and to the app's stream kiln:logs:{app}  |
     | LOG           | worker           | a runner's own output (runner_id, no request_id): |
     |               |                  | to its app's stream only                          |
     | DISCONNECT    | worker           | forgets it and its runners (requests re-queued)   |
@@ -189,14 +189,14 @@
 #define NOT_STARTED_STATUS      127
 //  Requests one TAKE hands out at most (one per free runner slot).
 #define TAKE_BATCH_MAX          64
-//  Rounds of s_settle per event: dispatch that marks more apps (a failed
-//  send loses a runner) goes round again, this many times at most; the
-//  next tick sweeps every app anyway.
+//  Rounds of s_settle per event: apps marked again while settling (a
+//  TAKE that filled TAKE_BATCH_MAX slots, a worker forgotten) go round
+//  again, this many times at most; the next event, or tick, does the rest.
 #define SETTLE_ROUNDS_MAX       4
-//  What s_dispatch marks an app for.
 //  How long log lines may wait for a round trip to go with (a RESULT
 //  often follows its handler's lines at once).
 #define LOG_DEFER_MS            5
+//  What s_dispatch marks an app for.
 #define DISPATCH_TAKE           ((void *) 1)
 #define DISPATCH_RELOAD         ((void *) 2)
 
@@ -280,7 +280,7 @@ struct _kiln_broker_t {
     zsock_t *router;
     zloop_t *loop;
     redisContext *redis;        //  commands
-    redisContext *sub;          //  kiln:wake subscription
+    redisContext *sub;          //  kiln:wake, kiln:changed, kiln:cancel subscription
     zmq_pollitem_t sub_item;
     int64_t redis_retry_ms, redis_backoff_ms;
     int64_t sub_retry_ms, sub_backoff_ms;
@@ -737,7 +737,7 @@ static void
 s_scripts_load (kiln_broker_t *self)
 {
     const char *scripts [] = { KILN_SCRIPT_TAKE, KILN_SCRIPT_COMPLETE, KILN_SCRIPT_LOG,
-                               KILN_SCRIPT_APP_LOG };
+                               KILN_SCRIPT_APP_LOG, KILN_SCRIPT_REQUEUE };
     for (size_t i = 0; self->redis && i < sizeof scripts / sizeof scripts [0]; i++) {
         redisReply *reply = redisCommand (self->redis, "SCRIPT LOAD %s", scripts [i]);
         if (!reply)
@@ -1777,7 +1777,9 @@ s_take_call (kiln_broker_t *self, s_app_t *app)
     }
     if (ready_count == 0)
         return NULL;
-    s_call_t *call = s_call_new (6 + TAKE_BATCH_MAX);
+    //  EVAL, script, 2, queue, inflight, the first runner, now, lease,
+    //  retention, then the other runners
+    s_call_t *call = s_call_new (8 + TAKE_BATCH_MAX);
     if (!call)
         return NULL;
     kiln_key_t queue = kiln_key_queue (app->name);
@@ -2133,8 +2135,14 @@ s_settle_apps (kiln_broker_t *self, zhashx_t *marked)
     }
     for (size_t i = 0; i < app_count; i++) {
         const char *name = reloads [i];
-        if (calls [2 * i])
+        if (calls [2 * i]) {
             s_take_answer (self, name, calls [2 * i], replies [2 * i]);
+            //  A whole batch: more runner slots may be free
+            const redisReply *taken = replies [2 * i];
+            if (calls [2 * i]->argc == 8 + TAKE_BATCH_MAX
+            &&  taken && taken->type == REDIS_REPLY_ARRAY && taken->elements == 4 * TAKE_BATCH_MAX)
+                s_dispatch (self, name, false);
+        }
         redisReply *queued = replies [2 * i + 1];
         s_app_t *app = (s_app_t *) zhashx_lookup (self->apps, name);
         if (app && app->manifest && queued && queued->type == REDIS_REPLY_INTEGER) {
@@ -2191,6 +2199,8 @@ s_settle (kiln_broker_t *self)
         if (self->redis && !self->stopping)
             s_settle_apps (self, marked);
         zhashx_destroy (&marked);
+        //  A send while settling may have found a worker gone
+        s_reap_workers (self);
     }
     if (self->deferred_results || self->stopping)
         s_flush (self);
@@ -2241,9 +2251,9 @@ s_worker_forget (kiln_broker_t *self, s_worker_t *worker, const char *why, bool 
 }
 
 //  Forgets every worker a send found unreachable (s_send_worker), but
-//  not its runners (see s_worker_forget). Called between events,
-//  where no table is being walked; forgetting one dispatches, which may
-//  find another.
+//  not its runners (see s_worker_forget). Called between events, and
+//  between rounds of s_settle, where no table is being walked;
+//  forgetting one marks every app for dispatch.
 static void
 s_reap_workers (kiln_broker_t *self)
 {

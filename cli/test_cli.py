@@ -355,13 +355,13 @@ class ManageTest(kiln_harness.KilnTestCase):
         own = self.app('cli/echo')['manifest']
         with self.stack.redis() as r:
             revision = r.command('HGET', 'kiln:app:cli/echo', 'revision')
-            r.command('SUBSCRIBE', 'kiln:wake')
+            r.command('SUBSCRIBE', 'kiln:changed')
             result = self.kiln('apps', 'scale', 'cli/echo', '--min', '2', '--max', '5',
                                '--keep-alive', '7')
             self.assertEqual(result.returncode, 0, result.stderr)
             #  The broker hears of it at once: the next message pushed
             #  to this subscribed connection
-            self.assertEqual(r._read(), [b'message', b'kiln:wake', b'cli/echo'])
+            self.assertEqual(r._read(), [b'message', b'kiln:changed', b'cli/echo'])
         lines = result.stdout.splitlines()
         self.assertEqual(lines[0], 'scaled cli/echo')
         self.assertRegex(result.stdout, r'min_concurrency:\s+2 .*scaled')

@@ -11,7 +11,7 @@
 
     | takes                                       | sends                                    |
     |---------------------------------------------|------------------------------------------|
-    | HTTP POST /{owner}/{app}[/{path}]           | EVAL SUBMIT (reply_to = kiln:done:{id}); |
+    | HTTP POST /{owner}/{app}[/{path}]           | EVAL SUBMIT (reply_to = kiln:answer:{id});|
     |                                             | the call waits in `pending`              |
     | HTTP POST /queue/{owner}/{app}[/{path}]     | EVAL SUBMIT (reply_to "", ?fal_webhook); |
     |                                             | 200 with URLs                            |
@@ -32,8 +32,8 @@
     | HTTP GET /metrics                           | see gateway_metrics.c                    |
     | Redis: SUBMIT's answer                      | -1 → 404; {-3, limit} → 429 queue_full;  |
     |                                             | queue submits → 200                      |
-    | Redis: "subscribe" on kiln:done:{id}        | starts answering HTTP (listener on)      |
-    | Redis: "message" on kiln:done:{id}          | the answer it carries (a small result),  |
+    | Redis: "subscribe" on kiln:answer:{id}      | starts answering HTTP (listener on)      |
+    | Redis: "message" on kiln:answer:{id}        | the answer it carries (a small result),  |
     |                                             | or HMGET kiln:req:{id} → the stored one  |
     |                                             | (504 request_timeout: + X-Fal-Request-   |
     |                                             | Timeout-Type: user)                      |

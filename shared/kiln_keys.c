@@ -69,7 +69,7 @@ kiln_key_file (const char *file_id)
 kiln_key_t
 kiln_key_reply_channel (const char *gateway_id)
 {
-    return s_key ("kiln:done:", gateway_id, "");
+    return s_key (KILN_CHANNEL_ANSWER_PREFIX, gateway_id, "");
 }
 
 kiln_key_t
@@ -151,7 +151,7 @@ kiln_keys_test (bool verbose)
                     "kiln:req:0f8fad5b-d9cb-469f-a165-70867728950e:logs") == 0);
     assert (strcmp (kiln_key_file (id).s,
                     "kiln:file:0f8fad5b-d9cb-469f-a165-70867728950e") == 0);
-    assert (strcmp (kiln_key_reply_channel ("gw1").s, "kiln:done:gw1") == 0);
+    assert (strcmp (kiln_key_reply_channel ("gw1").s, "kiln:answer:gw1") == 0);
     assert (strcmp (kiln_key_app_logs ("local/echo").s, "kiln:logs:local/echo") == 0);
     assert (strcmp (kiln_key_app_secrets ("local/echo").s, "kiln:app:local/echo:secrets") == 0);
     assert (strcmp (kiln_key_apikey (id).s,

@@ -50,7 +50,8 @@
     Channels: kiln:wake (message: app name; a request was queued),
     kiln:changed (message: app name; its record changed: deploy, scale,
     rollback, delete; the broker reads it again),
-    kiln:done:{gateway_id} (message: request id; it completed),
+    kiln:answer:{gateway_id} (message: a sync request completed: its
+    answer, or its id for a big result; kiln_scripts.h),
     kiln:cancel (message: request id; its client cancelled it while it ran).
     =========================================================================
 */
@@ -72,6 +73,10 @@
 #define KILN_CHANNEL_CANCEL "kiln:cancel"
 #define KILN_CHANNEL_WAKE   "kiln:wake"
 #define KILN_CHANNEL_CHANGED "kiln:changed"
+//  A gateway's reply channel: kiln:answer:{gateway_id}. complete() sends
+//  the answer itself only on channels so named (a gateway from before,
+//  on kiln:done:{id}, hears the id alone).
+#define KILN_CHANNEL_ANSWER_PREFIX "kiln:answer:"
 #define KILN_KEY_REQ_PREFIX "kiln:req:"
 #define KILN_KEY_FILE_PREFIX "kiln:file:"
 #define KILN_KEY_APIKEYS    "kiln:apikeys"

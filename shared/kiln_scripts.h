@@ -18,11 +18,13 @@
     in:{b}, b the first bucket of KILN_STATS_BUCKETS_MS whose limit the
     latency (creation to completion) is at most: one HINCRBY, and
     /metrics sums these into Prometheus's cumulative buckets.
-    What reply_to hears: with a result body of at most
-    KILN_DONE_RESULT_MAX bytes, the answer itself, as a RESP array of six
-    bulk strings: id, status, content_type, body, error, error_type (what
-    a sync call replies, without another round trip); with a bigger one,
-    the id alone (the caller reads the record).
+    What reply_to hears: on a kiln:answer:{gateway} channel, with a
+    result body of at most KILN_DONE_RESULT_MAX bytes, the answer itself,
+    as a RESP array of six bulk strings: id, status, content_type, body,
+    error, error_type (what a sync call replies, without another round
+    trip); with a bigger one, or on any other channel (a gateway from
+    before: kiln:done:{gateway}), the id alone (the caller reads the
+    record).
 
     KILN_SCRIPT_SUBMIT — record and queue a request
       KEYS  app, req, queue, seq               (kiln_key_app, _request, _queue, KILN_KEY_SEQ)

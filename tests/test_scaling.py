@@ -46,7 +46,7 @@ class ScalingTest(scaling_helpers.ScalingTestCase):
     @classmethod
     def setUpClass(cls):
         cls.start_stack()
-        for name in ('sleepmax3', 'keepalive', 'multiplex', 'hangsetup', 'crashsetup'):
+        for name in ('sleepmax3', 'keepalive', 'multiplex', 'mux64', 'hangsetup', 'crashsetup'):
             cls.deploy_or_dump(scaling_app(name), 'local/' + name)
         cls.deploy_or_dump(app_for_tests('badsetup'), 'local/badsetup')
 
@@ -130,6 +130,16 @@ class ScalingTest(scaling_helpers.ScalingTestCase):
         self.assertLess(max(a['start_ms'] for a in answers),
                         min(a['end_ms'] for a in answers), answers)
         self.assertEqual(len(runners(self.stack, app)), 1)
+
+    def test_a_runner_with_64_slots_is_given_64_requests_at_once(self):
+        app = 'local/mux64'                 # max_multiplexing 64, max 1
+        status, obj = burst(self.stack, '/' + app, [{'ms': 0}])[0]
+        self.assertEqual(status, 200, obj)
+        results = burst(self.stack, '/' + app, [{'ms': 1500} for _ in range(64)])
+        self.assertAllOk(results)
+        answers = [obj for _, obj in results]
+        self.assertEqual(len({a['pid'] for a in answers}), 1, answers)
+        self.assertEqual(max(a['peak'] for a in answers), 64, answers)
 
     # -- setups that fail ----------------------------------------------------
 
