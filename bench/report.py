@@ -24,14 +24,15 @@ What one request costs each side:
   made), one `EVAL SUBMIT` (2 EXISTS, HSET of the 16-field record with
   the body, INCR `kiln:seq`, ZADD to the app's queue, ZRANK for the
   position, PUBLISH `kiln:wake`) and the HTTP answer; the broker's
-  `EVAL TAKE` (ZPOPMIN of the queue head, HMGET, HSET state, HINCRBY
+  share of a pipelined `EVALSHA TAKE` for all free runner slots
+  (per request: ZPOPMIN of the queue head, HMGET, HSET state, HINCRBY
   attempts, ZADD `kiln:inflight`), a ZeroMQ `REQUEST` to a runner
   process (msgpack), the handler on a runner thread, a `RESULT` back,
-  and `EVAL COMPLETE` (HMGET, 3 + up to 13 HINCRBY for the
-  `kiln:stats` counters and latency histogram, 3 ZREM, HSET of the
-  result, 2 EXPIRE, PUBLISH when a caller waits). Every EVAL sends the
-  script's whole text (0.5–2 KB), which Redis hashes (SHA1) each time.
-  Records are kept for the retention (1 h).
+  and `EVALSHA COMPLETE`, pipelined with the next TAKE (HMGET of the
+  holder and of the record, 3 HINCRBY and one histogram bucket for
+  the `kiln:stats` counters, 3 ZREM, HSET of the result, 2 EXPIRE,
+  PUBLISH when a caller waits). Records are kept for the retention
+  (1 h).
 - **BullMQ**: the producer's `addBulk` (one round trip of
   `addStandardJob` Lua calls per 1,000 jobs: INCR of the id, HMSET of
   the job hash, XADD to the events stream, LPUSH to wait); the worker's
@@ -43,65 +44,76 @@ What one request costs each side:
   jobs are kept (BullMQ's default).
 """
 
-#  The fixes the evidence points at (see the profile section); printed
-#  with the report, with the run's own numbers where they apply.
+#  What was fixed and what would pay next, from the evidence (see the
+#  profile section); printed with the report.
 FIXES = """\
-Fixes that would pay, with the evidence above, in order of expected gain
-(none is applied here: the gateway and broker belong to other engineers
-this session). The short of it: a kiln call costs about 160 system calls
-and 1.5–2 ms of CPU spread over five processes (gateway, redis-server,
-broker and its ZeroMQ I/O thread, runner), where nginx spends 2–3 system
-calls; the time goes to the kernel moving small messages, not to kiln's
-own code.
+A kiln call crosses five processes where nginx answers in one: the
+gateway, redis-server (the durable queue), the broker and its ZeroMQ I/O
+thread, the runner, and back through Redis pub/sub. On two cores every
+crossing is a wake-up, and that, not kiln's own code, is where the time
+goes (the profiles above: most samples are the kernel returning from
+system calls and wake-ups). kiln persists and schedules every call; a
+server that answers a constant is a ceiling, not a peer: half of nginx's
+rate is out of reach for this design on this machine.
 
-1. **Broker: stop waiting on Redis one call at a time.** The broker runs
-   every `TAKE`, `COMPLETE` and `LOG` with a blocking `redisCommandArgv`
-   inside its zloop (`s_call_run_answered` in broker/broker.c), so per
-   request it sits idle for two or three Redis round trips while nothing
-   else moves. The async drain is latency-bound, not CPU-bound: kiln's
-   processes together use well under the machine's two cores while it
-   runs (CPU per request in section 2). Pipelining the RESULTs of one loop
-   turn into one round trip (redisAppendCommandArgv ×N, then the N
-   replies) and taking several queued requests per `TAKE` for all free
-   runner slots at once would cut the round trips per request from about
-   three to well under one.
-2. **Runner: fewer thread hops per request.** Each echo runner made
-   32–38 system calls per sync request while serving half of them, so
-   about 70 per request it serves, most of them `poll` and `getpid`
-   (libzmq's fork check, run on every use of a ZeroMQ mailbox): a request
-   crosses the inproc pipe between the runner's main thread and its
-   executor three times (REQUEST, LOG, RESULT), and each crossing wakes a
-   thread, besides the DEALER socket's own I/O thread. With
-   max_multiplexing 1 the handler could run on the main thread; with
-   more, the executor could send its RESULT and LOG on its own DEALER
-   socket instead of through the main loop.
-3. **Done since: EVALSHA instead of EVAL.** Each script call ships its whole text
-   (0.5–2 KB with `complete()` pasted in), which Redis reads and hashes
-   again: redis-server is the busiest process in both profiles, mostly
-   in system calls, and of its own code `SHA1Transform` (that hashing)
-   and `dictFind` lead, at about 1 % of its samples each. A small gain
-   in Redis's CPU and in bytes moved, not a big one: `SCRIPT LOAD` once
-   per connection, `EVALSHA` after, EVAL again on `NOSCRIPT`. BullMQ does
-   this (ioredis `defineCommand`).
-4. **Done since: one histogram bucket per completion.** `complete()` does up to 13
-   `HINCRBY le:*` per request (every bucket at or above the latency: all
-   13 for a fast request). Incrementing only the request's own bucket and
-   summing when `/metrics` is read (METRICS reads them all anyway) saves
-   about 12 Redis commands per request.
-5. **Done since (changelist on): gateway, about 14 `epoll_ctl` per sync request.** libevent adds and
-   removes the write event of each hiredis connection for every command
-   (the hiredis libevent adapter's addWrite/delWrite), and evhttp does
-   the same per HTTP connection. `EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST`
-   on the event base folds an add and a delete within one loop turn into
-   nothing: a one-line change in the gateway's event_base setup.
-6. **Sync path: fewer hops.** A sync call is SUBMIT → PUBLISH wake →
-   broker TAKE → ZeroMQ to the runner → RESULT → COMPLETE → PUBLISH done
-   → the gateway's HMGET of the record: four Redis round trips and four
-   process wake-ups in line. Sending small results in the `kiln:done`
-   message would save the HMGET; the batching of fix 1 helps here too.
-7. **The echo example logs a line per call** (`kiln_request_log`): a
-   `LOG` message and one more blocking `EVAL` in the broker per call.
-   Fine for an example; the async bench's noop app does not log.
+Done (each measured against the build before it; bench/README.md has the
+numbers):
+
+1. **Broker: Redis work batched per event** (broker/broker.c `s_settle`,
+   `s_pipeline`). It ran every TAKE, COMPLETE, LOG and app reload as a
+   blocking round trip per message (about nine per echo call: wake →
+   HGETALL, TAKE, TAKE, ZCARD; LOG → LOG, APP_LOG; RESULT → COMPLETE,
+   TAKE, ZCARD). Now `s_dispatch` marks the app and, once the messages of
+   one wake-up are handled, the broker sends the deferred COMPLETEs and
+   LOGs, one TAKE for every free runner slot of each app (TAKE takes
+   several) and ZCARD, pipelined: one round trip per wake-up, whatever
+   it carries. A queued request no longer makes the broker re-read its
+   app (deploys and scale changes publish `kiln:changed`); a request's
+   log lines go to its list and the app stream in one script, usually
+   with its RESULT's round trip. Broker CPU per async request fell about
+   7×, Redis's about 4×.
+2. **Sync answers come with their completion.** `complete()` publishes a
+   result of up to 16 KiB on the gateway's channel with the answer
+   itself (a RESP array), so the gateway replies without reading the
+   record: one Redis round trip fewer per sync call.
+3. **Runner: no inproc pipes.** Executors are plain threads woken by a
+   semaphore; they wake the main loop through one eventfd; a handler's
+   log lines go with its RESULT in one message unless it runs past 2 ms
+   (then they stream). System calls per request in the runner: 74 → 38.
+4. **Gateway: commands leave in the loop turn that issued them** (a
+   flush event, not the next turn's write event): system calls per sync
+   call 26 → 16, `epoll_ctl` 10 → 5.
+5. Earlier: scripts by SHA-1 (EVALSHA), one histogram bucket per
+   completion instead of up to 13 HINCRBY, the gateway's epoll
+   changelist.
+
+What would pay next:
+
+1. **Cold start: a fork server for runners.** Exec of kiln-runner costs
+   9–11 ms here before main() runs: it loads 29 shared libraries
+   (libczmq's and libzmq's dependencies: krb5, pgm, norm, sodium,
+   libstdc++, systemd, ...), about 340 page faults at ~20 µs each on
+   this VM; a fork of an already loaded process takes about 2 ms. That is
+   most of the gap to the 10 ms target. A zygote (the worker asks a
+   pre-loaded kiln-runner to fork each runner) must keep what the worker
+   relies on: the runner as its child for its exit status, its
+   environment visible in /proc, its death signal.
+2. **Sync with few runners is latency-bound, not CPU-bound.** With two
+   runners of one slot each, a runner that answers waits for the
+   broker's COMPLETE + TAKE round trip before its next REQUEST (the
+   CPU per call, section 1, would allow about twice the rate). Handing a
+   runner its next request before it asks (one in reserve per runner)
+   would hide that round trip, at the price of a request waiting behind
+   a long one, and of a request marked running before it runs.
+3. **Async: about 0.2 ms of CPU per request across four processes.**
+   Three times BullMQ needs roughly half that on two cores. What is left
+   is a submit over HTTP per request (BullMQ's producer adds 1,000 per
+   call) and the runner's ~38 system calls per request, half of them
+   libzmq's mailbox and fork check inside `zmq_poll`: polling the
+   DEALER's `ZMQ_FD` directly, and a batch submit endpoint, would pay.
+4. **Scale-out from cold** is within the target now, but what it pays
+   over the warm run is the same exec, eight runners at once on two
+   cores beside the load: the fork server would cut it too.
 
 The gateway's memory is not a problem: about 5 KiB per waiting call,
 under the 64 MiB target at 10,000 calls.
