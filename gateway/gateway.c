@@ -1236,8 +1236,8 @@ kiln_gateway_replay (kiln_call_t *call, redisReply **fields)
     //  fal's marker: the start deadline the caller set (X-Fal-Request-Timeout)
     //  expired. A request that ran past its app's request_timeout shares
     //  the error_type but not the marker; the scripts' detail tells them
-    //  apart (kiln_scripts.c: "did not start").
-    if (strcmp (error_type, "request_timeout") == 0 && strstr (error, "did not start"))
+    //  apart (KILN_DETAIL_NOT_STARTED).
+    if (strcmp (error_type, "request_timeout") == 0 && strcmp (error, KILN_DETAIL_NOT_STARTED) == 0)
         kiln_call_header (call, "X-Fal-Request-Timeout-Type", "user");
     const redisReply *body = fields [2];
     size_t body_size = body && body->type == REDIS_REPLY_STRING ? body->len : 0;

@@ -234,6 +234,12 @@ extern const char *KILN_SCRIPT_WEBHOOK_LEASE;
 extern const char *KILN_SCRIPT_REQUEUE;
 extern const char *KILN_SCRIPT_APP_STATUS;
 
+//  The detail of a 504 request_timeout for a request whose start deadline
+//  (X-Fal-Request-Timeout) passed before it ran; what tells it apart from
+//  one that ran past its app's request_timeout (same error_type), for the
+//  gateway's X-Fal-Request-Timeout-Type: user.
+#define KILN_DETAIL_NOT_STARTED "Request did not start within its timeout"
+
 //  The largest result body that complete() publishes on reply_to with
 //  the rest of the answer (above).
 #define KILN_DONE_RESULT_MAX 16384
