@@ -243,6 +243,7 @@ typedef struct {
     int64_t started_wall_ms;    //  wall clock, for the operators' view
     int gpu;                    //  its CUDA device (from its hello), or -1
     bool start_failed;          //  counted as a failed start already
+    bool kill_pending;          //  to be killed once its worker registers again
     uint64_t served;
 } s_runner_t;
 
@@ -1577,10 +1578,17 @@ s_runner_kill (kiln_broker_t *self, s_runner_t *runner, const char *why)
 {
     kiln_log_warn ("killing runner %s of %s (%s)", runner->id, runner->app, why);
     s_runner_release (self, runner, true, why);
-    if (!s_runner_stop (self, runner, why))
-        s_runner_forget (self, runner, why);
-    else
+    if (s_runner_stop (self, runner, why))
         s_send_stop (self, runner, KILN_RUNNER_STOP_KILL);
+    else {
+        //  Its worker has not registered since our start: the runner stays,
+        //  DRAINING (its hellos adopt nothing), and is killed when the
+        //  worker is back (s_on_worker_hello), or forgotten after
+        //  DRAIN_TIMEOUT_MS if it never is.
+        runner->state = RUNNER_DRAINING;
+        runner->draining_ms = kiln_mono_ms ();
+        runner->kill_pending = true;
+    }
 }
 
 //  The machine type of a runner we adopted: the first of its app's types
@@ -2338,6 +2346,12 @@ s_on_worker_hello (kiln_broker_t *self, const char *identity, kiln_msg_t *msg)
         if (!streq (runner->worker_id, worker->id))
             continue;
         s_runner_resolve_type (self, runner);
+        if (runner->kill_pending) {
+            kiln_log_warn ("killing runner %s of %s now that %s is back", runner->id,
+                           runner->app, worker->id);
+            runner->kill_pending = false;
+            s_send_stop (self, runner, KILN_RUNNER_STOP_KILL);
+        }
         if (worker->draining && runner->state != RUNNER_DRAINING) {
             runner->state = RUNNER_DRAINING;
             runner->draining_ms = kiln_mono_ms ();

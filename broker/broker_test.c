@@ -996,6 +996,71 @@ s_scenarios_leases (void)
     s_undeploy ("local/stuck");
 }
 
+//  A runner to kill (past its request_timeout) while its worker is not
+//  registered: forgotten for its silence here, as it is until it comes
+//  back after a broker restart. Only its worker can kill it; until then
+//  it takes nothing, however often it says hello.
+static void
+s_scenarios_kill_pending (void)
+{
+    char x [KILN_UUID_LEN + 1], y [KILN_UUID_LEN + 1];
+    s_step ("a runner to kill while its worker is away takes nothing and is killed "
+            "once the worker is back");
+    s_peer_t *worker = s_worker ("w-kp", "GPU-K", 1);
+    CHECK (s_wait_view (KILN_KEY_WORKERS, "w-kp", 5000, "\"id\":\"w-kp\"", NULL));
+    s_deploy ("local/kp", 1, "{\"name\":\"kp\",\"machine_types\":[\"GPU-K\"],"
+              "\"max_concurrency\":1,\"keep_alive\":300,\"request_timeout\":3,"
+              "\"endpoints\":[\"/\"]}");
+    s_submit ("local/kp", "{\"n\":\"x\"}", x);
+    s_peer_t *runner = s_start_runner (worker, "local/kp");
+    kiln_msg_t *msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, x));
+    kiln_msg_destroy (&msg);
+    //  The worker falls silent and is forgotten with its runners; the
+    //  runner, alive, hears DISCONNECT, says hello, is adopted without
+    //  its worker and takes x again, which it never answers.
+    worker->heartbeats = false;
+    CHECK (s_wait_view_gone (KILN_KEY_WORKERS, "w-kp", 8000));
+    msg = s_expect (runner, KILN_MSG_DISCONNECT, NULL, WAIT_MS);
+    CHECK (msg);
+    kiln_msg_destroy (&msg);
+    s_runner_hello (runner, "w-kp", "local/kp", 1);
+    msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, x));
+    kiln_msg_destroy (&msg);
+    CHECK (s_wait_field (x, "state", "COMPLETED", 3000 + 3000));
+    CHECK (s_field_is (x, "error_type", "request_timeout"));
+    //  To be killed: its hellos adopt nothing, it is given nothing
+    s_submit ("local/kp", "{\"n\":\"y\"}", y);
+    s_runner_hello (runner, "w-kp", "local/kp", 1);
+    CHECK (s_quiet (runner, KILN_MSG_REQUEST, NULL, 1500));
+    CHECK (s_field_is (y, "state", "IN_QUEUE"));
+    //  Its worker is back: the kill goes out
+    worker->heartbeats = true;
+    s_worker_hello (worker, "GPU-K", 1, false);
+    msg = s_expect (worker, KILN_MSG_RUNNER_STOP, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->runner_id, runner->id) && msg->status == KILN_RUNNER_STOP_KILL);
+    kiln_msg_destroy (&msg);
+    s_exited (worker, runner->id, -9, "killed by signal 9");
+    s_peer_destroy (&runner);
+    //  y runs on a new runner
+    runner = s_start_runner (worker, "local/kp");
+    msg = s_expect (runner, KILN_MSG_REQUEST, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->request_id, y));
+    kiln_msg_destroy (&msg);
+    s_result (runner, y, 200, "{}");
+    CHECK (s_wait_field (y, "state", "COMPLETED", WAIT_MS));
+    s_undeploy ("local/kp");
+    msg = s_expect (worker, KILN_MSG_RUNNER_STOP, NULL, WAIT_MS);
+    CHECK (msg && streq (msg->runner_id, runner->id));
+    kiln_msg_destroy (&msg);
+    s_exited (worker, runner->id, 0, NULL);
+    s_peer_destroy (&runner);
+    s_peer_send_simple (worker, KILN_MSG_DISCONNECT);
+    s_pump (100);
+    s_peer_destroy (&worker);
+}
+
 //  A worker that drains (its SIGTERM): no runner placed there, its
 //  runners' results still count, and a worker that joins takes over.
 static void
@@ -1515,6 +1580,7 @@ main (int argc, char *argv [])
     s_scenarios_leases ();
     s_scenarios_drain ();
     s_scenarios_unreachable ();
+    s_scenarios_kill_pending ();
     s_peer_destroy (&runner);
 
     int status = 0;
