@@ -2426,7 +2426,9 @@ s_on_runner_hello (kiln_broker_t *self, const char *identity, kiln_msg_t *msg)
         if (app->shown_failed_starts != 0)
             s_app_status_write (self, app, NULL);
     }
-    s_dispatch (self, runner->app, true);
+    //  The app's record is cached (read when this runner was started, or
+    //  above when it was adopted); changes come on kiln:changed.
+    s_dispatch (self, runner->app, false);
 }
 
 static void
