@@ -476,17 +476,15 @@ s_formatted_command (redisContext *ctx, const char *cmd, size_t len)
 redisReply *
 kiln_redis_command_argv (redisContext *ctx, int argc, const char **argv, const size_t *argvlen)
 {
-    if (!ctx || argc < 1)
+    void *reply = NULL;
+    if (kiln_redis_append_argv (ctx, argc, argv, argvlen) != REDIS_OK
+    ||  redisGetReply (ctx, &reply) != REDIS_OK)
         return NULL;
-    size_t len0 = argvlen ? argvlen [0] : strlen (argv [0]);
-    if (argc < 2 || len0 != 4 || strncasecmp (argv [0], "EVAL", 4) != 0)
-        return redisCommandArgv (ctx, argc, argv, argvlen);
-    char *cmd;
-    int len = redisFormatCommandArgv (&cmd, argc, argv, argvlen);
-    if (len < 0)
-        return NULL;
-    redisReply *reply = s_formatted_command (ctx, cmd, (size_t) len);
-    free (cmd);
+    if (kiln_redis_noscript (reply)) {
+        //  The EVAL itself, which loads the script again
+        freeReplyObject (reply);
+        reply = redisCommandArgv (ctx, argc, argv, argvlen);
+    }
     return reply;
 }
 

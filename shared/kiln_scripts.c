@@ -70,6 +70,28 @@
     "  return 1\n" \
     "end\n"
 
+//  stream_lines(stream, maxlen, first) appends to an app's log stream
+//  the lines in ARGV from index first on, KILN_APP_LOG_LINE_ARGS each
+//  (kiln_scripts.h: an empty field but the message is left out) →
+//  the number of lines.
+#define S_LUA_STREAM_LINES \
+    "local function stream_lines(stream, maxlen, first)\n" \
+    "  local names = {'ts', 'level', 'source', 'message', 'runner_id', 'request_id', 'revision'}\n" \
+    "  local n = 0\n" \
+    "  for i = first, #ARGV - 6, 7 do\n" \
+    "    local fields = {}\n" \
+    "    for j = 0, 6 do\n" \
+    "      if ARGV[i + j] ~= '' or j == 3 then\n" \
+    "        fields[#fields + 1] = names[j + 1]\n" \
+    "        fields[#fields + 1] = ARGV[i + j]\n" \
+    "      end\n" \
+    "    end\n" \
+    "    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(fields))\n" \
+    "    n = n + 1\n" \
+    "  end\n" \
+    "  return n\n" \
+    "end\n"
+
 //  The body of a request that never ran: kiln's own JSON error.
 #define S_LUA_ERROR_BODY \
     "local function error_body(detail, etype)\n" \
@@ -241,25 +263,14 @@ const char *KILN_SCRIPT_WEBHOOK_DONE =
     "return 1\n";
 
 const char *KILN_SCRIPT_LOG =
+    S_LUA_STREAM_LINES
     "local h = redis.call('HMGET', KEYS[1], 'state', 'runner')\n"
     "if not h[1] or h[1] == 'COMPLETED' then return 0 end\n"
     "if ARGV[1] ~= '' and (h[1] ~= 'IN_PROGRESS' or h[2] ~= ARGV[1]) then return 0 end\n"
     "local n = tonumber(ARGV[3]) or 0\n"
     "if n == 0 then return 0 end\n"
     "redis.call('RPUSH', KEYS[2], unpack(ARGV, 4, 3 + n))\n"
-    "if redis.call('EXISTS', KEYS[3]) == 1 then\n"
-    "  local names = {'ts', 'level', 'source', 'message', 'runner_id', 'request_id', 'revision'}\n"
-    "  for i = 4 + n, #ARGV - 6, 7 do\n"
-    "    local fields = {}\n"
-    "    for j = 0, 6 do\n"
-    "      if ARGV[i + j] ~= '' or j == 3 then\n"
-    "        fields[#fields + 1] = names[j + 1]\n"
-    "        fields[#fields + 1] = ARGV[i + j]\n"
-    "      end\n"
-    "    end\n"
-    "    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))\n"
-    "  end\n"
-    "end\n"
+    "if redis.call('EXISTS', KEYS[3]) == 1 then stream_lines(KEYS[4], ARGV[2], 4 + n) end\n"
     "return n\n";
 
 const char *KILN_SCRIPT_REQUEUE =
@@ -441,21 +452,9 @@ const char *KILN_SCRIPT_METRICS =
 //  7 arguments per line: ts, level, source, message, runner_id,
 //  request_id, revision ("" leaves the field out).
 const char *KILN_SCRIPT_APP_LOG =
+    S_LUA_STREAM_LINES
     "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
-    "local names = {'ts', 'level', 'source', 'message', 'runner_id', 'request_id', 'revision'}\n"
-    "local n = 0\n"
-    "for i = 2, #ARGV - 6, 7 do\n"
-    "  local fields = {}\n"
-    "  for j = 0, 6 do\n"
-    "    if ARGV[i + j] ~= '' or j == 3 then\n"
-    "      fields[#fields + 1] = names[j + 1]\n"
-    "      fields[#fields + 1] = ARGV[i + j]\n"
-    "    end\n"
-    "  end\n"
-    "  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))\n"
-    "  n = n + 1\n"
-    "end\n"
-    "return n\n";
+    "return stream_lines(KEYS[2], ARGV[1], 2)\n";
 
 
 //  ---------------------------------------------------------------------

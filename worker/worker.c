@@ -1200,6 +1200,18 @@ s_read_status_file (const char *path)
 }
 
 //  Tells the broker a runner is gone, and frees its slot.
+//  Frees the child's slot and takes it off the list of children.
+static void
+s_child_detach (kiln_worker_t *self, s_child_t *child)
+{
+    s_slot_t *slot = &self->slots [child->slot];
+    free (slot->runner_id);
+    slot->runner_id = NULL;
+    void *handle = zlistx_find (self->children, child);
+    if (handle)
+        zlistx_detach (self->children, handle);
+}
+
 static void
 s_runner_gone (kiln_worker_t *self, s_child_t *child, int wait_status)
 {
@@ -1248,12 +1260,7 @@ s_runner_gone (kiln_worker_t *self, s_child_t *child, int wait_status)
     free (error);
     free (reason);
 
-    s_slot_t *slot = &self->slots [child->slot];
-    free (slot->runner_id);
-    slot->runner_id = NULL;
-    void *handle = zlistx_find (self->children, child);
-    if (handle)
-        zlistx_detach (self->children, handle);
+    s_child_detach (self, child);
     //  Freed on the next tick: zloop may still call s_on_output with one
     //  of its pipes in this turn (timers run before pollers).
     if (zlistx_add_end (self->departed, child) == NULL)
@@ -1264,12 +1271,7 @@ s_runner_gone (kiln_worker_t *self, s_child_t *child, int wait_status)
 static void
 s_child_release (kiln_worker_t *self, s_child_t *child)
 {
-    s_slot_t *slot = &self->slots [child->slot];
-    free (slot->runner_id);
-    slot->runner_id = NULL;
-    void *handle = zlistx_find (self->children, child);
-    if (handle)
-        zlistx_detach (self->children, handle);
+    s_child_detach (self, child);
     s_child_destroy (&child);
 }
 
