@@ -12,6 +12,12 @@
     and end with -1: quietly at a frame boundary, with a reason inside a
     frame or on a protocol error. Each frame it gives, written back with
     kiln_frame_write, must read back the same.
+
+    Every frame also goes through kiln_frame_missing, the runner's check
+    of a log, file or result frame's fields: it passes exactly the frames
+    that have every field the runner reads (strings, an integer status, a
+    timestamp it can make an int64_t), and otherwise names one that is
+    missing or wrong; frames of other types need nothing.
     =========================================================================
 */
 #include "fuzz.h"
@@ -54,6 +60,55 @@ s_round_trip (json_t *header, const uint8_t *body, size_t body_size)
     close (fd);
 }
 
+static bool
+s_is_string (json_t *header, const char *field)
+{
+    return json_is_string (json_object_get (header, field));
+}
+
+//  kiln_frame_missing against the fields as docs/PROCESS_APPS.md lists them
+static void
+s_check_fields (json_t *header)
+{
+    const char *type = json_string_value (json_object_get (header, "type"));
+    const char *missing = kiln_frame_missing (header, type);
+    bool is_log = strcmp (type, "log") == 0;
+    bool is_file = strcmp (type, "file") == 0;
+    bool is_result = strcmp (type, "result") == 0;
+    if (!is_log && !is_file && !is_result) {
+        FUZZ_CHECK (missing == NULL);
+        return;
+    }
+    json_t *timestamp = json_object_get (header, "timestamp");
+    bool timestamp_good = !is_log || !timestamp
+        || (json_is_number (timestamp) && json_number_value (timestamp) >= 0
+            && json_number_value (timestamp) <= KILN_FRAME_TIMESTAMP_MAX_MS);
+    bool complete = s_is_string (header, "request_id") && timestamp_good
+        && (!is_log || (s_is_string (header, "level") && s_is_string (header, "message")))
+        && (!is_file || (s_is_string (header, "id") && s_is_string (header, "content_type")
+                         && s_is_string (header, "file_name")))
+        && (!is_result || (s_is_string (header, "content_type")
+                           && json_is_integer (json_object_get (header, "status"))));
+    if (complete) {
+        FUZZ_CHECK (missing == NULL);
+        //  What the runner then does with a log's timestamp is defined
+        if (is_log && timestamp) {
+            int64_t ms = (int64_t) json_number_value (timestamp);
+            FUZZ_CHECK (ms >= 0);
+        }
+        return;
+    }
+    //  Named: a field that is indeed missing or wrong
+    FUZZ_CHECK (missing != NULL);
+    if (strncmp (missing, "timestamp", 9) == 0)
+        FUZZ_CHECK (!timestamp_good);
+    else
+    if (strcmp (missing, "status") == 0)
+        FUZZ_CHECK (is_result && !json_is_integer (json_object_get (header, "status")));
+    else
+        FUZZ_CHECK (!s_is_string (header, missing));
+}
+
 //  Reads until the reader wants more (0) or the stream is done (-1).
 //  Returns the last rc.
 static int
@@ -70,6 +125,7 @@ s_drain (kiln_frame_reader_t *reader, bool at_end)
             FUZZ_CHECK (json_is_object (header));
             FUZZ_CHECK (json_is_string (json_object_get (header, "type")));
             FUZZ_CHECK (body && body_size <= KILN_FRAME_BODY_MAX_BYTES);
+            s_check_fields (header);
             s_round_trip (header, body, body_size);
             json_decref (header);
             free (body);

@@ -6,7 +6,8 @@
     | 0 | a submit body with a JSON content type: it must be JSON       |
     |   | (json_loadb, JSON_DECODE_ANY | JSON_ALLOW_NUL, as gateway.c) |
     | 1 | POST /v1/apps {name, artifact, manifest}: kiln_input_deploy   |
-    | 2 | POST /v1/apps/{app}/rollback {revision}                      |
+    |   | and kiln_input_deploy_owner (the owner the access check sees) |
+    | 2 | POST /v1/apps/{app}/rollback {revision}: kiln_input_rollback  |
     | 3 | PATCH /v1/apps/{app} scale body: kiln_input_scale_patch       |
     | 4 | ?fal_webhook=URL: kiln_input_webhook_invalid                  |
     | 5 | Content-Type and ?logs=: kiln_input_is_json_type, _flag       |
@@ -16,13 +17,16 @@
 
     What the gateway accepts must survive being written out and read
     back (a body the gateway stores, a manifest it canonicalises), a
-    deploy it accepts must name a valid app and artifact, a scale patch
+    deploy it accepts must name a valid app and artifact, whose owner is
+    the one the access check was given (and a body whose owner the check
+    cannot tell is never deployed), a rollback it accepts names the
+    body's revision, a whole number from 1, a scale patch
     it accepts gives the SCALE script only "", "-" or a number in range,
     and a key it makes has a valid scope and owner. A body it refuses
     gets a status it documents and a detail.
 
-    Every parser but the submit and rollback bodies' is gateway/inputs.c's,
-    the very function the gateway calls.
+    Every parser but the submit body's is gateway/inputs.c's, the very
+    function the gateway calls (the submit body is jansson's own).
     =========================================================================
 */
 #include "fuzz.h"
@@ -77,16 +81,26 @@ s_deploy_body (const char *body, size_t size)
     kiln_input_deploy_t deploy;
     char why [KILN_INPUT_WHY_MAX];
     int status = kiln_input_deploy (body, size, &deploy, why);
+    //  gateway_auth.c checks the caller's key against this owner before
+    //  the deploy runs; "" means "nothing to check"
+    char owner [KILN_NAME_MAX + 1];
+    memset (owner, 'x', sizeof owner);
+    kiln_input_deploy_owner (body, size, owner);
+    FUZZ_CHECK (memchr (owner, 0, sizeof owner));
+    FUZZ_CHECK (!*owner || kiln_name_part_valid (owner, strlen (owner)));
     if (status) {
         s_refused (status, why);
         FUZZ_CHECK (deploy.manifest == NULL);
         return;
     }
-    //  What the keys are built from: owner/app, both parts valid
+    //  Deployed: its owner is the one that was checked, never unchecked
     const char *name = deploy.name;
+    const char *slash = strchr (name, '/');
+    FUZZ_CHECK (*owner && slash && strlen (owner) == (size_t) (slash - name)
+             && memcmp (owner, name, strlen (owner)) == 0);
+    //  What the keys are built from: owner/app, both parts valid
     FUZZ_CHECK (kiln_app_name_valid (name)
              && !kiln_route_owner_reserved (name, strcspn (name, "/")));
-    const char *slash = strchr (name, '/');
     FUZZ_CHECK (slash && kiln_name_part_valid (name, (size_t) (slash - name)));
     FUZZ_CHECK (kiln_name_part_valid (slash + 1, strlen (slash + 1)));
     FUZZ_CHECK (strlen (name) <= 2 * KILN_NAME_MAX + 1);
@@ -104,13 +118,26 @@ s_deploy_body (const char *body, size_t size)
     free (deploy.manifest);
 }
 
+//  Taken exactly when the body is a JSON object whose revision is a
+//  whole number from 1; the script gets that number.
 static void
 s_rollback_body (const char *body, size_t size)
 {
+    int64_t revision = -1;
+    char why [KILN_INPUT_WHY_MAX];
+    int status = kiln_input_rollback (body, size, &revision, why);
     json_t *request = json_loadb (body, size, 0, NULL);
-    json_t *revision = json_object_get (request, "revision");
-    if (json_is_integer (revision) && json_integer_value (revision) >= 1)
-        FUZZ_CHECK (json_is_object (request));
+    json_t *value = json_object_get (request, "revision");
+    bool good = json_is_object (request) && json_is_integer (value)
+             && json_integer_value (value) >= 1;
+    if (status) {
+        FUZZ_CHECK (status == 422 && !good && revision == 0);
+        s_refused (status, why);
+    }
+    else {
+        FUZZ_CHECK (good && revision >= 1 && revision == json_integer_value (value));
+        FUZZ_CHECK (why [0] == 0);
+    }
     json_decref (request);
 }
 

@@ -252,6 +252,23 @@ def frame_seeds():
         "ends_in_body": b"\x01" + result[:-1],
         "trailing_garbage": b"\x09" + stop + b"\x00\x00",
         "bad_utf8": b"\x09" + frame(None, header_bytes=b'{"type": "\xff"}'),
+        # the fields a log, file or result frame must have
+        "log_no_level": b"\x07" + frame({"type": "log", "request_id": UUID, "message": "m"}),
+        "log_timestamp_string": b"\x07" + frame({"type": "log", "request_id": UUID, "level": "INFO",
+                                                  "message": "m", "timestamp": "now"}),
+        "log_timestamp_huge": b"\x07" + frame(None, header_bytes=b'{"type": "log", "request_id": "r", '
+                                                b'"level": "INFO", "message": "m", "timestamp": 1e300}'),
+        "log_timestamp_negative": b"\x07" + frame({"type": "log", "request_id": UUID, "level": "INFO",
+                                                    "message": "m", "timestamp": -1}),
+        "log_timestamp_real": b"\x07" + frame({"type": "log", "request_id": UUID, "level": "INFO",
+                                                "message": "m", "timestamp": 1764300000000.5}),
+        "file_no_name": b"\x07" + frame({"type": "file", "request_id": UUID, "id": UUID,
+                                          "content_type": "image/png"}, b"x"),
+        "result_status_string": b"\x07" + frame({"type": "result", "request_id": UUID, "status": "200",
+                                                  "content_type": "text/plain"}),
+        "result_status_real": b"\x07" + frame({"type": "result", "request_id": UUID, "status": 200.0,
+                                                "content_type": "text/plain"}),
+        "result_no_request": b"\x07" + frame({"type": "result", "status": 200, "content_type": "text/plain"}),
     }
     return seeds
 
@@ -328,6 +345,40 @@ def bundle_seeds():
     return seeds
 
 
+# ---------------------------------------------------------------- kiln.json
+def bundle_meta_seeds():
+    good = {"class": "Hello", "entry": "hello.py", "kind": "python",
+            "manifest": {"name": "hello", "endpoints": ["/"]}}
+    full = dict(good, manifest={"name": "big", "kind": "python", "machine_types": ["CPU", "GPU-H100"],
+                                "endpoints": ["/", "/sub"], "requirements": ["numpy==2.1.0"],
+                                "max_multiplexing": 4, "startup_timeout": 600, "app_auth": "public"})
+    seeds = {
+        "good": json.dumps(good),
+        "full": json.dumps(full),
+        "dot_entry": json.dumps(dict(good, entry=".hidden.py")),
+        # nasty ones
+        "empty": "",
+        "not_object": "[1, 2]",
+        "truncated": json.dumps(good)[:40],
+        "duplicate_kind": '{"kind": "python", "kind": "native", "entry": "a.py", "class": "A", "manifest": {"name": "a", "endpoints": ["/"]}}',
+        "kind_native": json.dumps(dict(good, kind="native")),
+        "no_kind": json.dumps({k: v for k, v in good.items() if k != "kind"}),
+        "entry_dotdot": json.dumps(dict(good, entry="..")),
+        "entry_path": json.dumps(dict(good, entry="../../etc/passwd")),
+        "entry_absolute": json.dumps(dict(good, entry="/usr/bin/python3")),
+        "entry_newline": json.dumps(dict(good, entry="a\nb.py")),
+        "entry_nul": json.dumps(dict(good, entry="a\u0000b.py")),
+        "entry_number": json.dumps(dict(good, entry=7)),
+        "no_class": json.dumps({k: v for k, v in good.items() if k != "class"}),
+        "empty_class": json.dumps(dict(good, **{"class": ""})),
+        "manifest_string": json.dumps(dict(good, manifest=json.dumps(good["manifest"]))),
+        "manifest_invalid": json.dumps(dict(good, manifest={"name": "Bad Name", "endpoints": []})),
+        "manifest_deep": '{"kind": "python", "entry": "a.py", "class": "A", "manifest": {"name": "a", "x": ' + "[" * 2000 + "]" * 2000 + "}}",
+        "bad_utf8": b'{"kind": "python", "entry": "\xff.py", "class": "A", "manifest": {"name": "a", "endpoints": ["/"]}}',
+    }
+    return {k: v if isinstance(v, bytes) else v.encode() for k, v in seeds.items()}
+
+
 # ---------------------------------------------------------------- JSON bodies
 def json_seeds():
     deploy = {"name": "local/echo", "artifact": SHA,
@@ -348,6 +399,13 @@ def json_seeds():
         "rollback": b"\x02" + b'{"revision": 3}',
         "rollback_bad": b"\x02" + b'{"revision": -1}',
         "rollback_not_object": b"\x02" + b"[3]",
+        "rollback_float": b"\x02" + b'{"revision": 3.0}',
+        "rollback_huge": b"\x02" + b'{"revision": 9223372036854775807}',
+        "rollback_overflow": b"\x02" + b'{"revision": 99999999999999999999}',
+        "rollback_duplicate": b"\x02" + b'{"revision": 0, "revision": 2}',
+        "deploy_owner_only": b"\x01" + b'{"name": "bob/app"}',
+        "deploy_duplicate_name": b"\x01" + json.dumps(deploy).encode()[:-1] + b', "name": "mallory/echo"}',
+        "deploy_long_owner": b"\x01" + json.dumps(dict(deploy, name="o" * 64 + "/echo")).encode(),
         "scale": b"\x03" + b'{"min_concurrency": 1, "max_concurrency": 4, "keep_alive": null, "reset": false}',
         "scale_duplicate": b"\x03" + b'{"min_concurrency": 1, "min_concurrency": 2}',
         "scale_unknown": b"\x03" + b'{"nope": 1}',
@@ -469,6 +527,7 @@ def main():
     write("fuzz_manifest", manifest_seeds())
     write("fuzz_frame", frame_seeds())
     write("fuzz_bundle", bundle_seeds())
+    write("fuzz_bundle_meta", bundle_meta_seeds())
     write("fuzz_json", json_seeds())
     write("fuzz_redis_url", redis_url_seeds())
     write("fuzz_auth", auth_seeds())

@@ -21,7 +21,7 @@ seconds=${FUZZ_SECONDS:-60}
 work=${FUZZ_WORK:-$build/fuzz-work}
 targets=("$@")
 if (( ${#targets[@]} == 0 )); then
-    targets=(fuzz_msg fuzz_route fuzz_manifest fuzz_frame fuzz_bundle fuzz_json fuzz_redis_url fuzz_auth fuzz_webhook)
+    targets=(fuzz_msg fuzz_route fuzz_manifest fuzz_frame fuzz_bundle fuzz_bundle_meta fuzz_json fuzz_redis_url fuzz_auth fuzz_webhook)
 fi
 
 failed=()

@@ -29,6 +29,7 @@
     =========================================================================
 */
 #include "gateway_internal.h"
+#include "inputs.h"
 #include "kiln_auth.h"
 #include "kiln_manifest.h"
 
@@ -338,13 +339,10 @@ s_deploy_owner (kiln_call_t *call, char owner [KILN_NAME_MAX + 1])
     owner [0] = 0;
     size_t size;
     const char *body = kiln_call_body (call, &size);
+    //  Too big: the handler refuses it before reading it
     if (size > call->gw->cfg->max_body_bytes)
         return;
-    json_t *request = json_loadb (body, size, 0, NULL);
-    const char *name = json_string_value (json_object_get (request, "name"));
-    if (name && kiln_app_name_valid (name))
-        kiln_access_owner_of (name, owner);
-    json_decref (request);
+    kiln_input_deploy_owner (body, size, owner);
 }
 
 static void

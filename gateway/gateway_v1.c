@@ -602,16 +602,12 @@ s_app_rollback (kiln_call_t *call)
         return;
     size_t size;
     const char *body = kiln_call_body (call, &size);
-    json_t *request = json_loadb (body, size, 0, NULL);
-    json_t *revision = json_object_get (request, "revision");
-    if (!json_is_integer (revision) || json_integer_value (revision) < 1) {
-        json_decref (request);
-        kiln_call_error (call, 422, "bad_request",
-                         "Body must be a JSON object {\"revision\": N}, N a whole number from 1");
+    char why [KILN_INPUT_WHY_MAX];
+    int status = kiln_input_rollback (body, size, &call->number, why);
+    if (status) {
+        kiln_call_error (call, status, "bad_request", "%s", why);
         return;
     }
-    call->number = json_integer_value (revision);
-    json_decref (request);
     kiln_key_t app_key = kiln_key_app (call->route.app);
     kiln_key_t revisions_key = kiln_key_revisions (call->route.app);
     kiln_call_redisf (call, s_on_rolled_back, "EVAL %s 2 %s %s %s %" PRId64 " %" PRId64,

@@ -12,6 +12,7 @@
 #include <assert.h>
 #include <ctype.h>
 #include <event2/http.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <limits.h>
 #include <stdio.h>
@@ -267,6 +268,39 @@ kiln_input_deploy (const char *body, size_t size, kiln_input_deploy_t *deploy,
     return status;
 }
 
+void
+kiln_input_deploy_owner (const char *body, size_t size, char owner [KILN_NAME_MAX + 1])
+{
+    owner [0] = 0;
+    //  Loaded as kiln_input_deploy loads it (same flags: the same "name"
+    //  wins among duplicates), so the owner checked is the one deployed
+    json_t *request = json_loadb (body, size, 0, NULL);
+    const char *name = json_string_value (json_object_get (request, "name"));
+    if (name && kiln_app_name_valid (name))
+        kiln_access_owner_of (name, owner);
+    json_decref (request);
+}
+
+int
+kiln_input_rollback (const char *body, size_t size, int64_t *revision,
+                     char why [KILN_INPUT_WHY_MAX])
+{
+    *revision = 0;
+    why [0] = 0;
+    json_t *request = json_loadb (body, size, 0, NULL);
+    json_t *value = json_object_get (request, "revision");
+    int status = 422;
+    if (json_is_integer (value) && json_integer_value (value) >= 1) {
+        *revision = json_integer_value (value);
+        status = 0;
+    }
+    else
+        snprintf (why, KILN_INPUT_WHY_MAX,
+                  "Body must be a JSON object {\"revision\": N}, N a whole number from 1");
+    json_decref (request);
+    return status;
+}
+
 int
 kiln_input_key_request (const char *body, size_t size, const char *default_owner,
                         char scope [16], char owner [KILN_NAME_MAX + 1],
@@ -456,8 +490,66 @@ kiln_input_test (bool verbose)
         }
         free (deploy.manifest);
     }
+    //  The owner the access check sees: the name's, for every body
+    //  deployed; "" when the name is missing or not an app name
+    struct {
+        const char *body;
+        const char *owner;
+    } owners [] = {
+        { "{\"name\":\"alice/echo\",\"artifact\":\"" SHA "\",\"manifest\":" MANIFEST "}", "alice" },
+        { "{\"name\":\"bob/x\"}", "bob" },
+        { "{\"name\":\"queue/x\"}", "queue" },       //  reserved: the deploy refuses it
+        { "{\"name\":\"alice/x\",\"name\":\"bob/y\"}", "bob" },    //  the last, as the deploy reads it
+        { "{\"name\":\"echo\"}", "" },
+        { "{\"name\":\"Alice/echo\"}", "" },
+        { "{\"name\":\"alice/echo/x\"}", "" },
+        { "{\"name\":7}", "" },
+        { "[\"alice/echo\"]", "" },
+        { "{\"name\":\"alice/echo\"", "" },
+        { "", "" },
+    };
+    for (size_t i = 0; i < sizeof owners / sizeof owners [0]; i++) {
+        char owner [KILN_NAME_MAX + 1];
+        kiln_input_deploy_owner (owners [i].body, strlen (owners [i].body), owner);
+        if (strcmp (owner, owners [i].owner) != 0)
+            fprintf (stderr, "deploy owner case %zu: '%s'\n", i, owner);
+        assert (strcmp (owner, owners [i].owner) == 0);
+    }
     #undef SHA
     #undef MANIFEST
+
+    //  POST /v1/apps/{app}/rollback: body, status, revision
+    struct {
+        const char *body;
+        int status;
+        int64_t revision;
+    } rollbacks [] = {
+        { "{\"revision\": 3}", 0, 3 },
+        { "{\"revision\": 1, \"other\": true}", 0, 1 },
+        { "{\"revision\": 9223372036854775807}", 0, INT64_MAX },
+        { "{\"revision\": 0}", 422, 0 },
+        { "{\"revision\": -1}", 422, 0 },
+        { "{\"revision\": 2.0}", 422, 0 },
+        { "{\"revision\": \"2\"}", 422, 0 },
+        { "{\"revision\": 99999999999999999999}", 422, 0 },
+        { "{}", 422, 0 },
+        { "[3]", 422, 0 },
+        { "3", 422, 0 },
+        { "{\"revision\": 3", 422, 0 },
+        { "", 422, 0 },
+    };
+    for (size_t i = 0; i < sizeof rollbacks / sizeof rollbacks [0]; i++) {
+        int64_t revision = -1;
+        char why [KILN_INPUT_WHY_MAX];
+        int status = kiln_input_rollback (rollbacks [i].body, strlen (rollbacks [i].body),
+                                          &revision, why);
+        if (status != rollbacks [i].status || revision != rollbacks [i].revision)
+            fprintf (stderr, "rollback case %zu: %d %" PRId64 " '%s'\n", i, status, revision, why);
+        assert (status == rollbacks [i].status);
+        assert (revision == rollbacks [i].revision);
+        const char *refused = "Body must be a JSON object {\"revision\": N}";
+        assert (status ? strncmp (why, refused, strlen (refused)) == 0 : why [0] == 0);
+    }
 
     //  POST /v1/keys: body, default owner, status, scope, owner, why's start
     struct {

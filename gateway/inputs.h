@@ -14,6 +14,8 @@
     | kiln_input_safe_file_name     | a stored file's name, for Content-Disposition |
     | kiln_input_scale_patch        | PATCH /v1/apps/{app} body (live scale)   |
     | kiln_input_deploy             | POST /v1/apps body {name, artifact, manifest} |
+    | kiln_input_deploy_owner       | the same body, for the access check: its owner |
+    | kiln_input_rollback           | POST /v1/apps/{app}/rollback body {revision} |
     | kiln_input_key_request        | POST /v1/keys body {scope, owner?}       |
 
     The body parsers answer 0 when the body is good, else the HTTP
@@ -88,6 +90,18 @@ typedef struct {
 //  deploy->manifest is NULL unless 0.
 int kiln_input_deploy (const char *body, size_t size, kiln_input_deploy_t *deploy,
                        char why [KILN_INPUT_WHY_MAX]);
+
+//  The owner part of a POST /v1/apps body's name, when the name is a
+//  valid app name, else "": whose app the deploy would make, which the
+//  gateway checks the caller's key against before the deploy runs. For
+//  a body kiln_input_deploy takes, it is the owner of that deploy's name;
+//  "" only for bodies kiln_input_deploy refuses.
+void kiln_input_deploy_owner (const char *body, size_t size, char owner [KILN_NAME_MAX + 1]);
+
+//  A POST /v1/apps/{app}/rollback body {"revision": N}, N a whole number
+//  from 1. 0 (and *revision set) or 422; *revision 0 unless 0.
+int kiln_input_rollback (const char *body, size_t size, int64_t *revision,
+                         char why [KILN_INPUT_WHY_MAX]);
 
 //  A POST /v1/keys body {scope, owner?} (empty: {}). default_owner is
 //  the owner when none (or null) is given: the calling key's, or NULL.

@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -213,6 +214,66 @@ kiln_bundle_unpack (const uint8_t *data, size_t size, const char *dest, char **e
 //  Selftest
 
 //  Appends one ustar entry to buffer at *offset.
+int
+kiln_bundle_meta_parse (const char *text, size_t size, kiln_bundle_meta_t *meta,
+                        char **error)
+{
+    memset (meta, 0, sizeof *meta);
+    *error = NULL;
+    json_error_t json_error;
+    json_t *root = json_loadb (text, size, JSON_REJECT_DUPLICATES, &json_error);
+    const char *kind = json_string_value (json_object_get (root, "kind"));
+    const char *entry = json_string_value (json_object_get (root, "entry"));
+    const char *name = json_string_value (json_object_get (root, "class"));
+    json_t *manifest = json_object_get (root, "manifest");
+    int rc = -1;
+    if (!root)
+        *error = zsys_sprintf ("the bundle's " KILN_BUNDLE_DESCRIPTION " is not valid JSON: %s",
+                               json_error.text);
+    else
+    if (!kind || !streq (kind, KILN_MANIFEST_KIND_PYTHON))
+        *error = zsys_sprintf ("the bundle's kind is '%.100s'; this runner runs 'python' bundles",
+                               kind? kind: "(none)");
+    else
+    //  The runner runs dir/entry: a name the unpacker would have made
+    if (!entry || !s_name_valid (entry))
+        *error = strdup ("the bundle's entry must be the name of a file in it");
+    else
+    if (!name || !*name || !json_is_object (manifest))
+        *error = strdup ("the bundle names no class or no manifest");
+    else {
+        char *manifest_text = json_dumps (manifest, JSON_COMPACT);
+        char *why = NULL;
+        meta->manifest = manifest_text
+                       ? kiln_manifest_from_json (manifest_text, strlen (manifest_text), &why)
+                       : NULL;
+        meta->entry = strdup (entry);
+        meta->class_name = strdup (name);
+        if (!meta->manifest)
+            *error = zsys_sprintf ("invalid app: %s", why? why: "out of memory");
+        else
+        if (!meta->entry || !meta->class_name)
+            *error = strdup ("out of memory");
+        else
+            rc = 0;
+        free (manifest_text);
+        free (why);
+    }
+    json_decref (root);
+    if (rc)
+        kiln_bundle_meta_free (meta);
+    return rc;
+}
+
+void
+kiln_bundle_meta_free (kiln_bundle_meta_t *meta)
+{
+    free (meta->entry);
+    free (meta->class_name);
+    kiln_manifest_destroy (&meta->manifest);
+    memset (meta, 0, sizeof *meta);
+}
+
 static void
 s_test_entry (uint8_t *buffer, size_t *offset, const char *name, char type,
               const char *content)
@@ -235,6 +296,67 @@ s_test_entry (uint8_t *buffer, size_t *offset, const char *name, char type,
     if (size) {
         memcpy (buffer + *offset, content, size);
         *offset += (size + TAR_BLOCK_BYTES - 1) / TAR_BLOCK_BYTES * TAR_BLOCK_BYTES;
+    }
+}
+
+//  kiln.json: text, what the runner gets (entry and class) or why not
+static void
+s_test_meta (void)
+{
+    #define MANIFEST "\"manifest\": {\"name\": \"hello\", \"endpoints\": [\"/\"]}"
+    struct {
+        const char *text;
+        const char *entry;          //  NULL: refused
+        const char *class_name;
+        const char *why;            //  the reason's start
+    } metas [] = {
+        { "{\"kind\": \"python\", \"entry\": \"hello.py\", \"class\": \"Hello\", " MANIFEST "}",
+          "hello.py", "Hello", NULL },
+        { "{\"kind\": \"python\", \"entry\": \".app.py\", \"class\": \"A\", \"extra\": 1, " MANIFEST "}",
+          ".app.py", "A", NULL },
+        { "", NULL, NULL, "the bundle's kiln.json is not valid JSON: " },
+        { "{\"kind\": \"python\"", NULL, NULL, "the bundle's kiln.json is not valid JSON: " },
+        { "{\"kind\": \"python\", \"kind\": \"python\"}", NULL, NULL, "the bundle's kiln.json is not valid JSON: " },
+        { "[]", NULL, NULL, "the bundle's kind is '(none)'" },
+        { "{\"kind\": \"native\"}", NULL, NULL, "the bundle's kind is 'native'" },
+        { "{\"kind\": \"python\", \"class\": \"A\", " MANIFEST "}", NULL, NULL, "the bundle's entry must" },
+        { "{\"kind\": \"python\", \"entry\": \"\", \"class\": \"A\", " MANIFEST "}", NULL, NULL, "the bundle's entry" },
+        { "{\"kind\": \"python\", \"entry\": \"..\", \"class\": \"A\", " MANIFEST "}", NULL, NULL, "the bundle's entry" },
+        { "{\"kind\": \"python\", \"entry\": \".\", \"class\": \"A\", " MANIFEST "}", NULL, NULL, "the bundle's entry" },
+        { "{\"kind\": \"python\", \"entry\": \"../x.py\", \"class\": \"A\", " MANIFEST "}", NULL, NULL, "the bundle's entry" },
+        { "{\"kind\": \"python\", \"entry\": \"/etc/x.py\", \"class\": \"A\", " MANIFEST "}", NULL, NULL, "the bundle's entry" },
+        { "{\"kind\": \"python\", \"entry\": \"a\\nb.py\", \"class\": \"A\", " MANIFEST "}", NULL, NULL, "the bundle's entry" },
+        { "{\"kind\": \"python\", \"entry\": 7, \"class\": \"A\", " MANIFEST "}", NULL, NULL, "the bundle's entry" },
+        { "{\"kind\": \"python\", \"entry\": \"a.py\", " MANIFEST "}", NULL, NULL, "the bundle names no class" },
+        { "{\"kind\": \"python\", \"entry\": \"a.py\", \"class\": \"\", " MANIFEST "}", NULL, NULL, "the bundle names no class" },
+        { "{\"kind\": \"python\", \"entry\": \"a.py\", \"class\": \"A\"}", NULL, NULL, "the bundle names no class" },
+        { "{\"kind\": \"python\", \"entry\": \"a.py\", \"class\": \"A\", \"manifest\": \"{}\"}",
+          NULL, NULL, "the bundle names no class" },
+        { "{\"kind\": \"python\", \"entry\": \"a.py\", \"class\": \"A\", \"manifest\": {}}",
+          NULL, NULL, "invalid app: name" },
+    };
+    #undef MANIFEST
+    for (size_t i = 0; i < sizeof metas / sizeof metas [0]; i++) {
+        kiln_bundle_meta_t meta;
+        char *error = NULL;
+        int rc = kiln_bundle_meta_parse (metas [i].text, strlen (metas [i].text), &meta, &error);
+        if ((rc == 0) != (metas [i].entry != NULL)
+        ||  (metas [i].why && (!error || strncmp (error, metas [i].why, strlen (metas [i].why)) != 0)))
+            fprintf (stderr, "kiln.json case %zu: %d '%s'\n", i, rc, error? error: "");
+        if (metas [i].entry) {
+            assert (rc == 0 && !error);
+            assert (streq (meta.entry, metas [i].entry));
+            assert (streq (meta.class_name, metas [i].class_name));
+            assert (meta.manifest && streq (meta.manifest->name, "hello"));
+            kiln_bundle_meta_free (&meta);
+            assert (!meta.entry && !meta.class_name && !meta.manifest);
+        }
+        else {
+            assert (rc == -1 && error);
+            assert (strncmp (error, metas [i].why, strlen (metas [i].why)) == 0);
+            assert (!meta.entry && !meta.class_name && !meta.manifest);
+        }
+        free (error);
     }
 }
 
@@ -315,6 +437,7 @@ kiln_bundle_test (bool verbose)
     free (dest);
     free (buffer);
     s_remove_tree (root);
+    s_test_meta ();
     if (verbose)
         printf ("OK\n");
 }

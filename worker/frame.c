@@ -132,6 +132,34 @@ kiln_frame_read (kiln_frame_reader_t *reader, json_t **header_p, uint8_t **body_
     }
 }
 
+const char *
+kiln_frame_missing (json_t *header, const char *type)
+{
+    static const char *log_fields [] = { "request_id", "level", "message", NULL };
+    static const char *file_fields [] = { "request_id", "id", "content_type", "file_name", NULL };
+    static const char *result_fields [] = { "request_id", "content_type", NULL };
+    bool is_log = type && streq (type, "log");
+    bool is_file = type && streq (type, "file");
+    bool is_result = type && streq (type, "result");
+    if (!is_log && !is_file && !is_result)
+        return NULL;
+    const char **fields = is_log? log_fields: is_file? file_fields: result_fields;
+    for (const char **field = fields; *field; field++)
+        if (!json_is_string (json_object_get (header, *field)))
+            return *field;
+    if (is_result && !json_is_integer (json_object_get (header, "status")))
+        return "status";
+    //  The runner makes it an int64_t: a value out of its range would be
+    //  undefined behaviour, not just a wrong time
+    json_t *timestamp = json_object_get (header, "timestamp");
+    if (is_log && timestamp
+    &&  (!json_is_number (timestamp)
+         || !(json_number_value (timestamp) >= 0
+              && json_number_value (timestamp) <= KILN_FRAME_TIMESTAMP_MAX_MS)))
+        return "timestamp (ms since the epoch)";
+    return NULL;
+}
+
 static int
 s_write_all (int fd, const void *data, size_t size)
 {

@@ -50,6 +50,19 @@ void kiln_frame_reader_reset (kiln_frame_reader_t *reader);
 int kiln_frame_read (kiln_frame_reader_t *reader, json_t **header_p, uint8_t **body_p,
                      size_t *body_size, char **error);
 
+//  Latest log timestamp taken (ms since the epoch): 2^53, exact as a
+//  double, so the runner's conversion to int64_t is always defined.
+#define KILN_FRAME_TIMESTAMP_MAX_MS 9007199254740992.0
+
+//  Checks the fields the runner reads from a frame of the types it serves
+//  by (docs/PROCESS_APPS.md): "log" needs request_id, level and message
+//  strings, and a timestamp, if given, a number from 0 to
+//  KILN_FRAME_TIMESTAMP_MAX_MS; "file" request_id, id, content_type and
+//  file_name strings; "result" request_id and content_type strings and an
+//  integer status. Any other type needs nothing. NULL when all are there,
+//  else the first that is missing or wrong (for the protocol error).
+const char *kiln_frame_missing (json_t *header, const char *type);
+
 //  Writes one frame whole (blocking); takes the header. 0, or -1 (the
 //  peer is gone, or the header cannot be encoded).
 int kiln_frame_write (int fd, json_t *header, const uint8_t *body, size_t body_size);

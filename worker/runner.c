@@ -1032,26 +1032,6 @@ s_process_file (s_runner_t *self, json_t *header, const char *request_id, uint8_
     *body_p = NULL;
 }
 
-//  Checks that a known frame type has its required string fields (and a
-//  status for results). NULL, or what is missing.
-static const char *
-s_frame_missing (json_t *header, const char *type)
-{
-    static const char *log_fields [] = { "request_id", "level", "message", NULL };
-    static const char *file_fields [] = { "request_id", "id", "content_type", "file_name", NULL };
-    static const char *result_fields [] = { "request_id", "content_type", NULL };
-    const char **fields = streq (type, "log")? log_fields: streq (type, "file")? file_fields: result_fields;
-    for (const char **field = fields; *field; field++)
-        if (!json_is_string (json_object_get (header, *field)))
-            return *field;
-    if (streq (type, "result") && !json_is_integer (json_object_get (header, "status")))
-        return "status";
-    json_t *timestamp = json_object_get (header, "timestamp");
-    if (streq (type, "log") && timestamp && !json_is_number (timestamp))
-        return "timestamp (a number)";
-    return NULL;
-}
-
 static void
 s_process_frame (s_runner_t *self, json_t *header, uint8_t **body_p, size_t body_size)
 {
@@ -1060,7 +1040,7 @@ s_process_frame (s_runner_t *self, json_t *header, uint8_t **body_p, size_t body
         kiln_log_warn ("the app sent a '%.100s' frame while serving; ignored", type);
         return;
     }
-    const char *missing = s_frame_missing (header, type);
+    const char *missing = kiln_frame_missing (header, type);
     if (missing) {
         s_process_crashed (self, zsys_sprintf ("protocol error: a '%s' frame without %s", type, missing));
         return;
@@ -1495,44 +1475,27 @@ static int
 s_process_load (s_runner_t *self, const char *dir, char **entry_path, char **class_name)
 {
     char *path = zsys_sprintf ("%s/" KILN_BUNDLE_DESCRIPTION, dir);
-    json_error_t json_error;
-    json_t *root = path? json_load_file (path, JSON_REJECT_DUPLICATES, &json_error): NULL;
+    size_t size = 0;
+    char *text = path? (char *) kiln_read_file (path, &size): NULL;
     free (path);
-    const char *kind = json_string_value (json_object_get (root, "kind"));
-    const char *entry = json_string_value (json_object_get (root, "entry"));
-    const char *name = json_string_value (json_object_get (root, "class"));
-    json_t *manifest = json_object_get (root, "manifest");
+    kiln_bundle_meta_t meta;
     char *reason = NULL;
-    if (!root)
+    if (!text)
         reason = zsys_sprintf ("%s is not an app bundle: its " KILN_BUNDLE_DESCRIPTION
-                               " cannot be read: %s", dir, json_error.text);
+                               " cannot be read: %s", dir, strerror (errno));
     else
-    if (!kind || !streq (kind, KILN_MANIFEST_KIND_PYTHON))
-        reason = zsys_sprintf ("the bundle's kind is '%s'; this runner runs 'python' bundles",
-                               kind? kind: "(none)");
-    else
-    if (!entry || !*entry || strchr (entry, '/') || streq (entry, "..") || streq (entry, "."))
-        reason = strdup ("the bundle's entry must be the name of a file in it");
-    else
-    if (!name || !*name || !json_is_object (manifest))
-        reason = strdup ("the bundle names no class or no manifest");
-    else {
-        char *text = json_dumps (manifest, JSON_COMPACT);
-        char *why = NULL;
-        self->manifest = text? kiln_manifest_from_json (text, strlen (text), &why): NULL;
-        free (text);
-        if (!self->manifest)
-            reason = zsys_sprintf ("invalid app: %s", why? why: "out of memory");
-        free (why);
+    if (kiln_bundle_meta_parse (text, size, &meta, &reason) == 0) {
+        self->manifest = meta.manifest;
+        meta.manifest = NULL;
+        *entry_path = zsys_sprintf ("%s/%s", dir, meta.entry);
+        *class_name = meta.class_name;
+        meta.class_name = NULL;
+        kiln_bundle_meta_free (&meta);
     }
-    if (!reason) {
-        *entry_path = zsys_sprintf ("%s/%s", dir, entry);
-        *class_name = strdup (name);
-    }
-    json_decref (root);
-    if (reason) {
-        fprintf (stderr, "kiln-runner: %s\n", reason);
-        s_write_status (reason);
+    free (text);
+    if (reason || !self->manifest) {
+        fprintf (stderr, "kiln-runner: %s\n", reason? reason: "out of memory");
+        s_write_status (reason? reason: "out of memory");
         free (reason);
         return KILN_RUNNER_EXIT_INVALID_APP;
     }
