@@ -664,6 +664,18 @@ s_wait_view_gone (const char *key, const char *id, int ms)
     }
 }
 
+//  A worker, once the broker's view shows it registered (its hello is
+//  handled: a request for its machine type is placed, not failed).
+static s_peer_t *
+s_worker_registered (const char *id, const char *machine_type, uint32_t count)
+{
+    s_peer_t *worker = s_worker (id, machine_type, count);
+    char shown [128];
+    snprintf (shown, sizeof shown, "\"id\":\"%s\"", id);
+    CHECK (s_wait_view (KILN_KEY_WORKERS, id, 5000, shown, NULL));
+    return worker;
+}
+
 static void
 s_exited (s_peer_t *worker, const char *runner_id, int status, const char *error)
 {
@@ -698,8 +710,7 @@ s_scenarios_requeue (void)
     s_step ("a lost request goes back to the head of its queue, ahead of what waited");
     //  Registered before anything is queued for it: a type nobody offers
     //  fails its requests at once.
-    s_one = s_worker ("w-one", "GPU-T4", 1);
-    CHECK (s_wait_view (KILN_KEY_WORKERS, "w-one", 5000, "\"id\":\"w-one\"", NULL));
+    s_one = s_worker_registered ("w-one", "GPU-T4", 1);
     s_deploy ("local/one", 1, T4_MANIFEST ("one", ",\"max_concurrency\":1,\"keep_alive\":300"));
     s_submit ("local/one", "{\"n\":\"a\"}", a);
     s_peer_t *r1 = s_start_runner (s_one, "local/one");
@@ -1006,8 +1017,7 @@ s_scenarios_kill_pending (void)
     char x [KILN_UUID_LEN + 1], y [KILN_UUID_LEN + 1];
     s_step ("a runner to kill while its worker is away takes nothing and is killed "
             "once the worker is back");
-    s_peer_t *worker = s_worker ("w-kp", "GPU-K", 1);
-    CHECK (s_wait_view (KILN_KEY_WORKERS, "w-kp", 5000, "\"id\":\"w-kp\"", NULL));
+    s_peer_t *worker = s_worker_registered ("w-kp", "GPU-K", 1);
     s_deploy ("local/kp", 1, "{\"name\":\"kp\",\"machine_types\":[\"GPU-K\"],"
               "\"max_concurrency\":1,\"keep_alive\":300,\"request_timeout\":3,"
               "\"endpoints\":[\"/\"]}");
@@ -1129,8 +1139,7 @@ s_scenarios_unreachable (void)
     char a [KILN_UUID_LEN + 1], b [KILN_UUID_LEN + 1];
     s_step ("a REQUEST that cannot be sent (its runner's connection is gone) is "
             "re-queued uncounted and run by another runner");
-    s_peer_t *worker = s_worker ("w-unr", "GPU-U", 2);
-    CHECK (s_wait_view (KILN_KEY_WORKERS, "w-unr", 5000, "\"id\":\"w-unr\"", NULL));
+    s_peer_t *worker = s_worker_registered ("w-unr", "GPU-U", 2);
     s_deploy ("local/unr", 1, "{\"name\":\"unr\",\"machine_types\":[\"GPU-U\"],"
               "\"min_concurrency\":1,\"max_concurrency\":1,\"keep_alive\":300,"
               "\"endpoints\":[\"/\"]}");
@@ -1198,8 +1207,7 @@ s_scenarios_unreachable (void)
     s_step ("a worker's connection lost while its runner lives on: the worker is "
             "forgotten, the runner keeps its request and its result is recorded once");
     char c [KILN_UUID_LEN + 1];
-    worker = s_worker ("w-blip", "GPU-U", 2);
-    CHECK (s_wait_view (KILN_KEY_WORKERS, "w-blip", 5000, "\"id\":\"w-blip\"", NULL));
+    worker = s_worker_registered ("w-blip", "GPU-U", 2);
     s_deploy ("local/unr", 1, "{\"name\":\"unr\",\"machine_types\":[\"GPU-U\"],"
               "\"min_concurrency\":1,\"max_concurrency\":1,\"keep_alive\":300,"
               "\"endpoints\":[\"/\"]}");
@@ -1586,10 +1594,9 @@ main (int argc, char *argv [])
     int status = 0;
     s_step ("SIGTERM drains: a RESULT within the grace is recorded, what still runs "
             "keeps its lease, exit 0; the next broker finishes it, once");
-    s_peer_t *last = s_worker ("w-last", "GPU-L4", 2);
     //  Registered before the deploy: a request for a type no worker
     //  offers fails at once
-    CHECK (s_wait_view (KILN_KEY_WORKERS, "w-last", 5000, "\"id\":\"w-last\"", NULL));
+    s_peer_t *last = s_worker_registered ("w-last", "GPU-L4", 2);
     s_deploy ("local/last", 1, "{\"name\":\"last\",\"machine_types\":[\"GPU-L4\"],"
               "\"max_concurrency\":2,\"keep_alive\":300,\"endpoints\":[\"/\"]}");
     s_submit ("local/last", "{\"n\":1}", id);

@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define FUZZ_CHECK(cond) \
     do { \
@@ -46,6 +47,20 @@ fuzz_string (const uint8_t *data, size_t size)
         text [size] = 0;
     }
     return text;
+}
+
+//  A bundle's file name as the unpacker may write it: one path segment,
+//  not . or .., no control character. The targets' own rule, kept apart
+//  from the code they check.
+static inline bool
+fuzz_plain_name (const char *name)
+{
+    if (!*name || strcmp (name, ".") == 0 || strcmp (name, "..") == 0 || strchr (name, '/'))
+        return false;
+    for (const char *p = name; *p; p++)
+        if ((unsigned char) *p < ' ')
+            return false;
+    return true;
 }
 
 #endif

@@ -65,17 +65,6 @@ LLVMFuzzerInitialize (int *argc, char ***argv)
     return 0;
 }
 
-static bool
-s_plain_name (const char *name)
-{
-    if (!*name || strcmp (name, ".") == 0 || strcmp (name, "..") == 0 || strchr (name, '/'))
-        return false;
-    for (const char *p = name; *p; p++)
-        if ((unsigned char) *p < ' ')
-            return false;
-    return true;
-}
-
 static void
 s_unpack (const uint8_t *data, size_t size)
 {
@@ -109,7 +98,7 @@ s_unpack (const uint8_t *data, size_t size)
         while ((entry = readdir (bundle))) {
             if (strcmp (entry->d_name, ".") == 0 || strcmp (entry->d_name, "..") == 0)
                 continue;
-            FUZZ_CHECK (s_plain_name (entry->d_name));
+            FUZZ_CHECK (fuzz_plain_name (entry->d_name));
             char path [2 * PATH_MAX];
             snprintf (path, sizeof path, "%s/%s", dest, entry->d_name);
             FUZZ_CHECK (lstat (path, &info) == 0 && S_ISREG (info.st_mode));

@@ -18,17 +18,6 @@
 #include <jansson.h>
 #include <string.h>
 
-static bool
-s_plain_name (const char *name)
-{
-    if (!*name || strcmp (name, ".") == 0 || strcmp (name, "..") == 0 || strchr (name, '/'))
-        return false;
-    for (const char *p = name; *p; p++)
-        if ((unsigned char) *p < ' ')
-            return false;
-    return true;
-}
-
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
@@ -50,7 +39,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
         return 0;
     }
     FUZZ_CHECK (error == NULL);
-    FUZZ_CHECK (meta.entry && s_plain_name (meta.entry));
+    FUZZ_CHECK (meta.entry && fuzz_plain_name (meta.entry));
     FUZZ_CHECK (meta.class_name && *meta.class_name);
     FUZZ_CHECK (meta.manifest);
 
