@@ -271,6 +271,9 @@ kiln_redis_connect (const char *url_text, int timeout_ms)
         redisFree (ctx);
         ctx = NULL;
     }
+    //  An authenticated connection is nothing a child process may keep
+    if (ctx)
+        fcntl (ctx->fd, F_SETFD, FD_CLOEXEC);
     free (user);
     kiln_redis_url_destroy (&url);
     return ctx;

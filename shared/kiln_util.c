@@ -293,7 +293,7 @@ kiln_write_file (const char *path, const void *data, size_t size)
     if (!tmp)
         return -1;
     snprintf (tmp, len + 16, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp (tmp);
+    int fd = mkostemp (tmp, O_CLOEXEC);
     if (fd < 0) {
         free (tmp);
         return -1;
@@ -312,7 +312,7 @@ kiln_write_file (const char *path, const void *data, size_t size)
         at += n;
         left -= n;
     }
-    //  mkstemp makes 0600; a cache file is as readable as any other.
+    //  mkostemp makes 0600; a cache file is as readable as any other.
     if (rc == 0) {
         mode_t mask = umask (0);
         umask (mask);

@@ -21,6 +21,26 @@ def sha256(text):
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def tcp_peer_ports(pid):
+    """The remote ports of the TCP connections the process holds."""
+    inodes = set()
+    for fd in os.listdir('/proc/%d/fd' % pid):
+        try:
+            link = os.readlink('/proc/%d/fd/%s' % (pid, fd))
+        except OSError:
+            continue
+        if link.startswith('socket:['):
+            inodes.add(link[len('socket:['):-1])
+    ports = set()
+    for table in ('/proc/net/tcp', '/proc/net/tcp6'):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[2].rsplit(':', 1)[1], 16))
+    return ports
+
+
 class SecretsTest(kiln_harness.KilnTestCase):
 
     @classmethod
@@ -61,6 +81,17 @@ class SecretsTest(kiln_harness.KilnTestCase):
                 self.assertEqual(env.get('MY_SECRET') == self.value, expect, app)
                 if not expect:
                     self.assertNotIn(self.value, json.dumps(env))
+
+    def test_a_runner_holds_no_connection_to_redis(self):
+        #  The worker's is authenticated: every app's secrets, the keys,
+        #  the queues. No runner may inherit it (nor any other).
+        self.check('local/sec-a')
+        pids = wait_until(lambda: self.stack.runner_pids('local/sec-a'), what='a runner')
+        for pid in pids:
+            self.assertNotIn(self.stack.redis_port, tcp_peer_ports(pid))
+        #  The check can see one: the worker's own
+        worker_ports = tcp_peer_ports(self.stack.pid('worker'))
+        self.assertIn(self.stack.redis_port, worker_ports)
 
     def test_the_value_is_shown_nowhere(self):
         self.check('local/sec-a')           # a runner started with it

@@ -211,9 +211,8 @@ kiln_bundle_unpack (const uint8_t *data, size_t size, const char *dest, char **e
 }
 
 //  -------------------------------------------------------------------------
-//  Selftest
+//  A bundle's kiln.json (bundle.h)
 
-//  Appends one ustar entry to buffer at *offset.
 int
 kiln_bundle_meta_parse (const char *text, size_t size, kiln_bundle_meta_t *meta,
                         char **error)
@@ -274,6 +273,10 @@ kiln_bundle_meta_free (kiln_bundle_meta_t *meta)
     memset (meta, 0, sizeof *meta);
 }
 
+//  -------------------------------------------------------------------------
+//  Selftest
+
+//  Appends one ustar entry to buffer at *offset.
 static void
 s_test_entry (uint8_t *buffer, size_t *offset, const char *name, char type,
               const char *content)

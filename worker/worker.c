@@ -1065,9 +1065,13 @@ s_spawn_runner (kiln_worker_t *self, s_child_t *child, const char *artifact, cha
     for (int i = 0; i < 2 && rc == 0; i++)
         if (pipe2 (pipes [i], O_CLOEXEC) == -1)
             rc = errno;
+    //  Then nothing else of ours: not the Redis connection (authenticated:
+    //  every app's secrets), not an artifact the fetcher is writing, not
+    //  a descriptor some library opened without close-on-exec.
     if (rc == 0)
         rc = posix_spawn_file_actions_adddup2 (&actions, pipes [0][1], STDOUT_FILENO)
-          ?: posix_spawn_file_actions_adddup2 (&actions, pipes [1][1], STDERR_FILENO);
+          ?: posix_spawn_file_actions_adddup2 (&actions, pipes [1][1], STDERR_FILENO)
+          ?: posix_spawn_file_actions_addclosefrom_np (&actions, STDERR_FILENO + 1);
     char *argv [] = { self->runner_path, (char *) artifact, NULL };
     pid_t pid;
     if (rc == 0)
@@ -1589,10 +1593,18 @@ kiln_worker_new (const kiln_worker_options_t *options)
         kiln_worker_destroy (&self);
         return NULL;
     }
-    if (pipe2 (self->fetch_requests, O_CLOEXEC) == -1
-    ||  pipe2 (self->fetch_results, O_CLOEXEC | O_NONBLOCK) == -1
-    ||  pthread_create (&self->fetcher, NULL, s_fetcher, self) != 0) {
-        kiln_log_error ("cannot start the fetcher thread: %s", strerror (errno));
+    //  Only our end of the results is non-blocking: the fetcher's write
+    //  of a result must not fail for a full pipe.
+    int rc = pipe2 (self->fetch_requests, O_CLOEXEC) == -1
+          || pipe2 (self->fetch_results, O_CLOEXEC) == -1
+          || fcntl (self->fetch_results [0], F_SETFL, O_NONBLOCK) == -1? errno: 0;
+    if (rc == 0)
+        rc = pthread_create (&self->fetcher, NULL, s_fetcher, self);
+    if (rc != 0) {
+        kiln_log_error ("cannot start the fetcher thread: %s", strerror (rc));
+        if (self->fetch_requests [1] >= 0)
+            close (self->fetch_requests [1]);
+        self->fetch_requests [1] = -1;
         kiln_worker_destroy (&self);
         return NULL;
     }
