@@ -397,7 +397,10 @@ typedef struct {
     zlist_t *spare_logs;            //  swapped with logs, so taking them allocates nothing
     bool busy;
     char *request_id;               //  what it runs, while busy
-    int hold_timer;                 //  zloop timer ending the LOG hold, or -1
+    //  zloop ticket ending the LOG hold, or NULL: tickets, not timers, as
+    //  there is one per request and a timer's id would wrap in time
+    void *hold_ticket;
+    void *runner;                   //  the s_runner_t it works for
 } s_executor_t;
 
 typedef struct {
@@ -707,10 +710,10 @@ s_dispatch (s_runner_t *self)
         }
         //  Its LOG lines wait for its RESULT until this fires; with no
         //  timer they stream from the start.
-        executor->hold_timer = zloop_timer (self->loop, LOG_HOLD_MS, 1, s_on_log_hold_end, self);
+        executor->hold_ticket = zloop_ticket (self->loop, s_on_log_hold_end, executor);
         pthread_mutex_lock (&self->shared.lock);
         executor->request = request;
-        executor->streaming = executor->hold_timer == -1;
+        executor->streaming = executor->hold_ticket == NULL;
         pthread_mutex_unlock (&self->shared.lock);
         //  After the unlock: woken, it takes the lock without a wait
         sem_post (&executor->wake);
@@ -1234,9 +1237,9 @@ s_finished (s_runner_t *self, s_executor_t *executor, kiln_msg_t **result_p)
     }
     if (result)
         s_send (self, &result);
-    if (executor->hold_timer != -1)
-        zloop_timer_end (self->loop, executor->hold_timer);
-    executor->hold_timer = -1;
+    if (executor->hold_ticket)
+        zloop_ticket_delete (self->loop, executor->hold_ticket);
+    executor->hold_ticket = NULL;
     if (executor->busy) {
         executor->busy = false;
         self->busy_count--;
@@ -1292,20 +1295,21 @@ static int
 s_on_log_hold_end (zloop_t *loop, int timer_id, void *arg)
 {
     (void) loop;
-    s_runner_t *self = (s_runner_t *) arg;
-    for (size_t i = 0; i < self->executor_count; i++) {
-        s_executor_t *executor = &self->executors [i];
-        if (!executor->busy || executor->hold_timer != timer_id)
-            continue;
-        executor->hold_timer = -1;
-        pthread_mutex_lock (&self->shared.lock);
-        executor->streaming = true;
-        zlist_t *logs = s_take_logs (executor);
-        pthread_mutex_unlock (&self->shared.lock);
-        if (logs) {
-            s_send_logs (self, logs);
-            executor->spare_logs = logs;
-        }
+    (void) timer_id;
+    s_executor_t *executor = (s_executor_t *) arg;
+    s_runner_t *self = (s_runner_t *) executor->runner;
+    //  zloop deletes the ticket after this call; one whose request
+    //  finished was deleted then (s_finished) and never comes here
+    executor->hold_ticket = NULL;
+    if (!executor->busy)
+        return 0;
+    pthread_mutex_lock (&self->shared.lock);
+    executor->streaming = true;
+    zlist_t *logs = s_take_logs (executor);
+    pthread_mutex_unlock (&self->shared.lock);
+    if (logs) {
+        s_send_logs (self, logs);
+        executor->spare_logs = logs;
     }
     return 0;
 }
@@ -1326,10 +1330,12 @@ s_executors_start (s_runner_t *self, size_t count)
     self->wakeup_item.events = ZMQ_POLLIN;
     if (zloop_poller (self->loop, &self->wakeup_item, s_on_executors, self) == -1)
         return -1;
+    zloop_set_ticket_delay (self->loop, LOG_HOLD_MS);
     for (size_t i = 0; i < count; i++) {
         s_executor_t *executor = &self->executors [i];
         executor->shared = shared;
-        executor->hold_timer = -1;
+        executor->hold_ticket = NULL;
+        executor->runner = self;
         executor->logs = zlist_new ();
         executor->spare_logs = zlist_new ();
         if (!executor->logs || !executor->spare_logs)
