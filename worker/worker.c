@@ -71,6 +71,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -150,7 +151,8 @@ struct _s_child_t {
     char *app;
     pid_t pid;                      //  0 while its artifact and secrets are fetched
     kiln_msg_t *start;              //  its RUNNER_START, until it is spawned
-    void *fetch;                    //  its fetch in the fetcher's hands (identity only)
+    void *fetch;                    //  its fetch in the fetcher's hands: only its
+                                    //  identity, and its abandoned flag, are ours
     size_t slot;                    //  index into slots
     char *status_file;              //  where it writes why it could not start
     int64_t kill_at_ms;             //  monotonic; 0 until asked to stop
@@ -972,6 +974,7 @@ typedef struct {
     char *artifact;                 //  done: what to give the runner, or NULL
     char **secrets;                 //  done: "NAME=value" entries, or NULL
     char *error;                    //  done: why not, or NULL
+    atomic_bool abandoned;          //  its runner was stopped: fetch no more
 } s_fetch_t;
 
 static void
@@ -1004,10 +1007,14 @@ s_fetcher (void *arg)
             continue;
         if (size != (ssize_t) sizeof fetch)
             break;                  //  the worker is leaving
-        char *path = s_fetch_artifact (self, fetch->sha, &fetch->error);
+        //  A stopped runner's fetch is not worth a slow Redis's time,
+        //  which the starts queued behind it would wait out
+        char *path = atomic_load (&fetch->abandoned)? NULL
+                   : s_fetch_artifact (self, fetch->sha, &fetch->error);
         if (path)
             fetch->artifact = s_prepare_artifact (self, fetch->sha, path, &fetch->error);
-        if (fetch->artifact && s_fetch_secrets (self, fetch->app, &fetch->secrets, &fetch->error) != 0)
+        if (fetch->artifact && (atomic_load (&fetch->abandoned)
+        ||  s_fetch_secrets (self, fetch->app, &fetch->secrets, &fetch->error) != 0))
             zstr_free (&fetch->artifact);
         //  A pointer is less than PIPE_BUF: written whole, or not at all
         while (write (self->fetch_results [1], &fetch, sizeof fetch) == -1 && errno == EINTR)
@@ -1158,6 +1165,7 @@ s_start_runner (kiln_worker_t *self, kiln_msg_t **start_p, char **error)
     if (fetch) {
         fetch->app = strdup (start->app);
         fetch->sha = strdup (start->artifact);
+        atomic_init (&fetch->abandoned, false);
     }
     char *holder = strdup (start->runner_id);
     if (!child || !child->runner_id || !child->app || !child->status_file
@@ -1296,6 +1304,9 @@ static void
 s_fetching_stop (kiln_worker_t *self, s_child_t *child)
 {
     kiln_log_info ("runner %s for %s stopped before it started", child->runner_id, child->app);
+    //  The fetcher still owns the fetch; it comes back, and is freed, later
+    if (child->fetch)
+        atomic_store (&((s_fetch_t *) child->fetch)->abandoned, true);
     s_send_exited (self, child->runner_id, 0, NULL);
     s_child_release (self, child);
 }
