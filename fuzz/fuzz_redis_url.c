@@ -4,7 +4,7 @@
     Input: a URL as KILN_REDIS_URL or --redis could give it. A parsed URL
     must have a host that could not confuse a later URL or command (no
     space, control character, '@', brackets, '%', '?' or '#'), a port in
-    1-65535 and a db from 0; and the URL rebuilt from its parts (the
+    1-65535 and a db from 0; and the URL rebuilt from its parts (user and
     password percent-encoded) must parse to the same parts.
     =========================================================================
 */
@@ -19,7 +19,9 @@ s_same (const kiln_redis_url_t *a, const kiln_redis_url_t *b)
 {
     return strcmp (a->host, b->host) == 0 && a->port == b->port && a->db == b->db
         && (a->password == NULL) == (b->password == NULL)
-        && (!a->password || strcmp (a->password, b->password) == 0);
+        && (!a->password || strcmp (a->password, b->password) == 0)
+        && (a->user == NULL) == (b->user == NULL)
+        && (!a->user || strcmp (a->user, b->user) == 0);
 }
 
 int
@@ -39,19 +41,24 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     FUZZ_CHECK (url->port >= 1 && url->port <= 65535);
     FUZZ_CHECK (url->db >= 0);
 
-    //  Rebuild: redis://[:pw@]host-or-[v6]:port/db
+    //  Rebuild: redis://[user][:pw]@host-or-[v6]:port/db
     size_t pw_len = url->password ? strlen (url->password) : 0;
-    size_t room = 64 + strlen (url->host) + 3 * pw_len;
+    size_t user_len = url->user ? strlen (url->user) : 0;
+    size_t room = 64 + strlen (url->host) + 3 * pw_len + 3 * user_len;
     char *rebuilt = malloc (room);
     FUZZ_CHECK (rebuilt);
     size_t used = (size_t) snprintf (rebuilt, room, "redis://");
+    for (size_t i = 0; i < user_len; i++)
+        used += (size_t) snprintf (rebuilt + used, room - used, "%%%02X",
+                                   (unsigned char) url->user [i]);
     if (url->password) {
         used += (size_t) snprintf (rebuilt + used, room - used, ":");
         for (size_t i = 0; i < pw_len; i++)
             used += (size_t) snprintf (rebuilt + used, room - used, "%%%02X",
                                        (unsigned char) url->password [i]);
-        used += (size_t) snprintf (rebuilt + used, room - used, "@");
     }
+    if (url->user || url->password)
+        used += (size_t) snprintf (rebuilt + used, room - used, "@");
     bool v6 = strchr (url->host, ':') != NULL;
     snprintf (rebuilt + used, room - used, "%s%s%s:%d/%d",
               v6 ? "[" : "", url->host, v6 ? "]" : "", url->port, url->db);

@@ -411,6 +411,9 @@ s_redis_open (kiln_gateway_t *self, bool subscriber)
     redisAsyncSetConnectCallback (ctx, s_on_redis_connect);
     redisAsyncSetDisconnectCallback (ctx, s_on_redis_disconnect);
     //  Commands queue up until the connection is made, in order
+    if (url->password && url->user)
+        redisAsyncCommand (ctx, s_on_redis_setup, self, "AUTH %s %s", url->user, url->password);
+    else
     if (url->password)
         redisAsyncCommand (ctx, s_on_redis_setup, self, "AUTH %s", url->password);
     if (subscriber)

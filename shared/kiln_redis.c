@@ -3,9 +3,8 @@
 
     URL form: redis://[[user]:password@]host[:port][/db], host a name, an
     IPv4 address or [IPv6]. User and password may be percent-encoded.
-    kiln_redis_url_t has no user field, so only kiln_redis_connect (which
-    sees the URL itself) authenticates as a named ACL user; the parsed
-    form authenticates with the password alone, as the default user.
+    With a user, a connection authenticates as that ACL user (AUTH user
+    password); without, with the password alone, as the default user.
 
     Also here: EVAL with binary-safe arguments, scripts sent by SHA-1
     (EVALSHA, falling back to EVAL on NOSCRIPT) for the broker, worker
@@ -86,13 +85,9 @@ s_parse_int (const char *start, size_t len, long min, long max, int *value)
     return 0;
 }
 
-//  The parser behind both public entry points; *user_p (if given) gets
-//  the ACL user name, NULL when none.
-static kiln_redis_url_t *
-s_parse (const char *url, char **user_p)
+kiln_redis_url_t *
+kiln_redis_url_parse (const char *url)
 {
-    if (user_p)
-        *user_p = NULL;
     if (!url || strncasecmp (url, "redis://", 8) != 0)
         return NULL;
     const char *authority = url + 8;
@@ -103,7 +98,6 @@ s_parse (const char *url, char **user_p)
     if (!self)
         return NULL;
     self->port = REDIS_DEFAULT_PORT;
-    char *user = NULL;
 
     //  userinfo: the last '@' in the authority, so a password may hold
     //  an unescaped '@'.
@@ -115,13 +109,13 @@ s_parse (const char *url, char **user_p)
     if (at) {
         const char *colon = memchr (authority, ':', at - authority);
         if (colon) {
-            if (colon > authority && !(user = s_percent_decode (authority, colon - authority)))
+            if (colon > authority && !(self->user = s_percent_decode (authority, colon - authority)))
                 goto bad;
             if (at > colon + 1 && !(self->password = s_percent_decode (colon + 1, at - colon - 1)))
                 goto bad;
         }
         else
-        if (at > authority && !(user = s_percent_decode (authority, at - authority)))
+        if (at > authority && !(self->user = s_percent_decode (authority, at - authority)))
             goto bad;
         host_start = at + 1;
     }
@@ -162,22 +156,11 @@ s_parse (const char *url, char **user_p)
     &&  s_parse_int (slash + 1, strlen (slash + 1), 0, INT_MAX, &self->db))
         goto bad;
 
-    if (user_p)
-        *user_p = user;
-    else
-        free (user);
     return self;
 
 bad:
-    free (user);
     kiln_redis_url_destroy (&self);
     return NULL;
-}
-
-kiln_redis_url_t *
-kiln_redis_url_parse (const char *url)
-{
-    return s_parse (url, NULL);
 }
 
 void
@@ -187,6 +170,7 @@ kiln_redis_url_destroy (kiln_redis_url_t **self_p)
         return;
     kiln_redis_url_t *self = *self_p;
     free (self->host);
+    free (self->user);
     if (self->password) {
         //  Do not leave the secret lying in freed memory.
         memset (self->password, 0, strlen (self->password));
@@ -215,13 +199,13 @@ s_command_ok (redisContext *ctx, const char *what, int argc, const char **argv)
 }
 
 static int
-s_prepare (redisContext *ctx, const kiln_redis_url_t *url, const char *user)
+s_prepare (redisContext *ctx, const kiln_redis_url_t *url)
 {
     if (!ctx || !url)
         return -1;
     if (url->password) {
-        const char *argv [3] = { "AUTH", user ? user : url->password, url->password };
-        if (s_command_ok (ctx, "AUTH", user ? 3 : 2, argv))
+        const char *argv [3] = { "AUTH", url->user ? url->user : url->password, url->password };
+        if (s_command_ok (ctx, "AUTH", url->user ? 3 : 2, argv))
             return -1;
     }
     if (url->db != 0) {
@@ -237,14 +221,13 @@ s_prepare (redisContext *ctx, const kiln_redis_url_t *url, const char *user)
 int
 kiln_redis_prepare (redisContext *ctx, const kiln_redis_url_t *url)
 {
-    return s_prepare (ctx, url, NULL);
+    return s_prepare (ctx, url);
 }
 
 redisContext *
 kiln_redis_connect (const char *url_text, int timeout_ms)
 {
-    char *user = NULL;
-    kiln_redis_url_t *url = s_parse (url_text, &user);
+    kiln_redis_url_t *url = kiln_redis_url_parse (url_text);
     if (!url) {
         kiln_log_error ("redis: malformed URL '%s'", url_text ? url_text : "(null)");
         return NULL;
@@ -267,14 +250,13 @@ kiln_redis_connect (const char *url_text, int timeout_ms)
         redisFree (ctx);
         ctx = NULL;
     }
-    if (ctx && s_prepare (ctx, url, user)) {
+    if (ctx && s_prepare (ctx, url)) {
         redisFree (ctx);
         ctx = NULL;
     }
     //  An authenticated connection is nothing a child process may keep
     if (ctx)
         fcntl (ctx->fd, F_SETFD, FD_CLOEXEC);
-    free (user);
     kiln_redis_url_destroy (&url);
     return ctx;
 }
@@ -739,11 +721,12 @@ kiln_redis_test (bool verbose)
     s_check_url ("redis://[::1]", "::1", 6379, 0, NULL);
     s_check_url ("redis://:pw@[fe80::1]:1", "fe80::1", 1, 0, "pw");
 
-    //  The ACL user reaches connect's AUTH; the public parse drops it.
-    char *user = NULL;
-    kiln_redis_url_t *url = s_parse ("redis://alice:pw@db", &user);
-    assert (url && user && strcmp (user, "alice") == 0);
-    free (user);
+    //  The ACL user, percent-decoded; none without one
+    kiln_redis_url_t *url = kiln_redis_url_parse ("redis://al%69ce:pw@db");
+    assert (url && url->user && strcmp (url->user, "alice") == 0);
+    kiln_redis_url_destroy (&url);
+    url = kiln_redis_url_parse ("redis://:pw@db");
+    assert (url && !url->user);
     kiln_redis_url_destroy (&url);
 
     const char *bad [] = {
@@ -912,11 +895,25 @@ kiln_redis_test (bool verbose)
     }
     else
         ok = false;
-    //  kiln_redis_prepare on a context made elsewhere (the gateway's way).
+    //  kiln_redis_prepare on a context made elsewhere (the gateway's way),
+    //  as the default user and as alice.
     snprintf (text, sizeof text, "redis://:top%%20secret@127.0.0.1:%d/5", port);
     url = kiln_redis_url_parse (text);
     ctx = redisConnect ("127.0.0.1", port);
     ok = ok && url && ctx && !ctx->err && kiln_redis_prepare (ctx, url) == 0;
+    if (ctx)
+        redisFree (ctx);
+    kiln_redis_url_destroy (&url);
+    snprintf (text, sizeof text, "redis://alice:alicepw@127.0.0.1:%d", port);
+    url = kiln_redis_url_parse (text);
+    ctx = redisConnect ("127.0.0.1", port);
+    ok = ok && url && ctx && !ctx->err && kiln_redis_prepare (ctx, url) == 0;
+    if (ok) {
+        redisReply *reply = redisCommand (ctx, "ACL WHOAMI");
+        ok = reply && reply->type == REDIS_REPLY_STRING && strcmp (reply->str, "alice") == 0;
+        if (reply)
+            freeReplyObject (reply);
+    }
     if (ctx)
         redisFree (ctx);
     kiln_redis_url_destroy (&url);

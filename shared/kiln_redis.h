@@ -20,6 +20,7 @@ typedef struct {
     char *host;
     int port;                       //  6379 when absent
     int db;                         //  0 when absent
+    char *user;                     //  the ACL user; NULL when absent (default user)
     char *password;                 //  NULL when absent
 } kiln_redis_url_t;
 
