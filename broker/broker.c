@@ -504,6 +504,18 @@ s_call_add_int (s_call_t *self, int64_t value)
     return s_call_add_str (self, text);
 }
 
+//  A command on one key, then an argument or none (arg NULL). NULL when
+//  out of memory.
+static s_call_t *
+s_call_key (const char *command, const char *key, const char *arg)
+{
+    s_call_t *call = s_call_new (3);
+    if (call && (s_call_add_str (call, command) || s_call_add_str (call, key)
+              || (arg && s_call_add_str (call, arg))))
+        s_call_destroy (&call);
+    return call;
+}
+
 //  -------------------------------------------------------------------------
 //  Redis: commands, loss and reconnection
 
@@ -2087,71 +2099,65 @@ s_settle_apps (kiln_broker_t *self, zhashx_t *marked)
     size_t count = names? zlistx_size (names): 0;
     s_call_t **calls = calloc (2 * count + 1, sizeof *calls);
     redisReply **replies = calloc (2 * count + 1, sizeof *replies);
-    const char **reloads = calloc (count + 1, sizeof *reloads);
-    if (!names || !calls || !replies || !reloads)
+    //  Per call of the first round, per app of the second: its name, and
+    //  which calls it has in calls [], in order
+    struct { const char *name; bool take, zcard; } *apps = calloc (count + 1, sizeof *apps);
+    if (!names || !calls || !replies || !apps)
         goto done;
 
-    size_t reload_count = 0;
+    size_t call_count = 0;
     for (const char *name = zlistx_first (names); name; name = zlistx_next (names)) {
         if (zhashx_lookup (marked, name) != DISPATCH_RELOAD && zhashx_lookup (self->apps, name))
             continue;
-        s_call_t *call = s_call_new (2);
-        if (!call || s_call_add_str (call, "HGETALL") || s_call_add_str (call, kiln_key_app (name).s)) {
-            s_call_destroy (&call);
-            continue;
+        s_call_t *call = s_call_key ("HGETALL", kiln_key_app (name).s, NULL);
+        if (call) {
+            apps [call_count].name = name;
+            calls [call_count++] = call;
         }
-        reloads [reload_count] = name;
-        calls [reload_count++] = call;
     }
-    if (reload_count > 0) {
-        s_pipeline (self, calls, reload_count, replies);
-        for (size_t i = 0; i < reload_count; i++) {
-            s_app_apply_record (self, reloads [i], replies [i]);
-            replies [i] = NULL;
-            s_call_destroy (&calls [i]);
-        }
+    //  Only when there is one to read: the writes go with the second
+    if (call_count > 0)
+        s_pipeline (self, calls, call_count, replies);
+    for (size_t i = 0; i < call_count; i++) {
+        s_app_apply_record (self, apps [i].name, replies [i]);
+        replies [i] = NULL;
+        s_call_destroy (&calls [i]);
     }
     if (!self->redis || self->stopping)
         goto done;
 
-    //  calls [2i]: the app's TAKE (NULL: no room), calls [2i + 1]: ZCARD
+    //  Each app's TAKE, then its ZCARD: the queue's length after it
     size_t app_count = 0;
+    call_count = 0;
     for (const char *name = zlistx_first (names); name; name = zlistx_next (names)) {
         s_app_t *app = (s_app_t *) zhashx_lookup (self->apps, name);
         if (!app || !app->manifest)
             continue;
-        s_call_t *zcard = s_call_new (2);
-        if (!zcard || s_call_add_str (zcard, "ZCARD") || s_call_add_str (zcard, kiln_key_queue (name).s)) {
-            s_call_destroy (&zcard);
-            continue;
-        }
-        calls [2 * app_count] = s_take_call (self, app);
-        calls [2 * app_count + 1] = zcard;
-        reloads [app_count++] = name;
+        s_call_t *take = s_take_call (self, app);
+        s_call_t *zcard = s_call_key ("ZCARD", kiln_key_queue (name).s, NULL);
+        if (take)
+            calls [call_count++] = take;
+        if (zcard)
+            calls [call_count++] = zcard;
+        apps [app_count].name = name;
+        apps [app_count].take = take != NULL;
+        apps [app_count++].zcard = zcard != NULL;
     }
-    //  Packed for the pipeline: the TAKEs that exist, each ZCARD after its TAKE
-    s_call_t **packed = calloc (2 * app_count + 1, sizeof *packed);
-    redisReply **answers = calloc (2 * app_count + 1, sizeof *answers);
-    size_t packed_count = 0;
-    if (packed && answers) {
-        for (size_t i = 0; i < 2 * app_count; i++)
-            if (calls [i])
-                packed [packed_count++] = calls [i];
-        s_pipeline (self, packed, packed_count, answers);
-        for (size_t i = 0, at = 0; i < 2 * app_count; i++)
-            replies [i] = calls [i]? answers [at++]: NULL;
-    }
-    for (size_t i = 0; i < app_count; i++) {
-        const char *name = reloads [i];
-        if (calls [2 * i]) {
-            s_take_answer (self, name, calls [2 * i], replies [2 * i]);
+    s_pipeline (self, calls, call_count, replies);
+    for (size_t i = 0, at = 0; i < app_count; i++) {
+        const char *name = apps [i].name;
+        if (apps [i].take) {
+            const s_call_t *take = calls [at];
+            const redisReply *taken = replies [at++];
+            s_take_answer (self, name, take, taken);
             //  A whole batch: more runner slots may be free
-            const redisReply *taken = replies [2 * i];
-            if (calls [2 * i]->argc == 8 + TAKE_BATCH_MAX
+            if (take->argc == 8 + TAKE_BATCH_MAX
             &&  taken && taken->type == REDIS_REPLY_ARRAY && taken->elements == 4 * TAKE_BATCH_MAX)
                 s_dispatch (self, name, false);
         }
-        redisReply *queued = replies [2 * i + 1];
+        if (!apps [i].zcard)
+            continue;           //  out of memory
+        const redisReply *queued = replies [at++];
         s_app_t *app = (s_app_t *) zhashx_lookup (self->apps, name);
         if (app && app->manifest && queued && queued->type == REDIS_REPLY_INTEGER) {
             int inflight, active;
@@ -2165,15 +2171,13 @@ s_settle_apps (kiln_broker_t *self, zhashx_t *marked)
             s_app_scale (self, app, target, waiting);
         }
     }
-    for (size_t i = 0; i < 2 * app_count; i++) {
+    for (size_t i = 0; i < call_count; i++) {
         if (replies [i])
             freeReplyObject (replies [i]);
         s_call_destroy (&calls [i]);
     }
-    free (packed);
-    free (answers);
 done:
-    free (reloads);
+    free (apps);
     free (replies);
     free (calls);
     zlistx_destroy (&names);
@@ -3193,12 +3197,9 @@ s_expire_leases (kiln_broker_t *self)
         if (id->type != REDIS_REPLY_STRING || !kiln_id_valid (id->str)
         ||  zhashx_lookup (self->inflight, id->str))
             continue;
-        s_call_t *call = s_call_new (3);
-        if (!call || s_call_add_str (call, "HGET")
-        ||  s_call_add_str (call, kiln_key_request (id->str).s) || s_call_add_str (call, "app")) {
-            s_call_destroy (&call);
+        s_call_t *call = s_call_key ("HGET", kiln_key_request (id->str).s, "app");
+        if (!call)
             continue;
-        }
         expired [count] = id->str;
         calls [count++] = call;
     }
